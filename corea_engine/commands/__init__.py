@@ -1,0 +1,1 @@
+"""Subcommands of `corea` (see corea_engine/cli.py)."""

@@ -1,0 +1,1 @@
+"""Datasets, answer checking, metrics, threshold calibration and reports."""

@@ -1,0 +1,246 @@
+"""The Executor interface and the messages that cross it.
+
+Every runtime (the embedded torch one, the SGLang one) takes a `Request`, streams `TokenEvent`s,
+at most one `ConfidenceEvent` and one final `FinishedEvent`, and can abort a request by id.
+Streams work from plain threads (iterate) and from asyncio (async iterate); the runtime's own
+engine runs wherever it likes and pushes events in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import queue
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from ..contract import Format, Parsed, UnknownFormatError, get_format
+
+MAX_NEW_TOKENS_LIMIT = 4096
+DEFAULT_FREE_TEXT_TOKENS = 256
+
+
+class ExecutorError(RuntimeError):
+    """The runtime could not serve a request (it stays up for others)."""
+
+
+class InvalidRequestError(ValueError):
+    """A request that is refused before it reaches the batch; the message names the field."""
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    max_new_tokens: int | None = None  # None: the contract's worst case, or 256 for free text
+
+    def validate(self) -> None:
+        if self.max_new_tokens is not None and not (isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT):
+            raise InvalidRequestError(
+                f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens!r}"
+            )
+        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 10.0):
+            raise InvalidRequestError(f"temperature must be in [0, 10], got {self.temperature!r}")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+_ids = itertools.count()
+
+
+def new_request_id(prefix: str = "req") -> str:
+    return f"{prefix}-{next(_ids)}"
+
+
+@dataclass
+class Request:
+    """One generation. Give `messages` (chat) or `prompt` (raw text, no chat template)."""
+
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    contract: str | Format | None = None  # None = free text, no grammar
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Answer-first contracts: finish on the confidence step (the rest is forced text).
+    stop_at_confidence: bool = True
+    request_id: str = field(default_factory=new_request_id)
+
+    @property
+    def format(self) -> Format | None:
+        return None if self.contract is None else get_format(self.contract)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The token budget: as asked, else enough for the contract's longest output."""
+        if self.sampling.max_new_tokens is not None:
+            return self.sampling.max_new_tokens
+        return self.format.max_tokens if self.contract is not None else DEFAULT_FREE_TEXT_TOKENS
+
+    def validate(self, max_prompt_chars: int) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise InvalidRequestError("give exactly one of messages or prompt")
+        if self.prompt is not None:
+            text = self.prompt
+        else:
+            if not self.messages or not all(isinstance(m, dict) and "content" in m for m in self.messages):
+                raise InvalidRequestError("messages must be a non-empty list of {'role', 'content'}")
+            if not all(isinstance(m.get("content"), str) for m in self.messages):
+                raise InvalidRequestError("every message content must be a string")
+            text = "".join(m["content"] for m in self.messages)
+        question = self.prompt if self.prompt is not None else self.messages[-1]["content"]
+        if not question.strip():
+            raise InvalidRequestError("the question is empty")
+        if len(text) > max_prompt_chars:
+            raise InvalidRequestError(f"the prompt is {len(text)} characters; the limit is {max_prompt_chars}")
+        try:
+            self.format
+        except UnknownFormatError as err:
+            raise InvalidRequestError(str(err)) from None
+        self.sampling.validate()
+
+
+@dataclass(frozen=True)
+class ConfidenceReading:
+    """The model's confidence at the confidence position.
+
+    sampled: the value of the symbol actually emitted; expected: the mean of the scale under
+    the model's distribution there (the continuous confidence); probs: that distribution over
+    the scale symbols (normalised); mass: how much of the raw softmax was on the scale;
+    position: completion tokens generated before the confidence symbol.
+    """
+
+    sampled: float
+    expected: float
+    probs: tuple[float, ...]
+    mass: float
+    entropy: float
+    position: int
+
+
+@dataclass
+class Result:
+    request_id: str
+    text: str
+    finish_reason: str  # "confidence" | "stop" | "length" | "abort" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    parsed: Parsed | None = None
+    parse_error: str | None = None
+    confidence: ConfidenceReading | None = None
+    error: str | None = None
+    latency_s: float = 0.0
+    time_to_confidence_s: float | None = None
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request_id: str
+    token_id: int
+    text: str  # the newly decoded text (may be "" until a multi-byte character completes)
+
+
+@dataclass(frozen=True)
+class ConfidenceEvent:
+    request_id: str
+    reading: ConfidenceReading
+
+
+@dataclass(frozen=True)
+class FinishedEvent:
+    request_id: str
+    result: Result
+
+
+Event = TokenEvent | ConfidenceEvent | FinishedEvent
+
+
+class RequestStream:
+    """Events of one request, in order, ending with a FinishedEvent.
+
+    Created inside a running event loop it is an async iterator; otherwise a blocking one.
+    `push` is safe to call from any thread.
+    """
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._queue: asyncio.Queue | queue.SimpleQueue = asyncio.Queue()
+        except RuntimeError:
+            self._loop = None
+            self._queue = queue.SimpleQueue()
+        self._done = threading.Event()
+        self.result: Result | None = None
+
+    def push(self, event: Event) -> None:
+        if isinstance(event, FinishedEvent):
+            self.result = event.result
+        if self._loop is None:
+            self._queue.put(event)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+            except RuntimeError:  # the consumer's loop is gone; nobody is listening
+                pass
+        if isinstance(event, FinishedEvent):
+            self._done.set()
+
+    def __iter__(self):
+        if self._loop is not None:
+            raise ExecutorError("this stream was opened in an event loop: use 'async for'")
+        while True:
+            event = self._queue.get()
+            yield event
+            if isinstance(event, FinishedEvent):
+                return
+
+    async def __aiter__(self):
+        if self._loop is None:
+            raise ExecutorError("this stream was opened outside an event loop: use 'for'")
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, FinishedEvent):
+                return
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Block until the request finishes (any thread)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} did not finish in {timeout} s")
+        return self.result
+
+
+class Executor(ABC):
+    """A runtime that serves generation requests concurrently."""
+
+    model_name: str
+
+    @abstractmethod
+    def submit(self, request: Request) -> RequestStream:
+        """Validate and enqueue; raises InvalidRequestError before anything is queued."""
+
+    @abstractmethod
+    def abort(self, request_id: str) -> bool:
+        """Stop a request; it finishes with finish_reason 'abort'. False if it is not running."""
+
+    def close(self) -> None:
+        """Release the model and threads; pending requests finish with 'abort'."""
+
+    def generate(self, request: Request) -> Result:
+        """Submit and block until the result (from a thread that is not running an event loop)."""
+        return self.submit(request).wait()
+
+    async def generate_async(self, request: Request) -> Result:
+        async for event in self.submit(request):
+            if isinstance(event, FinishedEvent):
+                return event.result
+        raise ExecutorError("stream ended without a result")  # pragma: no cover
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,488 @@
+"""The embedded runtime: continuous batching over a transformers causal LM, on CPU or CUDA.
+
+One engine thread owns the model. Between decode steps it admits waiting requests (a batched
+prefill whose KV cache is left-padded and concatenated onto the running batch), drops finished
+or aborted rows, and trims padding no row needs any more. Each step then:
+
+  logits [B, V] -> grammar bitmask per row (xgrammar) -> confidence read at the confidence
+  position (corea_kernels.confidence_stats on the raw logits + bitmask) -> mask -> sample.
+
+An answer-first request finishes on the step its confidence symbol is sampled: what follows is
+forced by the grammar and appended without decoding it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..contract import Format, GrammarCache
+from ..models import load_model
+from .executor import (
+    ConfidenceEvent,
+    ConfidenceReading,
+    Executor,
+    ExecutorError,
+    FinishedEvent,
+    InvalidRequestError,
+    Request,
+    RequestStream,
+    Result,
+    TokenEvent,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepStats:
+    """Where the engine's time goes; read by benchmarks (cumulative seconds and counts)."""
+
+    decode_steps: int = 0
+    prefills: int = 0
+    tokens: int = 0
+    forward_s: float = 0.0
+    grammar_s: float = 0.0  # fill + apply the bitmask, accept tokens
+    confidence_s: float = 0.0
+    sample_s: float = 0.0
+    step_s: float = 0.0  # whole decode steps, forward included
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+@dataclass
+class _Sequence:
+    request: Request
+    stream: RequestStream
+    prompt_ids: list[int]
+    fmt: Format | None
+    matcher: object | None
+    generator: torch.Generator | None
+    started: float
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    at_confidence: bool = False
+    confidence: ConfidenceReading | None = None
+    confidence_at: float | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class TorchExecutor(Executor):
+    """Continuous-batching executor over a Hugging Face causal LM.
+
+    model: a spec for corea_engine.models.resolve_model (default: the embedded SmolLM2), or
+    pass an already loaded `model_and_tokenizer` pair. threads: torch intra-op threads for
+    CPU (set deliberately: oversubscribing two cores costs up to 10x).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_batch_size: int = 16,
+        max_prompt_chars: int = 16000,
+        threads: int | None = None,
+        model_and_tokenizer: tuple | None = None,
+    ):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if model_and_tokenizer is not None:
+            self.model, self.tokenizer = model_and_tokenizer
+            self.model_name = getattr(self.model.config, "_name_or_path", "model") or "model"
+        else:
+            self.model, self.tokenizer, source = load_model(model, device=device, dtype=dtype)
+            self.model_name = source.name
+        self.device = next(self.model.parameters()).device
+        self.max_batch_size = max_batch_size
+        self.max_prompt_chars = max_prompt_chars
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", 1 << 30)
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.grammars = GrammarCache.for_tokenizer(self.tokenizer, self.vocab_size)
+        self._eos = self._eos_ids()
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos)
+        self._scales: dict = {}  # ConfidenceScale -> (token ids, values) tensors
+        self.stats = StepStats()
+        # transformers 5.x renamed past_key_values to cache; accept both generations.
+        forward_params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+
+        self._lock = threading.Condition()
+        self._waiting: deque[_Sequence] = deque()
+        self._aborted: set[str] = set()
+        self._closed = False
+        # Batch state, owned by the engine thread.
+        self._rows: list[_Sequence] = []
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._mask: torch.Tensor | None = None  # [B, L] 1 = real token
+        self._next: list[int] = []  # last sampled token of each row, not yet fed
+        self._thread = threading.Thread(target=self._engine_loop, name="corea-torch-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public interface
+    def submit(self, request: Request) -> RequestStream:
+        request.validate(self.max_prompt_chars)
+        prompt_ids = self._encode(request)
+        budget = len(prompt_ids) + request.max_new_tokens
+        if budget > self.max_positions:
+            raise InvalidRequestError(
+                f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens "
+                f"({request.max_new_tokens}) exceeds the model's {self.max_positions} positions"
+            )
+        fmt = request.format
+        generator = None
+        if request.sampling.temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(request.sampling.seed if request.sampling.seed is not None else torch.seed())
+        seq = _Sequence(
+            request=request,
+            stream=RequestStream(request.request_id),
+            prompt_ids=prompt_ids,
+            fmt=fmt,
+            matcher=self.grammars.matcher(fmt) if fmt is not None else None,
+            generator=generator,
+            started=time.perf_counter(),
+        )
+        with self._lock:
+            if self._closed:
+                raise ExecutorError("executor is closed")
+            self._waiting.append(seq)
+            self._lock.notify()
+        return seq.stream
+
+    def abort(self, request_id: str) -> bool:
+        with self._lock:
+            known = any(s.request_id == request_id for s in self._waiting) or any(
+                s.request_id == request_id for s in self._rows
+            )
+            if known:
+                self._aborted.add(request_id)
+                self._lock.notify()
+            return known
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=60)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    # ------------------------------------------------------------------ request preparation
+    def _encode(self, request: Request) -> list[int]:
+        if request.messages is not None:
+            ids = self.tokenizer.apply_chat_template(
+                request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return self.tokenizer.encode(request.prompt, add_special_tokens=False)
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        if not ids:
+            raise ExecutorError("the tokenizer defines no end-of-sequence token")
+        return ids
+
+    def _scale_tensors(self, fmt: Format):
+        if fmt.scale not in self._scales:
+            ids = torch.tensor(fmt.scale.token_ids(self.tokenizer), device=self.device)
+            values = torch.tensor(fmt.scale.values, dtype=torch.float32, device=self.device)
+            self._scales[fmt.scale] = (ids, values)
+        return self._scales[fmt.scale]
+
+    # ------------------------------------------------------------------ engine thread
+    def _engine_loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._lock:
+                while not self._closed and not self._waiting and not self._rows:
+                    self._lock.wait()
+                if self._closed:
+                    break
+                room = self.max_batch_size - len(self._rows)
+                joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                aborted, self._aborted = self._aborted, set()
+            try:
+                self._apply_aborts(aborted, joining)
+                joining = [s for s in joining if s.finish_reason is None]
+                if joining:
+                    self._prefill(joining)
+                if self._rows:
+                    self._decode_step()
+            except Exception as err:  # a failed forward pass fails the batch, not the engine
+                log.exception("engine step failed")
+                for seq in self._rows + joining:
+                    if seq.finish_reason is None:
+                        seq.finish_reason, seq.error = "error", f"{type(err).__name__}: {err}"
+                        self._finish(seq)
+                self._reset_batch()
+        with self._lock:
+            leftovers = list(self._waiting) + self._rows
+            self._waiting.clear()
+        for seq in leftovers:
+            if seq.finish_reason is None:
+                seq.finish_reason = "abort"
+                self._finish(seq)
+        self._reset_batch()
+
+    def _apply_aborts(self, aborted: set[str], joining: list[_Sequence]) -> None:
+        if not aborted:
+            return
+        with self._lock:
+            waiting = [s for s in self._waiting if s.request_id in aborted]
+            for seq in waiting:
+                self._waiting.remove(seq)
+        for seq in waiting + joining + self._rows:
+            if seq.request_id in aborted and seq.finish_reason is None:
+                seq.finish_reason = "abort"
+                self._finish(seq)
+        self._drop_finished()
+
+    def _reset_batch(self) -> None:
+        self._rows, self._kv, self._mask, self._next = [], None, None, []
+
+    def _forward(self, input_ids, attention_mask, position_ids, kv):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=kv) if kv is not None else DynamicCache()
+        t0 = time.perf_counter()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kwarg: cache},
+        )
+        self.stats.forward_s += time.perf_counter() - t0
+        new_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return out.logits[:, -1, :].float(), new_kv
+
+    def _prefill(self, joining: list[_Sequence]) -> None:
+        """Run the prompts of joining requests (left-padded), then merge them into the batch."""
+        width = max(len(s.prompt_ids) for s in joining)
+        ids = torch.full((len(joining), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(joining), width), dtype=torch.long)
+        for i, seq in enumerate(joining):
+            ids[i, width - len(seq.prompt_ids):] = torch.tensor(seq.prompt_ids)
+            mask[i, width - len(seq.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits, kv = self._forward(ids, mask, positions, None)
+        self.stats.prefills += 1
+        self._merge(joining, kv, mask)
+        # The prompt's last logits give each joiner its first token.
+        self._process(logits, first_row=len(self._rows) - len(joining))
+
+    def _merge(self, joining, kv, mask) -> None:
+        if self._kv is None:
+            self._rows, self._kv, self._mask = list(joining), kv, mask
+            self._next = [0] * len(joining)
+            return
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+
+        def pad_left(t, n):  # pad the sequence axis (dim -2 for KV, -1 for masks) with zeros
+            if n == 0:
+                return t
+            if t.dim() == 2:
+                return torch.nn.functional.pad(t, (n, 0))
+            return torch.nn.functional.pad(t, (0, 0, n, 0))
+
+        self._kv = [
+            (
+                torch.cat([pad_left(k0, width - old_len), pad_left(k1, width - new_len)]),
+                torch.cat([pad_left(v0, width - old_len), pad_left(v1, width - new_len)]),
+            )
+            for (k0, v0), (k1, v1) in zip(self._kv, kv)
+        ]
+        self._mask = torch.cat([pad_left(self._mask, width - old_len), pad_left(mask, width - new_len)])
+        self._rows += joining
+        self._next += [0] * len(joining)
+
+    def _decode_step(self) -> None:
+        t0 = time.perf_counter()
+        batch = len(self._rows)
+        ids = torch.tensor(self._next, dtype=torch.long, device=self.device).unsqueeze(1)
+        self._mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], 1)
+        positions = (self._mask.sum(1, keepdim=True) - 1)
+        logits, self._kv = self._forward(ids, self._mask, positions, self._kv)
+        self._process(logits, first_row=0)
+        self.stats.decode_steps += 1
+        self.stats.step_s += time.perf_counter() - t0
+
+    def _process(self, logits: torch.Tensor, first_row: int) -> None:
+        """Mask, read confidence, sample and advance rows first_row.. with `logits` [n, V]."""
+        import xgrammar as xgr
+
+        from corea_kernels import confidence_stats
+
+        rows = self._rows[first_row:]
+        t0 = time.perf_counter()
+        constrained = [i for i, s in enumerate(rows) if s.matcher is not None]
+        bitmask = None
+        if constrained:
+            bitmask = xgr.allocate_token_bitmask(len(rows), self.vocab_size)
+            for i in constrained:
+                rows[i].matcher.fill_next_token_bitmask(bitmask, i)
+        t1 = time.perf_counter()
+        # Confidence is read from the raw logits with the mask applied inside the kernel.
+        readings = {}
+        at_conf = [i for i, s in enumerate(rows) if s.at_confidence]
+        if at_conf:
+            by_scale: dict = {}
+            for i in at_conf:
+                by_scale.setdefault(rows[i].fmt.scale, []).append(i)
+            for scale_rows in by_scale.values():
+                token_ids, values = self._scale_tensors(rows[scale_rows[0]].fmt)
+                index = torch.tensor(scale_rows, device=logits.device)
+                stats = confidence_stats(
+                    logits.index_select(0, index), token_ids, values,
+                    bitmask[scale_rows].to(logits.device),
+                )
+                for j, i in enumerate(scale_rows):
+                    readings[i] = stats, j
+        t2 = time.perf_counter()
+        if constrained:
+            xgr.apply_token_bitmask_inplace(
+                logits, bitmask.to(logits.device), indices=constrained if len(constrained) < len(rows) else None
+            )
+        t3 = time.perf_counter()
+        tokens = self._sample(logits, rows)
+        t4 = time.perf_counter()
+        now = time.perf_counter()
+        for i, (seq, token) in enumerate(zip(rows, tokens)):
+            self._advance(seq, token, first_row + i, readings.get(i), now)
+        t5 = time.perf_counter()
+        self.stats.grammar_s += (t1 - t0) + (t3 - t2) + (t5 - t4)
+        self.stats.confidence_s += t2 - t1
+        self.stats.sample_s += t4 - t3
+        self._drop_finished()
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> list[int]:
+        tokens = logits.argmax(dim=-1).tolist()
+        for i, seq in enumerate(rows):
+            sp = seq.request.sampling
+            if sp.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[i] / sp.temperature, dim=-1)
+            if sp.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                keep = sorted_probs.cumsum(0) - sorted_probs < sp.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
+        return tokens
+
+    def _advance(self, seq: _Sequence, token: int, row: int, reading, now: float) -> None:
+        if seq.finish_reason is not None:
+            return
+        self.stats.tokens += 1
+        if token in self._eos and (seq.matcher is None or seq.matcher.is_terminated() or seq.matcher.accept_token(token)):
+            seq.finish_reason = "stop"
+            self._finish(seq)
+            return
+        if seq.matcher is not None and not seq.matcher.accept_token(token):
+            seq.finish_reason, seq.error = "error", f"grammar rejected token {token}"
+            self._finish(seq)
+            return
+        seq.generated.append(token)
+        self._next[row] = token
+        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        delta = ""
+        if not text.endswith("\ufffd"):  # hold back half a multi-byte character
+            delta, seq.text = text[len(seq.text):], text
+        seq.stream.push(TokenEvent(seq.request_id, token, delta))
+
+        if reading is not None:
+            stats, j = reading
+            self._read_confidence(seq, token, stats, j, now)
+            if not seq.fmt.confidence_first and seq.request.stop_at_confidence:
+                seq.text += seq.fmt.confidence_suffix
+                seq.finish_reason = "confidence"
+                self._finish(seq)
+                return
+        elif seq.fmt is not None and seq.confidence is None and seq.text.endswith(seq.fmt.confidence_prefix):
+            seq.at_confidence = True
+        if seq.matcher is not None and seq.matcher.is_terminated():
+            seq.finish_reason = "stop"
+        elif len(seq.generated) >= seq.request.max_new_tokens:
+            seq.finish_reason = "length"
+        if seq.finish_reason is not None:
+            self._finish(seq)
+
+    def _read_confidence(self, seq: _Sequence, token: int, stats, j: int, now: float) -> None:
+        scale = seq.fmt.scale
+        symbol = self.tokenizer.decode([token])
+        symbol = symbol if symbol in scale.symbols else symbol[:1]
+        seq.at_confidence = False
+        seq.confidence = ConfidenceReading(
+            sampled=scale.value_of(symbol),
+            expected=float(stats.expected[j]),
+            probs=tuple(float(p) / max(float(stats.mass[j]), 1e-30) for p in stats.probs[j]),
+            mass=float(stats.mass[j]),
+            entropy=float(stats.entropy[j]),
+            position=len(seq.generated) - 1,
+        )
+        seq.confidence_at = now
+        seq.stream.push(ConfidenceEvent(seq.request_id, seq.confidence))
+
+    def _finish(self, seq: _Sequence) -> None:
+        parsed = parse_error = None
+        if seq.fmt is not None and seq.finish_reason in ("stop", "confidence", "length"):
+            try:
+                parsed = seq.fmt.parse(seq.text)
+            except ValueError as err:
+                parse_error = str(err)
+        result = Result(
+            request_id=seq.request_id,
+            text=seq.text,
+            finish_reason=seq.finish_reason,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=len(seq.generated),
+            parsed=parsed,
+            parse_error=parse_error,
+            confidence=seq.confidence,
+            error=seq.error,
+            latency_s=time.perf_counter() - seq.started,
+            time_to_confidence_s=None if seq.confidence_at is None else seq.confidence_at - seq.started,
+            token_ids=list(seq.generated),
+        )
+        seq.stream.push(FinishedEvent(seq.request_id, result))
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, s in enumerate(self._rows) if s.finish_reason is None]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._reset_batch()
+            return
+        index = torch.tensor(keep, device=self.device)
+        self._rows = [self._rows[i] for i in keep]
+        self._next = [self._next[i] for i in keep]
+        self._mask = self._mask.index_select(0, index)
+        # Columns that are padding in every remaining row are dead weight in attention.
+        first = int(self._mask.any(0).long().argmax())
+        self._mask = self._mask[:, first:]
+        self._kv = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:]) for k, v in self._kv]

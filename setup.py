@@ -1,0 +1,28 @@
+"""corea_engine: a small/large model cascade served over gRPC."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="corea_engine",
+    version="0.1.0",
+    description="COREA cascade inference engine: calibrated SLM first, LLM on low confidence",
+    python_requires=">=3.10",
+    packages=find_packages(include=["corea_engine", "corea_engine.*"]) + ["corea_kernels"],
+    package_dir={"corea_kernels": "kernels"},
+    install_requires=[
+        # A range the CPU wheel on these machines (2.13.0) and a CUDA machine's own torch satisfy.
+        "torch>=2.4",
+        "transformers>=4.56,<6",
+        "tokenizers",
+        "safetensors",
+        "accelerate>=1.0",
+        "gguf>=0.17",
+        "xgrammar>=0.1.25,<0.3",
+        "numpy",
+        "rich>=13",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["corea=corea_engine.cli:main"]},
+)
