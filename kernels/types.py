@@ -24,3 +24,7 @@ class ConfidenceStats(NamedTuple):
     expected: torch.Tensor
     entropy: torch.Tensor
     argmax: torch.Tensor
+
+
+class ConfidenceInputError(ValueError):
+    """Inputs to confidence_stats that do not fit together; the message names the argument."""
