@@ -1,6 +1,30 @@
 """corea_engine: a small/large model cascade served over gRPC."""
 
+import importlib.util
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+_HERE = Path(__file__).resolve().parent
+
+
+class build_py_with_protos(build_py):
+    """Compile protos/ into corea_engine/_proto before collecting packages.
+
+    Runs for `pip install .` and for `pip install -e .` (setuptools runs build_py in editable
+    mode too). The generated files land in the source tree (git-ignored) and are never edited.
+    """
+
+    def run(self):
+        spec = importlib.util.spec_from_file_location("_protogen", _HERE / "corea_engine" / "_protogen.py")
+        protogen = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(protogen)
+        protogen.generate()
+        if "corea_engine._proto" not in self.packages:
+            self.packages.append("corea_engine._proto")
+        super().run()
+
 
 setup(
     name="corea_engine",
@@ -35,5 +59,6 @@ setup(
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "hypothesis>=6", "triton>=3.0"],
         "train": ["trl>=0.20", "datasets>=3"],
     },
+    cmdclass={"build_py": build_py_with_protos},
     entry_points={"console_scripts": ["corea=corea_engine.cli:main"]},
 )

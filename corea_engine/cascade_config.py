@@ -1,0 +1,137 @@
+"""Server defaults for the cascade: a dataclass loadable from TOML/JSON and COREA_* variables.
+
+Precedence: built-in defaults < file < environment (COREA_THRESHOLD=0.7, COREA_MODE=slm_only,
+...; every field name upper-cased with the COREA_ prefix) < per-request values.
+Prices are per 1,000 tokens in one configured unit (dollars by default); the defaults are
+placeholders of the right order (a small self-hosted model vs a hosted frontier model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .contract import UnknownFormatError, get_format
+
+MODES = ("cascade", "slm_only", "llm_only")
+CONFIDENCE_SOURCES = ("expected", "sampled")
+ENV_PREFIX = "COREA_"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that is not valid; the message names it."""
+
+
+@dataclass
+class CascadeConfig:
+    # Policy
+    threshold: float = 0.5
+    confidence_source: str = "expected"
+    mode: str = "cascade"
+    contract: str = "json"
+    max_reasoning_chars: int | None = None  # None: the contract's own bounds
+    max_answer_chars: int | None = None
+    max_new_tokens: int | None = None  # per tier; None: the contract's worst case
+    max_question_chars: int = 8000
+    slm_temperature: float = 0.0
+    llm_temperature: float = 0.0
+    # Cost, per 1k tokens
+    slm_prompt_price: float = 0.00002
+    slm_completion_price: float = 0.00004
+    llm_prompt_price: float = 0.0025
+    llm_completion_price: float = 0.01
+    # Escalation: where the LLM is (address: corea.v1.LLM over gRPC; base_url: OpenAI-compatible)
+    llm_address: str | None = None
+    llm_openai_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    # Faults
+    llm_timeout_s: float = 30.0
+    llm_retries: int = 2
+    retry_backoff_s: float = 0.1  # doubled per retry, capped at retry_backoff_max_s
+    retry_backoff_max_s: float = 2.0
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 10.0
+
+    def validate(self) -> "CascadeConfig":
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and 0 <= self.threshold <= 1):
+            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold!r}")
+        if self.confidence_source not in CONFIDENCE_SOURCES:
+            raise ConfigError(f"confidence_source must be one of {CONFIDENCE_SOURCES}, got {self.confidence_source!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        try:
+            get_format(self.contract)
+        except UnknownFormatError as err:
+            raise ConfigError(str(err)) from None
+        for name in ("llm_timeout_s", "breaker_cooldown_s", "retry_backoff_s", "retry_backoff_max_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.llm_retries < 0 or self.breaker_failures < 1:
+            raise ConfigError("llm_retries must be >= 0 and breaker_failures >= 1")
+        if self.llm_address and self.llm_openai_base_url:
+            raise ConfigError("give llm_address or llm_openai_base_url, not both")
+        return self
+
+    def replace(self, **changes) -> "CascadeConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: dict | None = None) -> "CascadeConfig":
+        """Defaults, then the file (TOML or JSON), then COREA_* environment variables."""
+        values: dict = {}
+        if path is not None:
+            values.update(_read_file(Path(path)))
+        env = os.environ if env is None else env
+        known = {f.name for f in fields(cls)}
+        for name in known:
+            key = ENV_PREFIX + name.upper()
+            if key in env:
+                values[name] = env[key]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown cascade setting(s): {', '.join(unknown)}")
+        return cls(**{name: _coerce(name, value) for name, value in values.items()}).validate()
+
+
+def _read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"cannot parse {path}: {err}") from None
+    data = data.get("cascade", data)  # a [cascade] table or top-level keys
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a table of settings")
+    return data
+
+
+_TYPES = {f.name: f.type for f in fields(CascadeConfig)}
+
+
+def _coerce(name: str, value):
+    """Environment strings (and file values) to the field's type."""
+    kind = _TYPES[name]
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none") and "None" in kind):
+        return None
+    try:
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"cascade setting {name} must be {kind.split(' ')[0]}, got {value!r}") from None

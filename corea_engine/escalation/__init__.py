@@ -1,0 +1,14 @@
+"""Escalation clients: how the cascade reaches its LLM tier.
+
+* grpc_llm.GrpcLLM   - the generated corea.v1.LLM stub (`corea serve-llm`, or any server of it)
+* openai_llm.OpenAILLM - any OpenAI-compatible endpoint through the openai SDK
+* local_llm.ExecutorLLM - an Executor in this process (a stand-in, no network)
+
+`make_client(config)` picks one from configuration.
+"""
+
+from .base import Completion, EscalationClient, GenerationParams, LLMError, LLMRequestError, LLMUnavailableError
+
+__all__ = [
+    "Completion", "EscalationClient", "GenerationParams", "LLMError", "LLMRequestError", "LLMUnavailableError",
+]

@@ -1,0 +1,41 @@
+"""An Executor in this process as the LLM tier (a stand-in: no network, no gRPC)."""
+
+from __future__ import annotations
+
+import time
+from typing import AsyncIterator
+
+from ..runtime.executor import Executor, FinishedEvent, InvalidRequestError, Request, SamplingParams, TokenEvent
+from .base import Completion, EscalationClient, GenerationParams, LLMRequestError, LLMUnavailableError
+
+
+class ExecutorLLM(EscalationClient):
+    def __init__(self, executor: Executor):
+        self.executor = executor
+        self.model_name = executor.model_name
+
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[str | Completion]:
+        request = Request(
+            messages=messages, contract=params.contract,
+            sampling=SamplingParams(temperature=params.temperature, max_new_tokens=params.max_new_tokens),
+            stop_at_confidence=True, request_id=params.request_id or f"llm-{time.monotonic_ns()}",
+        )
+        try:
+            stream = self.executor.submit(request)
+        except InvalidRequestError as err:
+            raise LLMRequestError(str(err)) from None
+        finished = False
+        try:
+            async for event in stream:
+                if isinstance(event, TokenEvent) and event.text:
+                    yield event.text
+                elif isinstance(event, FinishedEvent):
+                    finished = True
+                    r = event.result
+                    if r.finish_reason in ("error", "abort"):
+                        raise LLMUnavailableError(f"the local LLM ended with {r.finish_reason}: {r.error or ''}".strip())
+                    yield Completion(r.text, r.prompt_tokens, r.completion_tokens, self.model_name,
+                                     "stop" if r.finish_reason == "confidence" else r.finish_reason, r.latency_s)
+        finally:
+            if not finished:
+                self.executor.abort(request.request_id)
