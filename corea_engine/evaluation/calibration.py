@@ -187,7 +187,12 @@ class CalibrationResult:
     calibration: Evaluation
     plain_calibration: dict
     holdout: Evaluation | None = None
+    # Deferral targets: is the target inside the held-out rate's 95% Wilson interval (held-out
+    # sampling only), and inside the 95% interval that also counts the calibration half's
+    # sampling (target +- z sqrt(p (1 - p) (1/n_cal + 1/n_held)))? See `holdout_check`.
     target_in_holdout_interval: bool | None = None
+    two_sample_interval_95: tuple[float, float] | None = None
+    target_in_two_sample_interval: bool | None = None
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -252,4 +257,9 @@ def calibrate(cols: Columns, target: Target, prices: Prices = Prices(), *, holdo
         if target.kind == "deferral_rate":
             low, high = result.holdout.deferral_wilson_95
             result.target_in_holdout_interval = bool(low <= target.value <= high)
+            p, z = target.value, 1.959963984540054
+            half = z * math.sqrt(p * (1 - p) * (1 / len(cols) + 1 / len(holdout)))
+            result.two_sample_interval_95 = (max(0.0, p - half), min(1.0, p + half))
+            observed = result.holdout.realised["deferral_rate"]
+            result.target_in_two_sample_interval = bool(abs(observed - p) <= half + 1e-12)
     return result
