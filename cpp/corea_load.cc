@@ -2,7 +2,7 @@
 //
 // Thread per connection slot: N threads share one channel and each keeps one SolveStream in
 // flight, so concurrency N means N requests outstanding at all times. Each level runs a fixed
-// number of requests (--requests) or for a fixed time (--seconds). The report is JSON on stdout
+// number of requests (--requests, at least one per thread) or for a fixed time (--seconds). The report is JSON on stdout
 // with the keys of corea_engine/bench/stats.py, one entry per concurrency level.
 //
 //   corea_load --target 127.0.0.1:50051 --questions q.txt --concurrency 1,2,4 --requests 16
@@ -268,6 +268,8 @@ std::string LevelJson(int concurrency, const std::vector<Sample>& samples, doubl
 // Runs one level: `concurrency` threads each keep one request in flight until the budget is spent.
 std::string RunLevel(corea::v1::Corea::Stub& stub, const Options& opt, const std::vector<std::string>& questions,
                      int concurrency) {
+  // At least one request per worker, as the Python load generator does, so every slot is used.
+  const long total = std::max(opt.requests, static_cast<long>(concurrency));
   std::atomic<long> next{0};
   std::mutex lock;
   std::vector<Sample> samples;
@@ -276,7 +278,7 @@ std::string RunLevel(corea::v1::Corea::Stub& stub, const Options& opt, const std
   auto worker = [&]() {
     while (true) {
       long i = next.fetch_add(1);
-      if (opt.seconds > 0 ? Clock::now() >= deadline : i >= opt.requests) return;
+      if (opt.seconds > 0 ? Clock::now() >= deadline : i >= total) return;
       auto request = BuildRequest(opt, questions[i % questions.size()],
                                   "cpp-c" + std::to_string(concurrency) + "-" + std::to_string(i));
       Sample sample = Solve(stub, opt, request);
