@@ -495,15 +495,14 @@ class _Run:
                     problem = (slm.parse_error or slm.error or f"finish_reason {slm.finish_reason}") if slm else "it did not run"
                     res.degraded_reason = f"{degraded_reason}; the SLM has no usable answer either ({problem})"
 
-        slm_cost = (res.slm_prompt_tokens * cfg.slm_prompt_price + res.slm_completion_tokens * cfg.slm_completion_price) / 1000
-        llm_cost = (res.llm_prompt_tokens * cfg.llm_prompt_price + res.llm_completion_tokens * cfg.llm_completion_price) / 1000
+        slm_cost, llm_cost = cfg.tier_costs(res.slm_prompt_tokens, res.slm_completion_tokens,
+                                            res.llm_prompt_tokens, res.llm_completion_tokens)
         res.cost = slm_cost + llm_cost
         if completion is not None:
             res.llm_only_cost = llm_cost
         else:  # estimate: the SLM's last run priced at LLM rates (see the module docstring)
             last = self.slm_result
-            tokens = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
-            res.llm_only_cost = (tokens[0] * cfg.llm_prompt_price + tokens[1] * cfg.llm_completion_price) / 1000
+            res.llm_only_cost = cfg.tier_costs(0, 0, last.prompt_tokens, last.completion_tokens)[1] if last else 0.0
         res.latency_ms = (time.perf_counter() - self.started) * 1000
         return res
 

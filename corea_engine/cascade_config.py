@@ -77,6 +77,12 @@ class CascadeConfig:
             raise ConfigError("give llm_address or llm_openai_base_url, not both")
         return self
 
+    def tier_costs(self, slm_prompt: int, slm_completion: int, llm_prompt: int, llm_completion: int) -> tuple[float, float]:
+        """(SLM cost, LLM cost) of these token counts at the configured per-1k prices."""
+        slm = (slm_prompt * self.slm_prompt_price + slm_completion * self.slm_completion_price) / 1000
+        llm = (llm_prompt * self.llm_prompt_price + llm_completion * self.llm_completion_price) / 1000
+        return slm, llm
+
     def replace(self, **changes) -> "CascadeConfig":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
 

@@ -4,7 +4,7 @@
 * openai_llm.OpenAILLM - any OpenAI-compatible endpoint through the openai SDK
 * local_llm.ExecutorLLM - an Executor in this process (a stand-in, no network)
 
-`make_client(config)` picks one from configuration.
+`make_client(config)` (escalation.factory) picks one from configuration.
 """
 
 from .base import Completion, EscalationClient, GenerationParams, LLMError, LLMRequestError, LLMUnavailableError

@@ -1,0 +1,5 @@
+"""gRPC services: corea.v1.Corea over a Cascade, corea.v1.LLM over an Executor.
+
+app.build_server(...) assembles a grpc.aio server (health, reflection, interceptors, metrics);
+app.serve(...) runs it until SIGTERM/SIGINT and drains in-flight requests.
+"""

@@ -1,0 +1,120 @@
+"""Assemble and run the gRPC server: services, health, reflection, interceptors, metrics.
+
+    server = build_server(cascade=..., llm_executor=..., port=50051)   # inside the event loop
+    await serve(server, metrics_port=9090)                             # until SIGTERM / SIGINT
+
+Either service may be left out: `corea serve` has the cascade, `corea serve-llm` the LLM.
+Shutdown: health turns NOT_SERVING, new calls are refused, in-flight ones get `grace_s` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from ..cascade import Cascade
+from ..protos import corea_pb2, corea_pb2_grpc, llm_pb2, llm_pb2_grpc
+from ..runtime.executor import Executor
+from .corea_service import CoreaService
+from .interceptors import ConcurrencyLimit
+from .llm_service import LLMService
+from .metrics import CoreaMetrics
+
+log = logging.getLogger(__name__)
+
+COREA_SERVICE = corea_pb2.DESCRIPTOR.services_by_name["Corea"].full_name
+LLM_SERVICE = llm_pb2.DESCRIPTOR.services_by_name["LLM"].full_name
+
+
+class ServerStartError(RuntimeError):
+    """The port could not be bound."""
+
+
+@dataclass
+class Server:
+    grpc_server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    services: list[str]
+    limit: ConcurrencyLimit
+    metrics: CoreaMetrics | None = None
+    corea: CoreaService | None = None
+    llm: LLMService | None = None
+    _http: object = field(default=None, repr=False)
+
+    async def start(self, metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
+        await self.grpc_server.start()
+        for name in ["", *self.services]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if metrics_port is not None and self.metrics is not None:
+            self._http = self.metrics.serve_http(metrics_port, metrics_host)
+
+    async def stop(self, grace_s: float | None = 30.0) -> None:
+        """Refuse new calls, let in-flight ones finish for up to grace_s, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace_s)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http = None
+
+
+def build_server(
+    cascade: Cascade | None = None,
+    *,
+    llm_executor: Executor | None = None,
+    port: int = 0,
+    host: str = "[::]",
+    max_inflight: int = 64,
+    interceptors: list[grpc.aio.ServerInterceptor] | tuple = (),
+    metrics: CoreaMetrics | None = None,
+    options: list[tuple] | None = None,
+) -> Server:
+    """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop."""
+    if cascade is None and llm_executor is None:
+        raise ValueError("build_server needs a cascade, an llm_executor, or both")
+    metrics = metrics or (CoreaMetrics() if cascade is not None else None)
+    limit = ConcurrencyLimit(max_inflight, on_change=metrics.inflight.set if metrics else None)
+    server = grpc.aio.server(interceptors=[limit, *interceptors], options=options or [])
+    services = []
+    corea_service = llm_service = None
+    if cascade is not None:
+        corea_service = CoreaService(cascade, metrics)
+        corea_pb2_grpc.add_CoreaServicer_to_server(corea_service, server)
+        services.append(COREA_SERVICE)
+    if llm_executor is not None:
+        llm_service = LLMService(llm_executor)
+        llm_pb2_grpc.add_LLMServicer_to_server(llm_service, server)
+        services.append(LLM_SERVICE)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise ServerStartError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
+    return Server(server, bound, health, services, limit, metrics, corea_service, llm_service)
+
+
+async def serve(server: Server, *, metrics_port: int | None = None, grace_s: float = 30.0, ready=None) -> None:
+    """Start, run until SIGTERM or SIGINT, then drain in-flight requests for up to grace_s."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread: the caller stops us
+            pass
+    await server.start(metrics_port)
+    log.warning("serving %s on port %d", ", ".join(server.services), server.port)
+    if ready is not None:
+        ready(server)
+    await stop.wait()
+    log.warning("shutting down: draining %d in-flight request(s) for up to %.0f s", server.limit.inflight, grace_s)
+    await server.stop(grace_s)

@@ -1,0 +1,96 @@
+"""corea.v1 messages <-> the cascade's dataclasses (one place for the mapping)."""
+
+from __future__ import annotations
+
+from ..cascade import ConfidenceKnown, Decision, Finished, InvalidSolveRequest, LlmToken, SlmToken, SolveRequest, SolveResult
+from ..protos import corea_pb2 as pb
+
+_MODES = {pb.ROUTING_MODE_UNSPECIFIED: None, pb.ROUTING_MODE_CASCADE: "cascade", pb.ROUTING_MODE_SLM_ONLY: "slm_only", pb.ROUTING_MODE_LLM_ONLY: "llm_only"}
+_SOURCES = {pb.CONFIDENCE_SOURCE_UNSPECIFIED: None, pb.CONFIDENCE_SOURCE_SAMPLED: "sampled", pb.CONFIDENCE_SOURCE_EXPECTED: "expected"}
+_MODE_ENUM = {v: k for k, v in _MODES.items() if v}
+_SOURCE_ENUM = {v: k for k, v in _SOURCES.items() if v}
+_TIER_ENUM = {"slm": pb.TIER_SLM, "llm": pb.TIER_LLM}
+
+
+def to_solve_request(msg: pb.SolveRequest, timeout_s: float | None = None) -> SolveRequest:
+    """Raises InvalidSolveRequest for enum values this server does not know."""
+    if msg.mode not in _MODES:
+        raise InvalidSolveRequest(f"unknown mode {msg.mode}; known: {sorted(_MODES)}")
+    if msg.confidence_source not in _SOURCES:
+        raise InvalidSolveRequest(f"unknown confidence_source {msg.confidence_source}; known: {sorted(_SOURCES)}")
+    return SolveRequest(
+        question=msg.question,
+        request_id=msg.request_id,
+        threshold=msg.threshold if msg.HasField("threshold") else None,
+        confidence_source=_SOURCES[msg.confidence_source],
+        mode=_MODES[msg.mode],
+        contract=msg.contract or None,
+        max_new_tokens=msg.max_new_tokens or None,
+        timeout_s=timeout_s,
+    )
+
+
+def from_solve_request(req: SolveRequest) -> pb.SolveRequest:
+    msg = pb.SolveRequest(question=req.question, request_id=req.request_id, max_new_tokens=req.max_new_tokens or 0)
+    if req.threshold is not None:
+        msg.threshold = req.threshold
+    if req.mode:
+        msg.mode = _MODE_ENUM[req.mode]
+    if req.confidence_source:
+        msg.confidence_source = _SOURCE_ENUM[req.confidence_source]
+    if req.contract:
+        msg.contract = req.contract if isinstance(req.contract, str) else req.contract.name
+    return msg
+
+
+def to_response(r: SolveResult) -> pb.SolveResponse:
+    msg = pb.SolveResponse(
+        request_id=r.request_id, answer=r.answer, reasoning=r.reasoning, threshold=r.threshold,
+        confidence_source=_SOURCE_ENUM[r.confidence_source], mode=_MODE_ENUM[r.mode],
+        answered_by=_TIER_ENUM.get(r.answered_by, pb.TIER_UNSPECIFIED), deferred=r.deferred,
+        deferral_reason=r.deferral_reason, degraded=r.degraded, degraded_reason=r.degraded_reason,
+        slm_tokens=pb.TokenUsage(prompt_tokens=r.slm_prompt_tokens, completion_tokens=r.slm_completion_tokens),
+        llm_tokens=pb.TokenUsage(prompt_tokens=r.llm_prompt_tokens, completion_tokens=r.llm_completion_tokens),
+        cost=r.cost, llm_only_cost=r.llm_only_cost, slm_latency_ms=r.slm_latency_ms,
+        llm_latency_ms=r.llm_latency_ms, latency_ms=r.latency_ms, slm_model=r.slm_model,
+        llm_model=r.llm_model, text=r.text,
+    )
+    if r.confidence_sampled is not None:
+        msg.confidence_sampled = r.confidence_sampled
+    if r.confidence_expected is not None:
+        msg.confidence_expected = r.confidence_expected
+    return msg
+
+
+def from_response(msg: pb.SolveResponse) -> SolveResult:
+    tiers = {v: k for k, v in _TIER_ENUM.items()}
+    return SolveResult(
+        request_id=msg.request_id, answer=msg.answer, reasoning=msg.reasoning,
+        confidence_sampled=msg.confidence_sampled if msg.HasField("confidence_sampled") else None,
+        confidence_expected=msg.confidence_expected if msg.HasField("confidence_expected") else None,
+        threshold=msg.threshold, confidence_source=_SOURCES.get(msg.confidence_source) or "expected",
+        mode=_MODES.get(msg.mode) or "cascade", answered_by=tiers.get(msg.answered_by, ""),
+        deferred=msg.deferred, deferral_reason=msg.deferral_reason, degraded=msg.degraded,
+        degraded_reason=msg.degraded_reason, slm_prompt_tokens=msg.slm_tokens.prompt_tokens,
+        slm_completion_tokens=msg.slm_tokens.completion_tokens, llm_prompt_tokens=msg.llm_tokens.prompt_tokens,
+        llm_completion_tokens=msg.llm_tokens.completion_tokens, cost=msg.cost, llm_only_cost=msg.llm_only_cost,
+        slm_latency_ms=msg.slm_latency_ms, llm_latency_ms=msg.llm_latency_ms, latency_ms=msg.latency_ms,
+        slm_model=msg.slm_model, llm_model=msg.llm_model, text=msg.text,
+    )
+
+
+def to_event(event) -> pb.SolveEvent:
+    if isinstance(event, SlmToken):
+        return pb.SolveEvent(slm_token=pb.TokenChunk(text=event.text, index=event.index))
+    if isinstance(event, LlmToken):
+        return pb.SolveEvent(llm_token=pb.TokenChunk(text=event.text, index=event.index))
+    if isinstance(event, ConfidenceKnown):
+        return pb.SolveEvent(confidence=pb.ConfidenceKnown(
+            sampled=event.sampled, expected=event.expected, distribution=event.distribution, slm_tokens=event.slm_tokens))
+    if isinstance(event, Decision):
+        return pb.SolveEvent(decision=pb.Decision(
+            tier=_TIER_ENUM[event.tier], deferred=event.deferred, reason=event.reason, threshold=event.threshold,
+            confidence=event.confidence if event.confidence is not None else 0.0))
+    if isinstance(event, Finished):
+        return pb.SolveEvent(result=to_response(event.result))
+    raise TypeError(f"not a cascade event: {event!r}")

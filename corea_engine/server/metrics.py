@@ -1,0 +1,64 @@
+"""Prometheus metrics of the cascade service, on their own registry (one per server).
+
+Deferral rate = corea_deferred_total / corea_requests_total; savings = the sum of
+corea_llm_only_cost_total minus corea_cost_total.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from ..cascade import SolveResult
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+class CoreaMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("corea_requests", "Solve requests by outcome", ["method", "outcome"], registry=r)
+        self.deferred = Counter("corea_deferred", "Requests the policy deferred to the LLM", ["mode"], registry=r)
+        self.degraded = Counter("corea_degraded", "Requests answered degraded (LLM unavailable)", registry=r)
+        self.answered_by = Counter("corea_answered", "Requests by the tier that answered", ["tier"], registry=r)
+        self.confidence = Histogram("corea_slm_confidence", "SLM confidence (the source the decision used)",
+                                    buckets=_CONFIDENCE_BUCKETS, registry=r)
+        self.latency = Histogram("corea_latency_seconds", "Latency per tier and end to end", ["tier"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("corea_tokens", "Tokens per tier", ["tier", "kind"], registry=r)
+        self.cost = Counter("corea_cost", "Cost per tier in the configured unit", ["tier"], registry=r)
+        self.llm_only_cost = Counter("corea_llm_only_cost", "What the LLM alone would have cost", registry=r)
+        self.inflight = Gauge("corea_inflight_requests", "Solve requests in flight", registry=r)
+
+    def observe(self, method: str, result: SolveResult, cost_split: tuple[float, float]) -> None:
+        outcome = "degraded" if result.degraded else ("deferred" if result.deferred else "accepted")
+        self.requests.labels(method, outcome).inc()
+        if result.deferred:
+            self.deferred.labels(result.mode).inc()
+        if result.degraded:
+            self.degraded.inc()
+        self.answered_by.labels(result.answered_by or "none").inc()
+        if result.confidence is not None:
+            self.confidence.observe(result.confidence)
+        if result.slm_latency_ms:
+            self.latency.labels("slm").observe(result.slm_latency_ms / 1000)
+        if result.llm_latency_ms:
+            self.latency.labels("llm").observe(result.llm_latency_ms / 1000)
+        self.latency.labels("total").observe(result.latency_ms / 1000)
+        for tier, prompt, completion in (("slm", result.slm_prompt_tokens, result.slm_completion_tokens),
+                                         ("llm", result.llm_prompt_tokens, result.llm_completion_tokens)):
+            self.tokens.labels(tier, "prompt").inc(prompt)
+            self.tokens.labels(tier, "completion").inc(completion)
+        self.cost.labels("slm").inc(cost_split[0])
+        self.cost.labels("llm").inc(cost_split[1])
+        self.llm_only_cost.inc(result.llm_only_cost)
+
+    def failed(self, method: str, outcome: str) -> None:
+        """invalid | error | cancelled | deadline"""
+        self.requests.labels(method, outcome).inc()
+
+    def serve_http(self, port: int, addr: str = "0.0.0.0"):
+        """Expose /metrics; returns the HTTP server (call .shutdown() to stop it)."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server
