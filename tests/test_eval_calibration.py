@@ -13,8 +13,8 @@ from corea_engine.evaluation.metrics import Prices, cascade_from_weights
 from corea_engine.evaluation.records import Columns, columns, join, read_model_records
 
 
-def _recorded(name, slm, llm):
-    return columns(join(read_model_records(f"rlcr:{name}:{slm}"), read_model_records(f"rlcr:{name}:{llm}")))
+def _recorded(name, slm, llm, prices=Prices()):
+    return columns(join(read_model_records(f"rlcr:{name}:{slm}"), read_model_records(f"rlcr:{name}:{llm}")), prices)
 
 
 # RLCR and Base state coarse confidences (RLCR on MATH-500: 15 values, 0.7 and 0.6 hold 57% of
@@ -79,48 +79,46 @@ def test_ties_need_the_tie_probability():
     assert abs(result.plain_calibration["deferral_rate"] - 0.3) > 0.15
 
 
-def _path_grid(cols, prices, steps=200):
+def _path_grid(cols, steps=200):
     """Brute force: every policy on the path at q in a fine grid, least deferral first."""
     levels = sorted(set(cols.slm_confidence[~np.isnan(cols.slm_confidence)].tolist()))
     for level in levels:
         for q in np.linspace(0, 1, steps + 1):
             w = Policy(level, float(q)).weights(cols.slm_confidence)
-            yield cascade_from_weights(w, cols.slm_correct, cols.slm_tokens, cols.llm_correct, cols.llm_tokens, prices)
+            yield cascade_from_weights(w, cols.slm_correct, cols.slm_cost, cols.llm_correct, cols.llm_cost)
 
 
 @pytest.mark.parametrize("drop_points", [0.0, 1.0, 3.0, 10.0])
 def test_accuracy_drop_target_is_the_cheapest_policy_that_meets_it(drop_points):
     cols = _recorded("math-500", "RLCR", "Base")
-    prices = Prices()
-    policy = solve(cols, Target("max_accuracy_drop", drop_points), prices)
+    policy = solve(cols, Target("max_accuracy_drop", drop_points))
     w = policy.weights(cols.slm_confidence)
-    chosen = cascade_from_weights(w, cols.slm_correct, cols.slm_tokens, cols.llm_correct, cols.llm_tokens, prices)
+    chosen = cascade_from_weights(w, cols.slm_correct, cols.slm_cost, cols.llm_correct, cols.llm_cost)
     assert chosen.accuracy_drop <= drop_points / 100 + 1e-9
-    feasible = [o.cost for o in _path_grid(cols, prices) if o.accuracy_drop <= drop_points / 100 + 1e-9]
+    feasible = [o.cost for o in _path_grid(cols) if o.accuracy_drop <= drop_points / 100 + 1e-9]
     assert chosen.cost <= min(feasible) + 1e-9
 
 
 @pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
 def test_cost_budget_target_is_the_most_accurate_policy_within_budget(budget):
-    cols = _recorded("commonsenseqa", "Base", "RLCR")
-    prices = Prices(slm=1.0, llm=5.0)
-    policy = solve(cols, Target("cost_budget", budget), prices)
+    cols = _recorded("commonsenseqa", "Base", "RLCR", Prices(slm=1.0, llm=5.0))
+    policy = solve(cols, Target("cost_budget", budget))
     w = policy.weights(cols.slm_confidence)
-    chosen = cascade_from_weights(w, cols.slm_correct, cols.slm_tokens, cols.llm_correct, cols.llm_tokens, prices)
+    chosen = cascade_from_weights(w, cols.slm_correct, cols.slm_cost, cols.llm_correct, cols.llm_cost)
     assert chosen.cost <= budget * chosen.llm_only_cost + 1e-9
-    within = [o.accuracy for o in _path_grid(cols, prices) if o.cost <= budget * o.llm_only_cost + 1e-9]
+    within = [o.accuracy for o in _path_grid(cols) if o.cost <= budget * o.llm_only_cost + 1e-9]
     assert chosen.accuracy >= max(within) - 1e-9
 
 
 def test_refusals_name_the_problem():
-    cols = _recorded("math-500", "RLCR", "Base")
+    cols = _recorded("math-500", "RLCR", "Base", Prices(slm=1.0, llm=1.0))
     with pytest.raises(CalibrationError, match="cost budget"):
-        solve(cols, Target("cost_budget", 0.01), Prices(slm=1.0, llm=1.0))
+        solve(cols, Target("cost_budget", 0.01))
     with pytest.raises(CalibrationError, match="out of range"):
         Target("deferral_rate", 1.5)
     with pytest.raises(CalibrationError, match="unknown target"):
         Target("latency", 0.5)
-    no_llm = Columns(cols.slm_correct, cols.slm_confidence, cols.slm_tokens, None, None)
+    no_llm = Columns(cols.slm_correct, cols.slm_confidence, cols.slm_cost, None, None)
     with pytest.raises(CalibrationError, match="LLM"):
         calibrate(no_llm, Target("deferral_rate", 0.2))
 

@@ -114,8 +114,8 @@ def test_auroc_ties_and_degenerate_cases():
 @pytest.mark.parametrize("name,slm,llm", [("math-500", "RLCR", "Base"), ("commonsenseqa", "Base", "RLCR")])
 def test_offline_cascade_matches_a_loop(name, slm, llm):
     rows = _rows(name)
-    cols = columns(join(read_model_records(f"rlcr:{name}:{slm}"), read_model_records(f"rlcr:{name}:{llm}")))
-    prices = metrics.Prices(slm=0.2, llm=3.0)
+    cols = columns(join(read_model_records(f"rlcr:{name}:{slm}"), read_model_records(f"rlcr:{name}:{llm}")),
+                   metrics.Prices(slm=0.2, llm=3.0))
     for threshold in (0.0, 0.55, 0.7, 0.9, 1.0):
         right = deferred = cost = llm_cost = llm_right = 0.0
         for r in rows:
@@ -127,8 +127,8 @@ def test_offline_cascade_matches_a_loop(name, slm, llm):
             llm_cost += r[f"{llm}-c_lengths"][0] * 3.0
             llm_right += r[f"{llm}-evals"][0]
         n = len(rows)
-        out = metrics.simulate_cascade(cols.slm_correct, cols.slm_confidence, cols.slm_tokens,
-                                       cols.llm_correct, cols.llm_tokens, threshold, prices)
+        out = metrics.simulate_cascade(cols.slm_correct, cols.slm_confidence, cols.slm_cost,
+                                       cols.llm_correct, cols.llm_cost, threshold)
         assert out.deferral_rate == pytest.approx(deferred / n)
         assert out.accuracy == pytest.approx(right / n)
         assert out.cost == pytest.approx(cost / n)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .metrics import CascadeOutcome, Prices, cascade_from_weights, deferral_weights
+from .metrics import CascadeOutcome, cascade_from_weights, deferral_weights
 from .records import Columns
 
 TARGETS = ("deferral_rate", "max_accuracy_drop", "cost_budget")
@@ -86,16 +86,16 @@ def _levels(confidence) -> list[float]:
     return levels
 
 
-def _outcome(cols: Columns, policy: Policy, prices: Prices, weights=None) -> CascadeOutcome:
+def _outcome(cols: Columns, policy: Policy, weights=None) -> CascadeOutcome:
     w = policy.weights(cols.slm_confidence) if weights is None else weights
-    return cascade_from_weights(w, cols.slm_correct, cols.slm_tokens, cols.llm_correct, cols.llm_tokens,
-                                prices, policy.threshold, policy.tie_defer_prob)
+    return cascade_from_weights(w, cols.slm_correct, cols.slm_cost, cols.llm_correct, cols.llm_cost,
+                                policy.threshold, policy.tie_defer_prob)
 
 
-def _segments(cols: Columns, prices: Prices):
+def _segments(cols: Columns):
     """(level, outcome at q=0, outcome at q=1) for each distinct confidence, least deferral first."""
     for level in _levels(cols.slm_confidence):
-        yield level, _outcome(cols, Policy(level, 0.0), prices), _outcome(cols, Policy(level, 1.0), prices)
+        yield level, _outcome(cols, Policy(level, 0.0)), _outcome(cols, Policy(level, 1.0))
 
 
 def _fraction(start: float, end: float, goal: float) -> float:
@@ -103,9 +103,9 @@ def _fraction(start: float, end: float, goal: float) -> float:
     return 0.0 if end == start else min(1.0, max(0.0, (goal - start) / (end - start)))
 
 
-def solve(cols: Columns, target: Target, prices: Prices = Prices()) -> Policy:
+def solve(cols: Columns, target: Target) -> Policy:
     """The policy that meets the target on these samples (expected values, exact on the path)."""
-    segments = list(_segments(cols, prices))
+    segments = list(_segments(cols))
     if target.kind == "deferral_rate":
         for level, start, end in segments:
             if target.value <= end.deferral_rate + 1e-12:
@@ -138,7 +138,7 @@ def solve(cols: Columns, target: Target, prices: Prices = Prices()) -> Policy:
     return best
 
 
-def plain_policy(cols: Columns, policy: Policy, target: Target, prices: Prices = Prices()) -> Policy:
+def plain_policy(cols: Columns, policy: Policy, target: Target) -> Policy:
     """The nearest policy with q = 0 (what a server without randomisation runs).
 
     Deferral target: the nearer of the two ends of the tie group. Accuracy target: the end that
@@ -158,8 +158,8 @@ def plain_policy(cols: Columns, policy: Policy, target: Target, prices: Prices =
         return upper
     if target.kind == "cost_budget":
         return lower
-    below = _outcome(cols, lower, prices).deferral_rate
-    above = _outcome(cols, upper, prices).deferral_rate
+    below = _outcome(cols, lower).deferral_rate
+    above = _outcome(cols, upper).deferral_rate
     return lower if abs(below - target.value) <= abs(above - target.value) else upper
 
 
@@ -183,7 +183,6 @@ class CalibrationResult:
     target: dict
     policy: Policy
     plain_policy: Policy
-    prices: dict
     calibration: Evaluation
     plain_calibration: dict
     holdout: Evaluation | None = None
@@ -202,12 +201,11 @@ class CalibrationResult:
 _BOOTSTRAP_METRICS = ("deferral_rate", "accuracy", "cost", "cost_reduction", "accuracy_drop")
 
 
-def evaluate_policy(cols: Columns, policy: Policy, prices: Prices = Prices(), *, seed: int = 0,
-                    bootstrap: int = 1000) -> Evaluation:
+def evaluate_policy(cols: Columns, policy: Policy, *, seed: int = 0, bootstrap: int = 1000) -> Evaluation:
     rng = np.random.default_rng(seed)
-    expected = _outcome(cols, policy, prices)
+    expected = _outcome(cols, policy)
     decided = policy.decide(cols.slm_confidence, rng.random(len(cols))).astype(float)
-    realised = _outcome(cols, policy, prices, weights=decided)
+    realised = _outcome(cols, policy, weights=decided)
     intervals = {}
     if bootstrap:
         weights = policy.weights(cols.slm_confidence)
@@ -215,8 +213,8 @@ def evaluate_policy(cols: Columns, policy: Policy, prices: Prices = Prices(), *,
         for _ in range(bootstrap):
             pick = rng.integers(0, len(cols), len(cols))
             sample = cols.subset(pick)
-            outcome = cascade_from_weights(weights[pick], sample.slm_correct, sample.slm_tokens,
-                                           sample.llm_correct, sample.llm_tokens, prices)
+            outcome = cascade_from_weights(weights[pick], sample.slm_correct, sample.slm_cost,
+                                           sample.llm_correct, sample.llm_cost)
             for m in _BOOTSTRAP_METRICS:
                 draws[m].append(getattr(outcome, m))
         intervals = {m: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for m, v in draws.items()}
@@ -233,19 +231,19 @@ def split(n: int, holdout_fraction: float, seed: int = 0) -> tuple[np.ndarray, n
     return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
 
 
-def calibrate(cols: Columns, target: Target, prices: Prices = Prices(), *, holdout: Columns | None = None,
+def calibrate(cols: Columns, target: Target, *, holdout: Columns | None = None,
               seed: int = 0, bootstrap: int = 1000) -> CalibrationResult:
     """Choose the policy on `cols` for the target; check it on `holdout` when given."""
     if not cols.has_llm:
         raise CalibrationError("calibration needs the LLM's correctness and tokens on every sample")
     if len(cols) < 2:
         raise CalibrationError(f"calibration needs at least 2 samples, got {len(cols)}")
-    policy = solve(cols, target, prices)
-    plain = plain_policy(cols, policy, target, prices)
+    policy = solve(cols, target)
+    plain = plain_policy(cols, policy, target)
     result = CalibrationResult(
-        target=asdict(target), policy=policy, plain_policy=plain, prices=asdict(prices),
-        calibration=evaluate_policy(cols, policy, prices, seed=seed, bootstrap=bootstrap),
-        plain_calibration=_outcome(cols, plain, prices).as_dict(),
+        target=asdict(target), policy=policy, plain_policy=plain,
+        calibration=evaluate_policy(cols, policy, seed=seed, bootstrap=bootstrap),
+        plain_calibration=_outcome(cols, plain).as_dict(),
     )
     achieved = result.calibration.expected["deferral_rate"]
     if target.kind == "deferral_rate" and abs(achieved - target.value) > 1e-9:
@@ -253,7 +251,7 @@ def calibrate(cols: Columns, target: Target, prices: Prices = Prices(), *, holdo
                             f"alone defer {achieved:.3f}" if achieved > target.value else
                             f"closest reachable deferral is {achieved:.3f}")
     if holdout is not None and len(holdout):
-        result.holdout = evaluate_policy(holdout, policy, prices, seed=seed + 1, bootstrap=bootstrap)
+        result.holdout = evaluate_policy(holdout, policy, seed=seed + 1, bootstrap=bootstrap)
         if target.kind == "deferral_rate":
             low, high = result.holdout.deferral_wilson_95
             result.target_in_holdout_interval = bool(low <= target.value <= high)

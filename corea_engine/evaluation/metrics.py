@@ -16,9 +16,9 @@ Conventions (every function takes plain sequences or numpy arrays):
 * AUROC: the probability that a random correct sample has a higher confidence than a random
   wrong one, ties counted 1/2 (the Mann-Whitney statistic); NaN when one class is empty.
 * Brier: mean of (confidence - correct)^2.
-* Cost: each tier's completion tokens times its price per token (`Prices`). The cascade always
-  pays the SLM's tokens and pays the LLM's tokens on deferred samples; "LLM alone" pays the LLM's
-  tokens on every sample. Accuracy drop = LLM-alone accuracy - cascade accuracy (a fraction;
+* Cost: each tier's cost per sample, either what a server reported or completion tokens times a
+  price per token (`Prices`). The cascade always pays the SLM and pays the LLM on deferred
+  samples; "LLM alone" pays the LLM on every sample. Accuracy drop = LLM-alone accuracy - cascade accuracy (a fraction;
   x100 for points).
 """
 
@@ -148,6 +148,10 @@ class Prices:
     slm: float = 1.0
     llm: float = 10.0
 
+    def costs(self, slm_tokens, llm_tokens) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample cost of each tier from completion token counts."""
+        return (np.asarray(slm_tokens, dtype=float) * self.slm, np.asarray(llm_tokens, dtype=float) * self.llm)
+
 
 @dataclass(frozen=True)
 class CascadeOutcome:
@@ -179,14 +183,19 @@ def deferral_weights(confidence, threshold: float, tie_defer_prob: float = 0.0) 
     return np.where(np.isclose(conf, threshold, rtol=0, atol=EDGE_TOLERANCE), tie_defer_prob, weights)
 
 
-def cascade_from_weights(deferred, slm_correct, slm_tokens, llm_correct, llm_tokens,
-                         prices: Prices = Prices(), threshold: float = math.nan, tie_defer_prob: float = 0.0) -> CascadeOutcome:
+def cascade_from_weights(deferred, slm_correct, slm_cost, llm_correct, llm_cost,
+                         threshold: float = math.nan, tie_defer_prob: float = 0.0) -> CascadeOutcome:
+    """The cascade's expected figures when sample i defers with probability deferred[i].
+
+    slm_cost/llm_cost: what each tier costs on each sample (see `Prices.costs`, or the cost a
+    server reported); the SLM is always paid, the LLM on deferred samples only.
+    """
     d = np.asarray(deferred, dtype=float)
     slm_c, llm_c = np.asarray(slm_correct, dtype=float), np.asarray(llm_correct, dtype=float)
-    slm_t, llm_t = np.asarray(slm_tokens, dtype=float), np.asarray(llm_tokens, dtype=float)
+    slm_cost, llm_cost = np.asarray(slm_cost, dtype=float), np.asarray(llm_cost, dtype=float)
     accuracy = float(np.mean((1 - d) * slm_c + d * llm_c))
-    cost = float(np.mean(slm_t * prices.slm + d * llm_t * prices.llm))
-    llm_only = float(np.mean(llm_t * prices.llm))
+    cost = float(np.mean(slm_cost + d * llm_cost))
+    llm_only = float(np.mean(llm_cost))
     llm_accuracy = float(llm_c.mean())
     return CascadeOutcome(
         threshold=float(threshold), tie_defer_prob=float(tie_defer_prob), n=int(d.size),
@@ -196,12 +205,12 @@ def cascade_from_weights(deferred, slm_correct, slm_tokens, llm_correct, llm_tok
     )
 
 
-def simulate_cascade(slm_correct, slm_confidence, slm_tokens, llm_correct, llm_tokens, threshold: float,
-                     prices: Prices = Prices(), tie_defer_prob: float = 0.0) -> CascadeOutcome:
+def simulate_cascade(slm_correct, slm_confidence, slm_cost, llm_correct, llm_cost, threshold: float,
+                     tie_defer_prob: float = 0.0) -> CascadeOutcome:
     """The cascade's expected accuracy, deferral rate and cost at a threshold, from recorded
     per-sample outputs of both tiers (no model runs)."""
     weights = deferral_weights(slm_confidence, threshold, tie_defer_prob)
-    return cascade_from_weights(weights, slm_correct, slm_tokens, llm_correct, llm_tokens, prices, threshold, tie_defer_prob)
+    return cascade_from_weights(weights, slm_correct, slm_cost, llm_correct, llm_cost, threshold, tie_defer_prob)
 
 
 def candidate_thresholds(confidence) -> list[float]:
@@ -214,8 +223,7 @@ def candidate_thresholds(confidence) -> list[float]:
     return values + [values[-1] + 1e-6]
 
 
-def threshold_sweep(slm_correct, slm_confidence, slm_tokens, llm_correct, llm_tokens,
-                    prices: Prices = Prices()) -> list[CascadeOutcome]:
+def threshold_sweep(slm_correct, slm_confidence, slm_cost, llm_correct, llm_cost) -> list[CascadeOutcome]:
     """The plain policy at every candidate threshold, from deferring least to most."""
-    return [simulate_cascade(slm_correct, slm_confidence, slm_tokens, llm_correct, llm_tokens, t, prices)
+    return [simulate_cascade(slm_correct, slm_confidence, slm_cost, llm_correct, llm_cost, t)
             for t in candidate_thresholds(slm_confidence)]

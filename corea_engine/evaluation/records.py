@@ -28,6 +28,7 @@ import numpy as np
 
 from ..contract import ContractError, parse_tags
 from .datasets import data_root
+from .metrics import Prices
 
 RLCR_MODELS = ("Base", "RLVR", "RLVR-Classifier", "Answer-Prob", "RLCR")
 RLCR_DATASETS = {"math-500": "math500", "commonsenseqa": "csqa"}  # file stem -> id prefix
@@ -53,6 +54,9 @@ class SampleRecord:
     slm_tokens: int
     llm_correct: bool | None = None
     llm_tokens: int | None = None
+    # What each tier cost on this sample, when a server reported it; else tokens x Prices.
+    slm_cost: float | None = None
+    llm_cost: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +90,10 @@ def _confidence(value) -> float | None:
     if not 0.0 <= value <= 1.0:
         raise RecordError(f"confidence {value} is outside [0, 1]")
     return value
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def rlcr_model_records(dataset: str, model: str, source: str = "parsed") -> list[ModelRecord]:
@@ -144,6 +152,7 @@ def read_samples(path: str | Path) -> list[SampleRecord]:
             records.append(SampleRecord(
                 str(row["id"]), bool(row["slm_correct"]), _confidence(row.get("slm_confidence")), int(row["slm_tokens"]),
                 None if llm_correct is None else bool(llm_correct), None if llm_tokens is None else int(llm_tokens),
+                _optional_float(row.get("slm_cost")), _optional_float(row.get("llm_cost")),
             ))
         except (KeyError, TypeError, ValueError) as err:
             raise RecordError(f"{path}:{n}: needs id, slm_correct, slm_confidence, slm_tokens ({err})") from None
@@ -164,9 +173,9 @@ def write_jsonl(path: str | Path, rows) -> None:
 class Columns:
     slm_correct: np.ndarray
     slm_confidence: np.ndarray  # NaN = no confidence stated
-    slm_tokens: np.ndarray
+    slm_cost: np.ndarray
     llm_correct: np.ndarray | None  # None when any sample lacks the LLM's answer
-    llm_tokens: np.ndarray | None
+    llm_cost: np.ndarray | None
 
     @property
     def has_llm(self) -> bool:
@@ -174,19 +183,24 @@ class Columns:
 
     def subset(self, index) -> "Columns":
         pick = (lambda a: None if a is None else a[index])
-        return Columns(self.slm_correct[index], self.slm_confidence[index], self.slm_tokens[index],
-                       pick(self.llm_correct), pick(self.llm_tokens))
+        return Columns(self.slm_correct[index], self.slm_confidence[index], self.slm_cost[index],
+                       pick(self.llm_correct), pick(self.llm_cost))
 
     def __len__(self) -> int:
         return int(self.slm_correct.size)
 
 
-def columns(records: list[SampleRecord]) -> Columns:
+def columns(records: list[SampleRecord], prices: Prices = Prices()) -> Columns:
+    """Arrays for the metrics; a tier's cost is the reported one, else its tokens x price."""
     has_llm = bool(records) and all(r.llm_correct is not None and r.llm_tokens is not None for r in records)
+
+    def cost(reported, tokens, price):
+        return reported if reported is not None else tokens * price
+
     return Columns(
         np.array([float(r.slm_correct) for r in records]),
         np.array([math.nan if r.slm_confidence is None else r.slm_confidence for r in records], dtype=float),
-        np.array([float(r.slm_tokens) for r in records]),
+        np.array([cost(r.slm_cost, r.slm_tokens, prices.slm) for r in records], dtype=float),
         np.array([float(r.llm_correct) for r in records]) if has_llm else None,
-        np.array([float(r.llm_tokens) for r in records]) if has_llm else None,
+        np.array([cost(r.llm_cost, r.llm_tokens, prices.llm) for r in records], dtype=float) if has_llm else None,
     )
