@@ -1,0 +1,102 @@
+"""`corea train`: GRPO calibration training with the COREA confidence reward, then evaluation.
+
+Writes into --output: model/ (safetensors, servable with `corea solve --model OUTPUT/model`),
+train_log.jsonl (one line per step), eval_before.json / eval_after.json (held-out metrics and
+per-sample records), reward_curve.png and report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import default_threads
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="GRPO calibration training (TRL) with the COREA confidence reward")
+    p.add_argument("--model", default=None, help="model to train: 'smollm2-135m' (default) or a local folder")
+    p.add_argument("--output", required=True, help="folder for the trained model, logs and report")
+    p.add_argument("--contract", default="json", help="output format the model learns (json, tags, ...)")
+    p.add_argument("--steps", type=int, default=100, help="GRPO optimizer steps")
+    p.add_argument("--prompts-per-step", type=int, default=4, help="questions per step")
+    p.add_argument("--num-generations", type=int, default=4, help="completions per question (the GRPO group)")
+    p.add_argument("--max-completion-length", type=int, default=48)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--temperature", type=float, default=0.8, help="rollout sampling temperature")
+    p.add_argument("--beta", type=float, default=0.0, help="KL penalty to the starting model (0: none)")
+    p.add_argument("--distance", default="l1", choices=["l1", "l2", "kl"], help="calibration reward distance")
+    p.add_argument("--weights", default="format=0.5,correctness=1,calibration=1",
+                   help="reward weights NAME=W,... over format, correctness, calibration, brier")
+    p.add_argument("--train-size", type=int, default=2000, help="generated training questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", type=int, default=200, help="held-out questions to evaluate before and after (0: skip)")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate --model on the held-out split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..cli import CommandError
+    from ..contract import get_format
+    from ..training.rewards import parse_weights
+
+    get_format(args.contract)  # refuse a bad contract before loading anything
+    for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "train_size"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.num_generations < 2:
+        raise CommandError("--num-generations must be at least 2: GRPO compares completions within a group")
+    if args.eval < 0:
+        raise CommandError(f"--eval must be >= 0, got {args.eval}")
+    try:
+        weights = parse_weights(args.weights)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+
+    import torch
+
+    from ..models import resolve_model
+    from ..training import evaluate, report
+    from ..training.grpo import TrainSettings, train
+    from ..training.tasks import held_out_problems
+
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    held_out = held_out_problems(args.eval) if args.eval else []
+    resolve_model(args.model)  # a missing model fails here, with exit code 2
+
+    def evaluate_to(model, name: str) -> dict:
+        samples = evaluate.run_samples(held_out, model=model, contract=args.contract, threads=threads)
+        summary = evaluate.summarize(samples)
+        (out / name).write_text(json.dumps({"summary": summary, "samples": evaluate.samples_as_dicts(samples)}, indent=1))
+        print(f"{name}: accuracy {summary['accuracy']:.3f}  ECE sampled {summary['sampled']['ece']:.3f} "
+              f"expected {summary['expected']['ece']:.3f}", flush=True)
+        return summary
+
+    if args.eval_only:
+        if not held_out:
+            raise CommandError("--eval-only needs --eval N with N > 0")
+        evaluate_to(args.model, "eval.json")
+        return 0
+
+    before = evaluate_to(args.model, "eval_before.json") if held_out else None
+    settings = TrainSettings(
+        model=args.model, output_dir=str(out), contract=args.contract, steps=args.steps,
+        prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length, learning_rate=args.lr, temperature=args.temperature,
+        beta=args.beta, distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
+        threads=threads, progress=not args.no_progress, max_minutes=args.max_minutes,
+    )
+    model_dir = train(settings)
+    print(f"saved {model_dir}", flush=True)
+    report.plot_curve(settings.log_path, out / "reward_curve.png")
+    if held_out:
+        after = evaluate_to(str(model_dir), "eval_after.json")
+        text = report.before_after_table(before, after) + "\n\n" + report.difficulty_table(before, after) + "\n"
+        (out / "report.md").write_text(text)
+        print(text)
+    return 0

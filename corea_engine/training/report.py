@@ -1,0 +1,82 @@
+"""The training report: the reward curve (PNG) and the before/after table (Markdown)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+CURVES = (
+    ("reward", "total reward (weighted)"),
+    ("rewards/correctness/mean", "correctness (accuracy)"),
+    ("rewards/format/mean", "format"),
+    ("rewards/calibration/mean", "calibration (-distance)"),
+    ("rewards/brier/mean", "brier"),
+    ("mean_confidence", "mean stated confidence"),
+)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1): i + 1] if not math.isnan(v)]
+        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+    return out
+
+
+def plot_curve(log_path: str | Path, png_path: str | Path, window: int = 10) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_log(log_path)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key, label in CURVES:
+        points = [(r["step"], float(r[key])) for r in rows if key in r]
+        if not points:
+            continue
+        steps, values = zip(*points)
+        line, = ax.plot(steps, _smooth(list(values), window), label=label)
+        ax.plot(steps, values, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("per-step mean (line: moving average of %d)" % window)
+    ax.set_title("Calibration training: reward components")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path
+
+
+def _f(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def before_after_table(before: dict, after: dict) -> str:
+    """Markdown table of accuracy and calibration for the sampled and the expected confidence."""
+    lines = ["| metric | confidence | before | after | change |", "|---|---|---|---|---|"]
+    lines.append(f"| accuracy | - | {_f(before['accuracy'])} | {_f(after['accuracy'])} | "
+                 f"{(after['accuracy'] - before['accuracy']) * 100:+.1f} pts |")
+    for kind in ("sampled", "expected"):
+        for metric in ("ece", "auroc", "brier", "mean_confidence"):
+            b, a = before[kind][metric], after[kind][metric]
+            rel = "" if (b is None or math.isnan(b) or b == 0 or math.isnan(a)) else f"{(a - b) / abs(b) * 100:+.0f}%"
+            lines.append(f"| {metric} | {kind} | {_f(b)} | {_f(a)} | {rel} |")
+    return "\n".join(lines)
+
+
+def difficulty_table(before: dict, after: dict) -> str:
+    lines = ["| level | n | acc before | acc after | conf before (exp) | conf after (exp) |", "|---|---|---|---|---|---|"]
+    for level, b in before["by_difficulty"].items():
+        a = after["by_difficulty"].get(level, {})
+        lines.append(f"| {level} | {b['n']} | {_f(b['accuracy'])} | {_f(a.get('accuracy'))} | "
+                     f"{_f(b['mean_expected'])} | {_f(a.get('mean_expected'))} |")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Generated arithmetic of graded difficulty: the calibration task.
+
+Sums and products of two n-digit numbers, n = 1..4. A 135M model adds one-digit numbers
+reliably and multiplies four-digit ones never, so accuracy varies with difficulty and a
+calibrated confidence has something to track. Problems come from a fixed seed; the held-out
+split is drawn first from its own stream, and training problems never repeat a held-out
+question, so the split stays the same whatever the training size.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+OPERATIONS = ("+", "*")
+DIGITS = (1, 2, 3, 4)
+HELD_OUT_SEED = 20261128
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: int
+    operation: str
+    digits: int
+
+    @property
+    def difficulty(self) -> str:
+        return f"{'sum' if self.operation == '+' else 'product'}-{self.digits}d"
+
+
+def _operand(rng: random.Random, digits: int) -> int:
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.randint(low, 10**digits - 1)
+
+
+def _problem(rng: random.Random, operation: str, digits: int, prefix: str, index: int) -> Problem:
+    a, b = _operand(rng, digits), _operand(rng, digits)
+    answer = a + b if operation == "+" else a * b
+    return Problem(f"{prefix}-{index}", f"What is {a} {operation} {b}?", answer, operation, digits)
+
+
+def _stream(seed: int, n: int, prefix: str, exclude: set[str] = frozenset()) -> list[Problem]:
+    """n problems cycling through every (operation, digits) level, so levels are balanced."""
+    rng = random.Random(seed)
+    levels = [(op, d) for d in DIGITS for op in OPERATIONS]
+    problems: list[Problem] = []
+    seen = set(exclude)
+    attempts = 0
+    while len(problems) < n:
+        op, d = levels[attempts % len(levels)]
+        attempts += 1
+        p = _problem(rng, op, d, prefix, len(problems))
+        if p.question in seen:  # one-digit levels have only 100 questions each
+            if attempts > 100 * n:
+                raise ValueError(f"cannot draw {n} distinct problems")
+            continue
+        seen.add(p.question)
+        problems.append(p)
+    return problems
+
+
+def held_out_problems(n: int = 200) -> list[Problem]:
+    """The fixed evaluation split (the first n of one seeded stream)."""
+    return _stream(HELD_OUT_SEED, n, "eval")
+
+
+def training_problems(n: int, seed: int = 0, held_out: int = 400) -> list[Problem]:
+    """n training problems, none equal to any of the first `held_out` held-out questions."""
+    exclude = {p.question for p in held_out_problems(held_out)}
+    return _stream(seed, n, f"train{seed}", exclude)
+
+
+_INTEGER = re.compile(r"-?\d[\d,]*(?:\.0+)?")
+
+
+def extract_integer(text: str) -> int | None:
+    """The last integer written in `text` ('1,234', '= 46.', '46.0'), or None."""
+    matches = _INTEGER.findall(text)
+    if not matches:
+        return None
+    token = matches[-1].replace(",", "")
+    return int(float(token)) if "." in token else int(token)
+
+
+def check_answer(answer_text: str, expected: int) -> bool:
+    """The task's checker: the answer field's last integer equals the true result."""
+    return extract_integer(answer_text) == expected
