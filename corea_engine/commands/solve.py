@@ -1,4 +1,9 @@
-"""`corea solve "question"`: answer one question and print the result as JSON."""
+"""`corea solve "question"`: answer one question through the cascade, print the result as JSON.
+
+With --address it asks a running `corea serve`; otherwise it runs the cascade in this process
+(which needs an LLM tier: --llm-address, --llm-openai-base-url + --llm-model, --llm-model for an
+in-process one, or --mode slm_only). --stream prints the events as JSON lines as they happen.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,79 @@ import json
 import sys
 from dataclasses import asdict
 
-from .common import add_model_args, default_threads
+from .cascade_args import add_cascade_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("solve", help="answer one question, print JSON")
+    p = sub.add_parser("solve", help="answer one question through the cascade, print JSON")
     p.add_argument("question")
-    p.add_argument("--contract", default="json", help="output format (json, tags, json_confidence_first, tags_confidence_first)")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    add_model_args(p)
+    p.add_argument("--address", default=None, help="host:port of a running `corea serve` (else: in-process)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (the gRPC deadline)")
+    p.add_argument("--stream", action="store_true", help="print every event as a JSON line")
+    add_cascade_args(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..contract import build_messages, get_format
-    from ..runtime.executor import Request, SamplingParams
-    from ..runtime.torch_executor import TorchExecutor
+def _request(args):
+    from ..cascade import SolveRequest
 
-    fmt = get_format(args.contract)
-    sampling = SamplingParams(args.temperature, args.top_p, args.seed, args.max_new_tokens)
-    request = Request(messages=build_messages(args.question, fmt), contract=fmt, sampling=sampling)
-    request.validate(max_prompt_chars=16000)  # refuse bad input before loading a model
-    with TorchExecutor(args.model, device=args.device, dtype=args.dtype, threads=default_threads()) as executor:
-        result = executor.generate(request)
-    out = asdict(result)
-    out.pop("token_ids")
-    json.dump(out, sys.stdout, indent=2)
-    print()
-    return 0 if result.finish_reason in ("stop", "confidence") else 1
+    return SolveRequest(question=args.question, threshold=args.threshold, confidence_source=args.confidence_source,
+                        mode=args.mode, contract=args.contract, max_new_tokens=args.max_new_tokens,
+                        timeout_s=args.timeout)
+
+
+def run(args) -> int:
+    result = _remote(args) if args.address else _local(args)
+    if not args.stream:
+        json.dump(asdict(result), sys.stdout, indent=2)
+        print()
+    return 0 if result.answer else 1
+
+
+def _remote(args):
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from ..cli import CommandError
+    from ..client import CoreaClient
+    from ..server.convert import from_response
+
+    with CoreaClient(args.address, timeout_s=args.timeout) as client:
+        try:
+            if not args.stream:
+                return client.solve(_request(args))
+            for event in client.stream(_request(args)):
+                print(json.dumps(MessageToDict(event)), flush=True)
+                if event.WhichOneof("event") == "result":
+                    return from_response(event.result)
+        except grpc.RpcError as err:
+            raise CommandError(f"{err.code().name}: {err.details()}") from None
+    raise CommandError("the server's stream ended without a result")
+
+
+def _local(args):
+    import asyncio
+
+    from ..cascade import Cascade, Finished
+    from .cascade_args import build_cascade, load_config
+
+    config = load_config(args)
+    request = _request(args)
+    Cascade(None, None, config).plan(request)  # refuse bad input before loading a model
+    cascade, executors = build_cascade(args, config)
+
+    async def main():
+        try:
+            async for event in cascade.stream(request):
+                if args.stream:
+                    print(json.dumps({type(event).__name__: asdict(event)}), flush=True)
+                if isinstance(event, Finished):
+                    return event.result
+        finally:
+            await cascade.close()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        for executor in executors:
+            executor.close()

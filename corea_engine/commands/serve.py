@@ -1,0 +1,45 @@
+"""`corea serve`: the cascade as a corea.v1.Corea gRPC server, with health, reflection, metrics."""
+
+from __future__ import annotations
+
+from .cascade_args import add_cascade_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve the cascade over gRPC (corea.v1.Corea)")
+    p.add_argument("--host", default="[::]")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics HTTP port")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    p.add_argument("--max-inflight", type=int, default=64, help="concurrent requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
+    add_cascade_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import asyncio
+
+    from ..cli import CommandError
+    from ..server.app import ServerStartError, build_server, serve
+    from .cascade_args import build_cascade, load_config
+
+    config = load_config(args)  # refuse bad settings before loading a model
+    cascade, executors = build_cascade(args, config)
+
+    async def main():
+        try:
+            server = build_server(cascade, port=args.port, host=args.host, max_inflight=args.max_inflight)
+        except ServerStartError as err:
+            raise CommandError(str(err)) from None
+        ready = lambda s: print(f"corea serve: {', '.join(s.services)} on port {s.port}"  # noqa: E731
+                                + ("" if args.no_metrics else f", metrics on :{args.metrics_port}/metrics"), flush=True)
+        await serve(server, metrics_port=None if args.no_metrics else args.metrics_port, grace_s=args.grace_s, ready=ready)
+        await cascade.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for executor in executors:
+            executor.close()
+    return 0
