@@ -1,0 +1,341 @@
+"""The GPU runtime: our Executor interface over SGLang's offline Engine (sglang 0.5.x).
+
+SGLang does the batching, paging and grammar masking (its xgrammar backend, fed fmt.ebnf()).
+We send token ids (our chat template, as the torch executor encodes them), ask for the
+log-probabilities of the confidence scale tokens at every output position, and turn SGLang's
+streamed chunks into TokenEvent / ConfidenceEvent / FinishedEvent with the torch executor's
+semantics:
+
+* answer-first contracts carry a ``stop_regex`` that ends generation on the step the confidence
+  symbol is written; the result's finish_reason is then "confidence" and the forced closing text
+  is appended, as the torch executor does;
+* confidence-first contracts emit the ConfidenceEvent as soon as the symbol streams and go on;
+* the confidence reading is computed by corea_kernels.confidence_stats from SGLang's
+  log-probabilities (see sglang_protocol.py), or, with ``confidence_source="device"``, taken
+  from the records of the ConfidenceRecorder logit processor that runs the kernel on the device
+  logits inside SGLang's sampler (sglang_plugin.py).
+
+Engine calls run on one asyncio loop in a thread of ours; SGLang's tokenizer manager binds its
+receive loop to the loop of the first request. Request ids sent to SGLang all have the same
+length, so none is a prefix of another (SGLang's scheduler aborts by rid prefix).
+
+Needs a CUDA machine with sglang and sgl-kernel installed; CI runs none of this (see
+tests/test_sglang_*.py for what is checked on CPU against SGLang's own classes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..contract import Format
+from .executor import (
+    ConfidenceEvent,
+    ConfidenceReading,
+    Executor,
+    ExecutorError,
+    FinishedEvent,
+    InvalidRequestError,
+    Request,
+    RequestStream,
+    Result,
+    TokenEvent,
+)
+from .sglang_protocol import (
+    DEVICE_CONFIDENCE_KEY,
+    build_sampling_params,
+    finish_reason_of,
+    reading_from_device_record,
+    reading_from_stats,
+    stats_from_token_logprobs,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIDENCE_SOURCES = ("logprobs", "device")
+_rid_counter = itertools.count()
+
+
+def sglang_rid() -> str:
+    """A fixed-length request id: equal lengths make the set prefix-free."""
+    return f"corea-{next(_rid_counter) % 10**12:012d}-{uuid.uuid4().hex}"
+
+
+@dataclass
+class _Seq:
+    request: Request
+    stream: RequestStream
+    rid: str
+    fmt: Format | None
+    prompt_ids: list[int]
+    started: float
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    at_confidence: bool = False
+    confidence: ConfidenceReading | None = None
+    confidence_at: float | None = None
+    abort_requested: bool = False
+    finished: bool = False
+
+
+class ChunkDecoder:
+    """Turns SGLang's streamed chunks of one engine into our events and results.
+
+    Each chunk (non-incremental streaming, SGLang's default) carries the cumulative output_ids
+    and meta_info: finish_reason, prompt_tokens, output_token_ids_logprobs (one list of
+    (logprob, token_id, text) per output position) and, with the device processor, the
+    DEVICE_CONFIDENCE_KEY records. Kept apart from the engine so tests can feed it recorded
+    SGLang-shaped chunks.
+    """
+
+    def __init__(self, tokenizer, confidence_source: str = "logprobs"):
+        if confidence_source not in CONFIDENCE_SOURCES:
+            raise ValueError(f"confidence_source must be one of {CONFIDENCE_SOURCES}, got {confidence_source!r}")
+        self.tokenizer = tokenizer
+        self.confidence_source = confidence_source
+        self._scales: dict = {}
+
+    def scale_ids(self, fmt: Format) -> list[int]:
+        if fmt.scale not in self._scales:
+            self._scales[fmt.scale] = fmt.scale.token_ids(self.tokenizer)
+        return self._scales[fmt.scale]
+
+    def encode(self, request: Request) -> list[int]:
+        """Prompt token ids, exactly as the torch executor encodes them."""
+        if request.messages is not None:
+            ids = self.tokenizer.apply_chat_template(
+                request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return self.tokenizer.encode(request.prompt, add_special_tokens=False)
+
+    def new_sequence(self, request: Request) -> _Seq:
+        fmt = request.format
+        if fmt is not None:
+            self.scale_ids(fmt)  # refuses a scale that is not single tokens, before queueing
+        return _Seq(
+            request=request,
+            stream=RequestStream(request.request_id),
+            rid=sglang_rid(),
+            fmt=fmt,
+            prompt_ids=self.encode(request),
+            started=time.perf_counter(),
+        )
+
+    def generate_kwargs(self, seq: _Seq) -> dict:
+        """The keyword arguments of Engine.async_generate for one sequence."""
+        fmt = seq.fmt
+        scale_ids = self.scale_ids(fmt) if fmt is not None else None
+        device = fmt is not None and self.confidence_source == "device"
+        kwargs = {
+            "input_ids": seq.prompt_ids,
+            "sampling_params": build_sampling_params(seq.request, device_confidence_ids=scale_ids if device else None),
+            "stream": True,
+            "rid": seq.rid,
+        }
+        if fmt is not None:
+            kwargs.update(return_logprob=True, token_ids_logprob=scale_ids)
+            if device:
+                from .sglang_plugin import ConfidenceRecorder
+
+                kwargs["custom_logit_processor"] = ConfidenceRecorder.to_str()
+        return kwargs
+
+    def on_chunk(self, seq: _Seq, chunk: dict) -> tuple[str | None, str | None]:
+        """Apply one chunk, pushing TokenEvents and the ConfidenceEvent; return (finish, error)."""
+        meta = chunk["meta_info"]
+        reason, error = finish_reason_of(meta)
+        output_ids = list(chunk.get("output_ids") or [])
+        stop_token = (meta.get("finish_reason") or {}).get("matched")
+        if isinstance(stop_token, int) and output_ids and output_ids[-1] == stop_token:
+            output_ids = output_ids[:-1]  # an end-of-sequence token is not part of the answer
+        for position in range(len(seq.generated), len(output_ids)):
+            self._advance(seq, output_ids[position], position, meta)
+            if seq.confidence is not None and not seq.fmt.confidence_first and seq.request.stop_at_confidence:
+                return "confidence", None
+        if reason is not None and seq.abort_requested:
+            return "abort", None
+        return reason, error
+
+    def _advance(self, seq: _Seq, token: int, position: int, meta: dict) -> None:
+        seq.generated.append(token)
+        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        delta = ""
+        if not text.endswith("\ufffd"):  # hold back half a multi-byte character
+            delta, seq.text = text[len(seq.text):], text
+        seq.stream.push(TokenEvent(seq.request.request_id, token, delta))
+        if seq.fmt is None or seq.confidence is not None:
+            return
+        if seq.at_confidence:
+            seq.at_confidence = False
+            self._read_confidence(seq, token, position, meta)
+        elif seq.text.endswith(seq.fmt.confidence_prefix):
+            seq.at_confidence = True
+
+    def _read_confidence(self, seq: _Seq, token: int, position: int, meta: dict) -> None:
+        scale = seq.fmt.scale
+        symbol = self.tokenizer.decode([token])
+        symbol = symbol if symbol in scale.symbols else symbol[:1]
+        if symbol not in scale.symbols:
+            log.warning("request %s: token %r at the confidence position is not on the scale", seq.rid, symbol)
+            return
+        sampled = scale.value_of(symbol)
+        if self.confidence_source == "device":
+            records = meta.get(DEVICE_CONFIDENCE_KEY) or []
+            if position >= len(records) or records[position] is None:
+                raise ExecutorError(f"no device confidence record at position {position} (have {len(records)})")
+            reading = reading_from_device_record(records[position], sampled=sampled, position=position)
+        else:
+            per_position = meta.get("output_token_ids_logprobs") or []
+            if position >= len(per_position) or per_position[position] is None:
+                raise ExecutorError(f"no scale log-probabilities at position {position} (have {len(per_position)})")
+            stats = stats_from_token_logprobs(per_position[position], self.scale_ids(seq.fmt), scale.values)
+            reading = reading_from_stats(stats, 0, sampled=sampled, position=position)
+        seq.confidence = reading
+        seq.confidence_at = time.perf_counter()
+        seq.stream.push(ConfidenceEvent(seq.request.request_id, reading))
+
+    def result(self, seq: _Seq, reason: str, error: str | None) -> Result:
+        text = seq.text + (seq.fmt.confidence_suffix if reason == "confidence" else "")
+        parsed = parse_error = None
+        if seq.fmt is not None and reason in ("stop", "confidence", "length"):
+            try:
+                parsed = seq.fmt.parse(text)
+            except ValueError as err:
+                parse_error = str(err)
+        return Result(
+            request_id=seq.request.request_id,
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=len(seq.generated),
+            parsed=parsed,
+            parse_error=parse_error,
+            confidence=seq.confidence,
+            error=error,
+            latency_s=time.perf_counter() - seq.started,
+            time_to_confidence_s=None if seq.confidence_at is None else seq.confidence_at - seq.started,
+            token_ids=list(seq.generated),
+        )
+
+
+class SglangExecutor(Executor):
+    """Executor over sglang.Engine.
+
+    model: a local model folder (config + tokenizer + weights; with load_format="dummy" the
+    weights are random and only the config is read). engine_options go to sglang.Engine as they
+    are: tp_size, dp_size, mem_fraction_static, max_running_requests, load_format, dtype,
+    context_length, ... confidence_source: "logprobs" (default) or "device" (starts the engine
+    with enable_custom_logit_processor and reads the in-sampler kernel's records).
+    engine/tokenizer: an already started Engine and its tokenizer.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        confidence_source: str = "logprobs",
+        max_prompt_chars: int = 16000,
+        engine=None,
+        tokenizer=None,
+        **engine_options,
+    ):
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            if model is None:
+                raise ValueError("give a model folder (or an engine and its tokenizer)")
+            tokenizer = AutoTokenizer.from_pretrained(engine_options.get("tokenizer_path") or model)
+        self.decoder = ChunkDecoder(tokenizer, confidence_source)
+        self.tokenizer = tokenizer
+        self.confidence_source = confidence_source
+        self.max_prompt_chars = max_prompt_chars
+        self.model_name = os.path.basename(str(model).rstrip("/")) if model else "sglang"
+        self._seqs: dict[str, _Seq] = {}  # our request id -> running sequence
+        self._lock = threading.Lock()
+        self._closed = False
+        self.engine = engine if engine is not None else self._start_engine(model, engine_options)
+        if getattr(self.engine.tokenizer_manager, "incremental_streaming_output", False):
+            raise ExecutorError("the executor reads cumulative chunks: start SGLang without incremental_streaming_output")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="corea-sglang-loop", daemon=True)
+        self._thread.start()
+
+    def _start_engine(self, model, options: dict):
+        # Log-probabilities of the untempered, grammar-masked distribution for sampled requests
+        # too (greedy ones get that anyway): what the torch executor's confidence reads. SGLang
+        # reads this at import in its scheduler processes, which inherit our environment.
+        os.environ.setdefault("SGLANG_RETURN_ORIGINAL_LOGPROB", "1")
+        from sglang.srt.entrypoints.engine import Engine
+
+        options = dict(options)
+        options.setdefault("grammar_backend", "xgrammar")
+        if self.confidence_source == "device":
+            options["enable_custom_logit_processor"] = True
+        return Engine(model_path=model, **options)
+
+    # ------------------------------------------------------------------ public interface
+    def submit(self, request: Request) -> RequestStream:
+        request.validate(self.max_prompt_chars)
+        seq = self.decoder.new_sequence(request)
+        with self._lock:
+            if self._closed:
+                raise ExecutorError("executor is closed")
+            if request.request_id in self._seqs:
+                raise InvalidRequestError(f"request id {request.request_id!r} is already running")
+            self._seqs[request.request_id] = seq
+        asyncio.run_coroutine_threadsafe(self._serve(seq), self._loop)
+        return seq.stream
+
+    def abort(self, request_id: str) -> bool:
+        with self._lock:
+            seq = self._seqs.get(request_id)
+            if seq is None or seq.finished:
+                return False
+            seq.abort_requested = True
+        self._loop.call_soon_threadsafe(self.engine.tokenizer_manager.abort_request, seq.rid)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            running = list(self._seqs)
+        for request_id in running:
+            self.abort(request_id)
+        try:
+            self.engine.shutdown()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ serving (event loop)
+    async def _serve(self, seq: _Seq) -> None:
+        reason, error = None, None
+        try:
+            chunks = await self.engine.async_generate(**self.decoder.generate_kwargs(seq))
+            async for chunk in chunks:
+                reason, error = self.decoder.on_chunk(seq, chunk)
+                if reason is not None:
+                    if chunk["meta_info"].get("finish_reason") is None:
+                        # We finished first (the confidence was read): stop SGLang's side too.
+                        self.engine.tokenizer_manager.abort_request(seq.rid)
+                    break
+            if reason is None:
+                reason, error = "error", "SGLang's stream ended without a finish reason"
+        except Exception as err:  # one failed request must not take the loop down
+            log.exception("SGLang request %s failed", seq.rid)
+            reason, error = "error", f"{type(err).__name__}: {err}"
+        seq.finished = True
+        with self._lock:
+            self._seqs.pop(seq.request.request_id, None)
+        seq.stream.push(FinishedEvent(seq.request.request_id, self.decoder.result(seq, reason, error)))

@@ -1,0 +1,139 @@
+"""What crosses the SGLang boundary: the sampling parameters we send and the confidence we read back.
+
+Pure functions with no SGLang import, so they are shared by the executor (which needs a GPU to
+run) and by the CPU tests (which check them against SGLang's own classes and recorded outputs).
+
+Confidence from log-probabilities. A request asks for ``token_ids_logprob=<scale token ids>``;
+SGLang then returns, for every output position, the log-probability of each scale token under the
+grammar-masked distribution the token was sampled from. `confidence_stats` (the one kernels entry
+point the torch executor also uses) wants a logits row, so we build a compact row of K + 1
+entries: the K log-probabilities, then log(1 - sum p_k) standing for the rest of the vocabulary
+(-inf when the scale holds all the mass). Its log-normaliser is log(1) = 0, so the kernel's
+probs are exactly the K probabilities SGLang reported and mass, expected value and entropy come
+out as if the kernel had read the full [V] row. The torch executor reads the raw logits with the
+grammar bitmask applied inside the kernel: the same masked distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from ..contract import Format
+from .executor import ConfidenceReading, Request
+
+# Key of the per-token records written by the device-side logit processor (sglang_plugin.py).
+DEVICE_CONFIDENCE_KEY = "corea_confidence"
+# custom_params keys read by that processor (JSON-safe values only: they cross SGLang's IPC).
+PARAM_SCALE_IDS = "corea_scale_ids"
+PARAM_SCALE_VALUES = "corea_scale_values"
+
+
+def confidence_stop_regex(fmt: Format) -> str:
+    """A stop_regex that ends generation on the step the confidence symbol is written.
+
+    Only free-text fields come before the confidence in an answer-first format, and the grammar
+    keeps the opening of the confidence field out of them (no quote in JSON strings, no '<' in
+    tag bodies), so the pattern matches only at the confidence position.
+    """
+    symbols = "|".join(re.escape(s) for s in fmt.scale.symbols)
+    return f"{re.escape(fmt.confidence_prefix)}(?:{symbols})"
+
+
+def build_sampling_params(request: Request, *, device_confidence_ids: list[int] | None = None) -> dict:
+    """SGLang sampling params (a dict for Engine.async_generate) for one of our requests."""
+    sp = request.sampling
+    params: dict = {
+        "max_new_tokens": request.max_new_tokens,
+        # SGLang treats temperature 0 as greedy (top_k = 1) itself.
+        "temperature": sp.temperature,
+        "top_p": sp.top_p,
+        # Keep the matched stop text: the confidence digit is part of the answer.
+        "no_stop_trim": True,
+        "skip_special_tokens": True,
+    }
+    if sp.seed is not None:
+        params["sampling_seed"] = sp.seed
+    fmt = request.format
+    if fmt is not None:
+        params["ebnf"] = fmt.ebnf()
+        if not fmt.confidence_first and request.stop_at_confidence:
+            params["stop_regex"] = confidence_stop_regex(fmt)
+        if device_confidence_ids is not None:
+            params["custom_params"] = {
+                PARAM_SCALE_IDS: list(device_confidence_ids),
+                PARAM_SCALE_VALUES: list(fmt.scale.values),
+            }
+    return params
+
+
+def stats_from_token_logprobs(entries, scale_ids: list[int], values) -> object:
+    """ConfidenceStats for one position from SGLang's ``output_token_ids_logprobs[position]``.
+
+    entries: a list of ``(logprob, token_id, text_or_None)`` for the requested ids, in any order.
+    Computed through corea_kernels.confidence_stats on the compact [1, K + 1] row described in
+    the module docstring.
+    """
+    from corea_kernels import confidence_stats
+
+    by_id = {int(token_id): float(logprob) for logprob, token_id, *_ in entries}
+    missing = [t for t in scale_ids if t not in by_id]
+    if missing:
+        raise ValueError(f"SGLang returned no log-probability for scale token ids {missing}")
+    logprobs = torch.tensor([by_id[t] for t in scale_ids], dtype=torch.float64)
+    # SGLang clamps -inf (masked tokens) to the float minimum; either way exp() gives 0.
+    rest = 1.0 - float(torch.exp(logprobs).sum())
+    rest_logit = math.log(rest) if rest > 1e-12 else float("-inf")
+    row = torch.cat([logprobs, torch.tensor([rest_logit], dtype=torch.float64)]).float().unsqueeze(0)
+    compact_ids = torch.arange(len(scale_ids))
+    return confidence_stats(row, compact_ids, torch.tensor(values, dtype=torch.float32))
+
+
+def reading_from_stats(stats, row: int, *, sampled: float, position: int) -> ConfidenceReading:
+    """The ConfidenceReading the torch executor builds from the same statistics."""
+    mass = float(stats.mass[row])
+    return ConfidenceReading(
+        sampled=sampled,
+        expected=float(stats.expected[row]),
+        probs=tuple(float(p) / max(mass, 1e-30) for p in stats.probs[row]),
+        mass=mass,
+        entropy=float(stats.entropy[row]),
+        position=position,
+    )
+
+
+def reading_from_device_record(record, *, sampled: float, position: int) -> ConfidenceReading:
+    """A reading from one record of the device processor: [expected, mass, entropy, *probs]."""
+    expected, mass, entropy, *probs = (float(x) for x in record)
+    return ConfidenceReading(
+        sampled=sampled,
+        expected=expected,
+        probs=tuple(p / max(mass, 1e-30) for p in probs),
+        mass=mass,
+        entropy=entropy,
+        position=position,
+    )
+
+
+def finish_reason_of(meta_info: dict) -> tuple[str | None, str | None]:
+    """(our finish reason, error message) from SGLang's meta_info['finish_reason'].
+
+    None while the request runs. SGLang reports stop tokens, stop strings and stop regexes all
+    as type 'stop'; an abort that carries an HTTP status (bad request, server error) is an error.
+    """
+    reason = meta_info.get("finish_reason")
+    if reason is None:
+        return None, None
+    kind = reason.get("type")
+    if kind == "stop":
+        return "stop", None
+    if kind == "length":
+        return "length", None
+    if kind == "abort":
+        status = reason.get("status_code")
+        if status is not None and int(status) >= 400:
+            return "error", str(reason.get("message", "aborted by SGLang"))
+        return "abort", None
+    return "error", f"unknown SGLang finish reason {reason!r}"
