@@ -1,0 +1,116 @@
+"""`corea calibrate`: choose the deferral threshold for a target from per-sample records.
+
+    corea calibrate --slm rlcr:math-500:RLCR --llm rlcr:math-500:Base --target-deferral 0.3
+    corea calibrate --samples runs/gsm8k/samples.jsonl --max-accuracy-drop 2
+    corea calibrate --slm a.jsonl --llm b.jsonl --cost-budget 0.5 --holdout-samples other.jsonl
+
+One target: --target-deferral RATE (share of questions sent to the LLM), --max-accuracy-drop
+POINTS (largest cost saving with accuracy at most this many points below the LLM alone), or
+--cost-budget FRACTION (most accurate policy costing at most this fraction of the LLM alone).
+By default half of the records (a seeded random split) calibrate and the other half check.
+The result (JSON on stdout and in --out) gives the threshold, the tie probability (see
+corea_engine/evaluation/calibration.py), the nearest plain threshold, and the expected deferral
+rate, accuracy and cost with 95% bootstrap intervals, on both halves.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="choose the deferral threshold from a calibration set")
+    g = p.add_argument_group("records (as `corea eval --offline`)")
+    g.add_argument("--slm", default=None, help="SLM model records: JSONL path or rlcr:DATASET:MODEL[:parsed|recorded]")
+    g.add_argument("--llm", default=None, help="LLM model records, same forms as --slm")
+    g.add_argument("--samples", default=None, help="joined sample records (e.g. a `corea eval` samples.jsonl)")
+    g.add_argument("--slm-price", type=float, default=1.0, help="SLM price per completion token, when records carry no cost")
+    g.add_argument("--llm-price", type=float, default=10.0, help="LLM price per completion token, when records carry no cost")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--target-deferral", type=float, help="share of questions to defer, 0..1")
+    t.add_argument("--max-accuracy-drop", type=float, help="points of accuracy below the LLM alone that may be lost")
+    t.add_argument("--cost-budget", type=float, help="cost as a fraction of the LLM alone, e.g. 0.5")
+    p.add_argument("--holdout", type=float, default=0.5, help="share of the records held out to check (0: none)")
+    p.add_argument("--holdout-samples", default=None, help="check on these sample records instead of a split")
+    p.add_argument("--seed", type=int, default=0, help="split, tie draws and bootstrap")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--out", default=None, help="also write the result JSON here")
+    p.set_defaults(func=run, offline=True, limit=None)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from ..cli import CommandError
+    from ..evaluation.calibration import CalibrationError, Target, calibrate, split
+    from ..evaluation.metrics import Prices
+    from ..evaluation.records import RecordError, columns, read_samples
+    from ..evaluation.report import _clean
+    from .eval import load_offline_records
+
+    if args.target_deferral is not None:
+        target_args = ("deferral_rate", args.target_deferral)
+    elif args.max_accuracy_drop is not None:
+        target_args = ("max_accuracy_drop", args.max_accuracy_drop)
+    else:
+        target_args = ("cost_budget", args.cost_budget)
+    try:
+        target = Target(*target_args)
+        prices = Prices(args.slm_price, args.llm_price)
+        cols = columns(load_offline_records(args), prices)
+        if args.holdout_samples:
+            calib, held = cols, columns(read_samples(args.holdout_samples), prices)
+        elif args.holdout > 0:
+            calib_index, held_index = split(len(cols), args.holdout, args.seed)
+            calib, held = cols.subset(calib_index), cols.subset(held_index)
+        else:
+            calib, held = cols, None
+        result = calibrate(calib, target, holdout=held, seed=args.seed, bootstrap=args.bootstrap)
+    except (CalibrationError, RecordError) as err:
+        raise CommandError(str(err)) from None
+    out = _clean(result.as_dict())
+    out["source"] = args.samples or f"SLM {args.slm}, LLM {args.llm}"
+    text = json.dumps(out, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    _print_table(Console(stderr=True), result)
+    print(text, file=sys.stdout)
+    return 0
+
+
+def _print_table(console, result) -> None:
+    from rich.table import Table
+
+    p, plain = result.policy, result.plain_policy
+    console.print(f"target {result.target['kind']} = {result.target['value']:g}: threshold {p.threshold:g}, "
+                  f"tie-defer probability {p.tie_defer_prob:.3f} (plain: threshold {plain.threshold:g}"
+                  f"{', defer all' if plain.tie_defer_prob == 1.0 else ''})")
+    table = Table()
+    for column in ("set", "n", "LLM%", "accuracy", "cost reduction", "accuracy drop (pts)"):
+        table.add_column(column)
+    sets = [("calibration", result.calibration), ("held out", result.holdout)]
+    for name, ev in sets:
+        if ev is None:
+            continue
+        e, ci = ev.expected, ev.bootstrap_95
+
+        def cell(metric, scale=100.0, digits=1):
+            text = f"{scale * e[metric]:.{digits}f}"
+            if metric in ci:
+                text += f" [{scale * ci[metric][0]:.{digits}f}, {scale * ci[metric][1]:.{digits}f}]"
+            return text
+
+        table.add_row(name, str(ev.n), cell("deferral_rate"), cell("accuracy"), cell("cost_reduction"), cell("accuracy_drop"))
+    if result.holdout is not None:
+        r = result.holdout.realised
+        table.add_row("held out, realised", str(result.holdout.n), f"{100 * r['deferral_rate']:.1f}",
+                      f"{100 * r['accuracy']:.1f}", f"{100 * r['cost_reduction']:.1f}", f"{100 * r['accuracy_drop']:.1f}")
+    console.print(table)
+    console.print("expected values with 95% bootstrap intervals; realised = one draw of the tie randomisation")
+    if result.target_in_holdout_interval is not None:
+        console.print(f"target inside the held-out 95% Wilson interval: {result.target_in_holdout_interval}; "
+                      f"inside the two-sample 95% interval: {result.target_in_two_sample_interval}")
+    for note in result.notes:
+        console.print(f"note: {note}")
