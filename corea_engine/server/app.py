@@ -49,6 +49,11 @@ class Server:
     llm: LLMService | None = None
     _http: object = field(default=None, repr=False)
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound /metrics port (useful when started with port 0)."""
+        return self._http.server_port if self._http is not None else None
+
     async def start(self, metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
         await self.grpc_server.start()
         for name in ["", *self.services]:
