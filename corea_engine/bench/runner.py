@@ -26,6 +26,7 @@ class BenchSetup:
     question_source: str = "gsm8k"
     address: str = "127.0.0.1:50051"
     spawn: bool = False
+    spawn_llm_server: bool = False  # spawn `corea serve-llm` too, reached over gRPC
     cpp: bool = False
     cpp_build_dir: str | None = None
     model: str | None = None
@@ -44,10 +45,11 @@ class BenchSetup:
     @classmethod
     def from_args(cls, args, *, levels, questions, threads) -> "BenchSetup":
         options = RequestOptions(contract=args.contract, max_new_tokens=args.max_new_tokens,
-                                 threshold=args.threshold, mode=args.mode, timeout_s=args.timeout)
+                                 threshold=args.threshold, mode=args.mode, timeout_s=args.timeout,
+                                 max_reasoning_chars=args.max_reasoning_chars, max_answer_chars=args.max_answer_chars)
         return cls(levels=levels, questions=questions, options=options, requests=args.requests,
                    seconds=args.seconds, warmup=args.warmup, question_source=args.questions,
-                   address=args.address, spawn=args.spawn, cpp=args.cpp, cpp_build_dir=args.cpp_build_dir,
+                   address=args.address, spawn=args.spawn, spawn_llm_server=args.spawn_llm_server, cpp=args.cpp, cpp_build_dir=args.cpp_build_dir,
                    model=args.model, device=args.device, dtype=args.dtype, llm_model=args.llm_model,
                    llm_device=args.llm_device, llm_dtype=args.llm_dtype, max_batch_size=args.max_batch_size,
                    threads=threads)
@@ -56,7 +58,8 @@ class BenchSetup:
         o = self.options
         return {"requests_per_level": self.requests, "seconds_per_level": self.seconds,
                 "questions": f"{self.question_source}[:{len(self.questions)}]", "contract": o.contract,
-                "max_new_tokens": o.max_new_tokens, "threshold": o.threshold, "mode": o.mode,
+                "max_new_tokens": o.max_new_tokens, "max_reasoning_chars": o.max_reasoning_chars,
+                "max_answer_chars": o.max_answer_chars, "threshold": o.threshold, "mode": o.mode,
                 "model": self.model or "smollm2-135m", "llm_model": self.llm_model or "smollm2-135m (stand-in)",
                 "max_batch_size": self.max_batch_size, "threads": self.threads}
 
@@ -114,7 +117,7 @@ def _grpc(setup: BenchSetup, progress) -> list[dict]:
         if setup.spawn:
             from .spawn import spawn_servers
 
-            address = stack.enter_context(spawn_servers(setup, progress))
+            address = stack.enter_context(spawn_servers(setup, progress, separate_llm=setup.spawn_llm_server))
         reports = [_sweep(lambda: GrpcTarget(address, setup.options), setup, progress, address=address)]
         if binary is not None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="corea-bench-")))
@@ -155,7 +158,9 @@ class _InProcessModels:
             else:
                 self._llm = TorchExecutor(s.llm_model, device=s.llm_device, dtype=s.llm_dtype,
                                           max_batch_size=s.max_batch_size)
-        return Cascade(slm, ExecutorLLM(self._llm), CascadeConfig(contract=s.options.contract))
+        config = CascadeConfig(contract=s.options.contract, max_reasoning_chars=s.options.max_reasoning_chars,
+                               max_answer_chars=s.options.max_answer_chars)
+        return Cascade(slm, ExecutorLLM(self._llm), config)
 
     def close(self) -> None:
         for executor in (self._llm, self._slm):

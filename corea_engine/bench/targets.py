@@ -27,6 +27,16 @@ class RequestOptions:
     threshold: float | None = None
     mode: str | None = None  # cascade | slm_only | llm_only (cascade and grpc targets)
     timeout_s: float = 600.0
+    # Bounds on the contract's free-text fields (shorter outputs, faster CPU runs). In process they
+    # bound the format; a server takes them from its configuration (spawned: COREA_MAX_*_CHARS).
+    max_reasoning_chars: int | None = None
+    max_answer_chars: int | None = None
+
+    def format(self):
+        from ..contract import get_format
+
+        return get_format(self.contract).bounded(max_reasoning_chars=self.max_reasoning_chars,
+                                                 max_answer_chars=self.max_answer_chars)
 
 
 class RequestFailed(RuntimeError):
@@ -58,10 +68,10 @@ class ExecutorTarget(Target):
         self.threshold = 0.5 if options.threshold is None else options.threshold
 
     async def solve(self, question: str, request_id: str) -> Sample:
-        from ..contract import build_messages, get_format
+        from ..contract import build_messages
         from ..runtime.executor import ConfidenceEvent, FinishedEvent, Request, SamplingParams
 
-        fmt = get_format(self.options.contract)
+        fmt = self.options.format()
         request = Request(messages=build_messages(question, fmt), contract=fmt, request_id=request_id,
                           sampling=SamplingParams(max_new_tokens=self.options.max_new_tokens))
         start = time.perf_counter()

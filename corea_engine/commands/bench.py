@@ -21,7 +21,9 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="throughput/latency sweep over concurrency (executor, cascade, gRPC)")
     p.add_argument("--target", default="grpc", help=f"comma-separated layers to drive: {', '.join(TARGETS)}")
     p.add_argument("--address", default="127.0.0.1:50051", help="a running `corea serve` (grpc target)")
-    p.add_argument("--spawn", action="store_true", help="start `corea serve-llm` and `corea serve` on loopback for the grpc target")
+    p.add_argument("--spawn", action="store_true", help="start `corea serve` on loopback for the grpc target (and stop it afterwards)")
+    p.add_argument("--spawn-llm-server", action="store_true",
+                   help="with --spawn: the LLM tier is a separate `corea serve-llm` process (default: in the serve process)")
     p.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="comma-separated levels")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--requests", type=int, default=None, help="requests per level, at least one per worker (default 32)")
@@ -31,12 +33,15 @@ def register(sub) -> None:
     p.add_argument("--question-limit", type=int, default=64, help="how many questions to cycle through")
     p.add_argument("--contract", default="json")
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap per tier (default: the contract's bound)")
+    p.add_argument("--max-reasoning-chars", type=int, default=None,
+                   help="bound the contract's reasoning field (in-process and spawned servers; a running server uses its own config)")
+    p.add_argument("--max-answer-chars", type=int, default=None, help="bound the contract's answer field (as above)")
     p.add_argument("--threshold", type=float, default=None, help="deferral threshold (default: the layer's)")
     p.add_argument("--mode", choices=["cascade", "slm_only", "llm_only"], default=None)
     p.add_argument("--timeout", type=float, default=600.0, help="per-request deadline, seconds")
     p.add_argument("--cpp", action="store_true", help="also run the C++ client (cmake build) against the grpc target")
     p.add_argument("--cpp-build-dir", default=None, help="CMake build folder for the C++ client (default build/cpp)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="executor batch size (in-process and spawned)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="batch size of the in-process executors and a spawned serve-llm (corea serve uses its own default)")
     p.add_argument("--out", default="runs/bench", help="folder for the JSON, markdown and plot")
     p.add_argument("--stem", default="bench", help="file name stem of the outputs")
     add_model_args(p)
@@ -74,6 +79,10 @@ def run(args) -> int:
         raise CommandError(f"--seconds must be positive, got {args.seconds}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise CommandError(f"--threshold must be in [0, 1], got {args.threshold}")
+    for name in ("max_reasoning_chars", "max_answer_chars", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     levels = parse_levels(args.concurrency)
     try:
         questions = load_questions(args.questions, args.question_limit)
