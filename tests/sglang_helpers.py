@@ -81,14 +81,15 @@ def teacher_forced_logits(executor, request: Request, token_ids: list[int]) -> t
 
 
 def grammar_bitmasks(executor, fmt, token_ids: list[int]) -> torch.Tensor:
-    """Our runtime's bitmask [len(token_ids), W] before each output token (GrammarCache matcher)."""
+    """Our runtime's bitmask before each output token and after the last: [len(token_ids) + 1, W]."""
     import xgrammar as xgr
 
     matcher = GrammarCache.for_tokenizer(executor.tokenizer, executor.vocab_size).matcher(fmt)
-    masks = xgr.allocate_token_bitmask(len(token_ids), executor.vocab_size)
+    masks = xgr.allocate_token_bitmask(len(token_ids) + 1, executor.vocab_size)
     for i, token in enumerate(token_ids):
         matcher.fill_next_token_bitmask(masks, i)
         assert matcher.accept_token(token), f"our grammar refuses its own output at token {i}"
+    matcher.fill_next_token_bitmask(masks, len(token_ids))
     return masks
 
 
