@@ -44,4 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m corea_engine.cli` runs this file as __main__: call the package module's main so
+    # that the CommandError commands raise (imported from corea_engine.cli) is the class caught.
+    from corea_engine.cli import main as package_main
+
+    sys.exit(package_main())
