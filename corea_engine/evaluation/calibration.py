@@ -104,7 +104,18 @@ def _fraction(start: float, end: float, goal: float) -> float:
 
 
 def solve(cols: Columns, target: Target) -> Policy:
-    """The policy that meets the target on these samples (expected values, exact on the path)."""
+    """The policy that meets the target on these samples (expected values, exact on the path).
+
+    (v_j, 1) is returned as the same policy (v_{j+1}, 0) when there is a next level."""
+    policy = _solve(cols, target)
+    levels = _levels(cols.slm_confidence)
+    i = levels.index(round(policy.threshold, 9))
+    if policy.tie_defer_prob >= 1.0 and i + 1 < len(levels):
+        return Policy(levels[i + 1], 0.0)
+    return policy
+
+
+def _solve(cols: Columns, target: Target) -> Policy:
     segments = list(_segments(cols))
     if target.kind == "deferral_rate":
         for level, start, end in segments:

@@ -60,6 +60,10 @@ def _num(x, digits=3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _cost(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
 def markdown(result: dict, title: str) -> str:
     slm = result["slm"]
     lines = [f"# {title}", ""]
@@ -80,12 +84,12 @@ def markdown(result: dict, title: str) -> str:
         lines += [f"| cascade threshold | {c['threshold']:g} |",
                   f"| cascade accuracy | {_pct(c['accuracy'])} |",
                   f"| deferral rate (LLM%) | {_pct(c['deferral_rate'])} |",
-                  f"| cost per question | {_num(c['cost'], 4)} (LLM alone {_num(c['llm_only_cost'], 4)}) |",
+                  f"| cost per question | {_cost(c['cost'])} (LLM alone {_cost(c['llm_only_cost'])}) |",
                   f"| cost reduction vs LLM alone | {_pct(c['cost_reduction'])} |",
                   f"| accuracy drop vs LLM alone | {_num(100 * c['accuracy_drop'], 1)} points |"]
     if "online" in result:
         for key, value in result["online"].items():
-            lines.append(f"| measured {key} | {value if isinstance(value, str) else _num(value, 4)} |")
+            lines.append(f"| measured {key} | {value if isinstance(value, str) else _cost(value)} |")
     if "sweep" in result:
         lines += ["", "## Threshold sweep (plain policy: accept when confidence >= threshold)", "",
                   "| threshold | LLM% | accuracy | cost reduction | accuracy drop (points) |", "|---|---|---|---|---|"]
