@@ -1,0 +1,38 @@
+"""Helpers for the cascade/server tests: real servers on loopback around the session SLM."""
+
+from __future__ import annotations
+
+import socket
+
+from corea_engine.cascade import Cascade, CascadeConfig
+from corea_engine.escalation.grpc_llm import GrpcLLM
+from corea_engine.runtime.torch_executor import TorchExecutor
+from corea_engine.server.app import build_server
+from corea_engine.server.background import ServerThread
+
+# Small bounds keep every request to a few dozen tokens (CI time).
+SMALL = dict(max_reasoning_chars=80, max_answer_chars=16)
+
+
+def stand_in_llm(slm: TorchExecutor) -> TorchExecutor:
+    """A second executor over the SLM's weights: the stand-in LLM tier, no second load."""
+    llm = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer), max_batch_size=16)
+    llm.model_name = "stand-in-llm"
+    return llm
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llm_server(executor: TorchExecutor, port: int = 0) -> ServerThread:
+    return ServerThread(lambda: build_server(llm_executor=executor, port=port, host="127.0.0.1")).start()
+
+
+def corea_server(slm, llm_address: str, *, max_inflight: int = 64, metrics_port=None, **config) -> ServerThread:
+    cfg = CascadeConfig(**{**SMALL, **config})
+    cascade = Cascade(slm, GrpcLLM(llm_address), cfg)
+    return ServerThread(lambda: build_server(cascade, port=0, host="127.0.0.1", max_inflight=max_inflight),
+                        metrics_port=metrics_port).start()
