@@ -99,3 +99,41 @@ def masked_log_softmax(logits: torch.Tensor, bitmasks: torch.Tensor) -> torch.Te
 
     allowed = unpack_bitmask(bitmasks, logits.shape[1])
     return torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+class RequestRecordSink:
+    """Stands in for SGLang's Req, of which the processor touches only `customized_info`.
+
+    (sglang.srt.managers.schedule_batch imports torchvision, which cannot load here.) SGLang
+    hands processors a weakref.proxy of the Req; so do the tests.
+    """
+
+    customized_info = None
+
+
+def sglang_batch(logits, custom_params, processor_str, rows):
+    from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
+    from sglang.srt.sampling.sampling_batch_info import ProcessorEntry, SamplingBatchInfo
+
+    n = logits.shape[0]
+    return SamplingBatchInfo(
+        temperatures=torch.ones(n, 1),
+        top_ps=torch.ones(n),
+        top_ks=torch.ones(n, dtype=torch.int32),
+        min_ps=torch.zeros(n),
+        is_all_greedy=True,
+        is_any_greedy=True,
+        need_top_p_sampling=False,
+        need_top_k_sampling=False,
+        need_min_p_sampling=False,
+        vocab_size=logits.shape[1],
+        has_custom_logit_processor=True,
+        custom_params=custom_params,
+        # As SamplingBatchInfo.from_schedule_batch builds it: one entry per serialised processor.
+        custom_logit_processor={
+            hash(processor_str): ProcessorEntry(
+                processor=CustomLogitProcessor.from_str(processor_str), rows=rows, indices=torch.tensor(rows)
+            )
+        },
+        device="cpu",
+    )
