@@ -58,6 +58,9 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "hypothesis>=6", "triton>=3.0"],
         "train": ["trl>=0.20", "datasets>=3"],
+        # GPU serving (corea_engine/runtime/sglang_executor.py). On a CPU machine use
+        # scripts/install_sglang_cpu.sh instead: a plain install replaces torch with a CUDA build.
+        "sglang": ["sglang>=0.5,<0.6"],
     },
     cmdclass={"build_py": build_py_with_protos},
     entry_points={"console_scripts": ["corea=corea_engine.cli:main"]},
