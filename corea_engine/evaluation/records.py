@@ -149,6 +149,9 @@ def read_samples(path: str | Path) -> list[SampleRecord]:
         try:
             llm_correct = row.get("llm_correct")
             llm_tokens = row.get("llm_tokens")
+            if row["slm_correct"] is None:
+                raise RecordError(f"{path}:{n}: the SLM's answer is unknown (a `corea eval --no-complete` row "
+                                  "deferred early); records need the SLM's correctness")
             records.append(SampleRecord(
                 str(row["id"]), bool(row["slm_correct"]), _confidence(row.get("slm_confidence")), int(row["slm_tokens"]),
                 None if llm_correct is None else bool(llm_correct), None if llm_tokens is None else int(llm_tokens),

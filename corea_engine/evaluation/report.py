@@ -113,6 +113,13 @@ def _figure():
     return plt, plt.subplots(figsize=(5.5, 4.5), dpi=100)
 
 
+def _set_title(ax, title: str, extra: str = "") -> None:
+    import textwrap
+
+    text = "\n".join(textwrap.wrap(title, 60)) + (f"\n{extra}" if extra else "")
+    ax.set_title(text, fontsize=9)
+
+
 def plot_reliability(cols: Columns, path: Path, title: str, n_bins: int = 10) -> None:
     plt, (fig, ax) = _figure()
     bins = metrics.reliability_bins(cols.slm_confidence, cols.slm_correct, n_bins)
@@ -126,8 +133,8 @@ def plot_reliability(cols: Columns, path: Path, title: str, n_bins: int = 10) ->
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.plot([], [], color="tab:red", lw=2, label="mean confidence in bin")
     ece = metrics.ece(cols.slm_confidence, cols.slm_correct, n_bins)
-    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="stated confidence", ylabel="accuracy",
-           title=f"{title}\nECE {_num(ece)}, samples per bin annotated")
+    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="stated confidence", ylabel="accuracy")
+    _set_title(ax, title, f"ECE {_num(ece)}, samples per bin annotated")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -142,8 +149,8 @@ def plot_confidence_hist(cols: Columns, path: Path, title: str) -> None:
     ax.hist([conf[corr == 1], conf[corr == 0]], bins=edges, stacked=True, label=["correct", "wrong"],
             color=["tab:green", "tab:red"], edgecolor="black")
     missing = int((~stated).sum())
-    ax.set(xlabel="stated confidence", ylabel="samples",
-           title=f"{title}\n{missing} without a confidence" if missing else title)
+    ax.set(xlabel="stated confidence", ylabel="samples")
+    _set_title(ax, title, f"{missing} without a confidence" if missing else "")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -171,7 +178,7 @@ def plot_accuracy_vs_cost(result: dict, path: Path, title: str) -> None:
         ax.text(0.5, 0.5, "the LLM's answers are not known on every sample:\nno threshold sweep",
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-    ax.set_title(title)
+    _set_title(ax, title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
