@@ -24,5 +24,14 @@ run: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Benchmarks, never part of `make test`: the microbenchmarks, then the concurrency sweep over every
+# layer (bare executor, in-process cascade, `corea serve` spawned on loopback with the Python and
+# the C++ client). Results in runs/bench/. BENCH_ARGS sizes the sweep (see `corea bench --help`).
+BENCH_ARGS ?= --concurrency 1,2,4,8,16,32,64 --requests 16 --max-reasoning-chars 120 --max-answer-chars 16
+bench: setup
+	scripts/install_cpp_deps.sh
+	$(PY) -m pytest benchmarks/micro --benchmark-max-time=0.5
+	$(VENV)/bin/corea bench --target executor,cascade,grpc --spawn --cpp --out runs/bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
