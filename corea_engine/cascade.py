@@ -416,7 +416,8 @@ class _Run:
                     self.llm_error = LLMUnavailableError("the request's deadline passed before the LLM answered")
                     return
                 if not breaker.allow():
-                    self.llm_error = self.llm_error or LLMUnavailableError(f"circuit breaker {breaker.state}")
+                    refused = f"the LLM circuit breaker is {breaker.state}"
+                    self.llm_error = LLMUnavailableError(f"{self.llm_error}; {refused}" if self.llm_error else refused)
                     return
                 timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining)
                 params = GenerationParams(

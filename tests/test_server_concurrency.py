@@ -1,0 +1,80 @@
+"""Many clients at once, deadlines and graceful shutdown on a real server."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from cascade_servers import corea_server, llm_server, stand_in_llm
+from corea_engine.protos import corea_pb2, corea_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def rig(slm_executor):
+    llm_executor = stand_in_llm(slm_executor)
+    llm = llm_server(llm_executor)
+    corea = corea_server(slm_executor, llm.address)
+    yield corea, llm
+    corea.close()
+    llm.close()
+    llm_executor.close()
+
+
+def test_32_concurrent_clients_mixed_unary_and_streaming_each_get_one_result(rig, gsm8k_questions):
+    corea, llm = rig
+    barrier = threading.Barrier(32)
+
+    def client(i: int):
+        # Every 8th request always defers, so both tiers are busy at once.
+        request = corea_pb2.SolveRequest(question=gsm8k_questions[i % len(gsm8k_questions)], request_id=f"c{i}",
+                                         threshold=1.0 if i % 8 == 0 else 0.0)
+        with grpc.insecure_channel(corea.address) as channel:
+            stub = corea_pb2_grpc.CoreaStub(channel)
+            barrier.wait()
+            if i % 2:
+                return [stub.Solve(request, timeout=900)]
+            events = list(stub.SolveStream(request, timeout=900))
+            assert events[-1].WhichOneof("event") == "result"
+            return [e.result for e in events if e.WhichOneof("event") == "result"]
+
+    with ThreadPoolExecutor(32) as pool:
+        outcomes = list(pool.map(client, range(32)))
+    for i, results in enumerate(outcomes):
+        assert len(results) == 1, (i, len(results))
+        r = results[0]
+        assert r.request_id == f"c{i}"
+        assert r.answered_by == (corea_pb2.TIER_LLM if i % 8 == 0 else corea_pb2.TIER_SLM), (i, r)
+        assert not r.degraded
+
+
+def test_deadline_exceeded_is_reported_and_the_server_goes_on(rig, gsm8k_questions):
+    corea, _ = rig
+    with grpc.insecure_channel(corea.address) as channel:
+        stub = corea_pb2_grpc.CoreaStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Solve(corea_pb2.SolveRequest(question=gsm8k_questions[0], threshold=1.0), timeout=0.2)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        r = stub.Solve(corea_pb2.SolveRequest(question=gsm8k_questions[1], mode=corea_pb2.ROUTING_MODE_SLM_ONLY), timeout=600)
+        assert r.answered_by == corea_pb2.TIER_SLM
+
+
+def test_graceful_shutdown_drains_in_flight_requests(slm_executor, rig, gsm8k_questions):
+    _, llm = rig
+    server = corea_server(slm_executor, llm.address)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = corea_pb2_grpc.CoreaStub(channel)
+        stream = stub.SolveStream(corea_pb2.SolveRequest(question=gsm8k_questions[2], mode=corea_pb2.ROUTING_MODE_SLM_ONLY), timeout=600)
+        first = next(stream)
+        assert first.WhichOneof("event") == "slm_token"
+        stopping = threading.Thread(target=server.stop, kwargs={"grace_s": 120})
+        stopping.start()
+        rest = list(stream)  # the in-flight request finishes during the grace period
+        stopping.join()
+        assert rest[-1].WhichOneof("event") == "result" and rest[-1].result.answered_by == corea_pb2.TIER_SLM
+        with pytest.raises(grpc.RpcError) as err:  # and nothing new is accepted
+            stub.Solve(corea_pb2.SolveRequest(question="What is 1 + 1?"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    server.close()
