@@ -100,7 +100,9 @@ def _confidence_stats_kernel(
         row_logits = logits_ptr + tl.cast(row, tl.int64) * logits_row_stride
         row_mask = bitmask_ptr + tl.cast(row, tl.int64) * bitmask_row_stride
         run_max = tl.full((), LOWEST, tl.float32)
-        run_sum = tl.zeros((), tl.float32)
+        # Per-lane partial sums, rescaled by a scalar and reduced once after the loop: one
+        # cross-warp reduction (the max) per tile instead of two.
+        run_sum = tl.zeros((words_per_tile, 32), tl.float32)
         for tile_start in tl.range(0, vocab_size, BLOCK_V):
             tile_word = tile_start // 32 + word_idx
             cols = tile_word[:, None] * 32 + bit_idx[None, :]  # [BLOCK_V // 32, 32]
@@ -111,11 +113,12 @@ def _confidence_stats_kernel(
                 x = tl.where(allowed, x, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(x))
             # Masked and padded entries are -inf and add exp(-inf) = 0.
-            run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(x - new_max))
+            run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(x - new_max)
             run_max = new_max
 
-        has_any = run_sum > 0.0
-        log_sum = tl.log(tl.where(has_any, run_sum, 1.0))
+        row_sum = tl.sum(run_sum)
+        has_any = row_sum > 0.0
+        log_sum = tl.log(tl.where(has_any, row_sum, 1.0))
         tl.store(log_normalizer_ptr + row, tl.where(has_any, run_max + log_sum, float("-inf")))
 
         picked = tl.load(row_logits + conf_ids, mask=conf_ok, other=float("-inf")).to(tl.float32)
