@@ -30,13 +30,17 @@ def missing_toolchain() -> str | None:
     return None
 
 
-def build(build_dir: str | Path = DEFAULT_BUILD_DIR, jobs: int = 2) -> Path:
-    """Configure and build with CMake (incremental); returns the corea_load binary."""
+def build(build_dir: str | Path = DEFAULT_BUILD_DIR, jobs: int = 2, build_type: str = "Release") -> Path:
+    """Configure and build with CMake (incremental); returns the corea_load binary.
+
+    build_type "Release" for measurements; "MinSizeRel" or an empty one compile faster where only
+    correctness is checked (the generated gRPC code is most of the compile time).
+    """
     reason = missing_toolchain()
     if reason:
         raise CppClientError(reason)
     build_dir = Path(build_dir)
-    for command in (["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"],
+    for command in (["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), f"-DCMAKE_BUILD_TYPE={build_type}"],
                     ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", "corea_load"]):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

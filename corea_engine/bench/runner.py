@@ -64,8 +64,24 @@ class BenchSetup:
                 "max_batch_size": self.max_batch_size, "threads": self.threads}
 
 
-def run_targets(targets: list[str], setup: BenchSetup, progress=print) -> list[dict]:
-    reports = []
+class _Reports(list):
+    """The reports so far; `on_change` sees the list after every addition (partial results survive)."""
+
+    def __init__(self, on_change):
+        super().__init__()
+        self.on_change = on_change
+
+    def append(self, item):
+        super().append(item)
+        self.on_change(self)
+
+    def extend(self, items):
+        for item in items:
+            self.append(item)
+
+
+def run_targets(targets: list[str], setup: BenchSetup, progress=print, on_report=lambda reports: None) -> list[dict]:
+    reports = _Reports(on_report)
     executors = _InProcessModels(setup)
     try:
         for i, name in enumerate(targets):
@@ -83,7 +99,7 @@ def run_targets(targets: list[str], setup: BenchSetup, progress=print) -> list[d
                 raise ValueError(f"unknown target {name!r}")
     finally:
         executors.close()
-    return reports
+    return list(reports)
 
 
 def _sweep(make_target, setup: BenchSetup, progress, **extra) -> dict:

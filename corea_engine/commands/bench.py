@@ -90,7 +90,9 @@ def run(args) -> int:
         raise CommandError(str(err)) from None
 
     setup = BenchSetup.from_args(args, levels=levels, questions=questions, threads=default_threads())
-    reports = run_targets(targets, setup, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    # Written after each target too, so a long run that fails late keeps what it measured.
+    reports = run_targets(targets, setup, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                          on_report=lambda so_far: report.write(so_far, args.out, args.stem))
     paths = report.write(reports, args.out, args.stem)
     for r in reports:
         print(report.markdown(r))
