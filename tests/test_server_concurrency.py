@@ -16,7 +16,7 @@ from corea_engine.protos import corea_pb2, corea_pb2_grpc
 def rig(slm_executor):
     llm_executor = stand_in_llm(slm_executor)
     llm = llm_server(llm_executor)
-    corea = corea_server(slm_executor, llm.address)
+    corea = corea_server(slm_executor, llm.address, max_reasoning_chars=24)  # short answers: 32 of them
     yield corea, llm
     corea.close()
     llm.close()

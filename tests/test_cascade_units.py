@@ -1,0 +1,112 @@
+"""The cascade's parts that need no model: configuration, the circuit breaker, validation,
+conversion to corea.v1 messages, and proto generation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from corea_engine import _protogen
+from corea_engine.cascade import Cascade, CascadeConfig, InvalidSolveRequest, SolveRequest, SolveResult
+from corea_engine.cascade_config import ConfigError
+from corea_engine.escalation.breaker import CircuitBreaker
+
+
+def test_config_file_then_environment(tmp_path):
+    toml = tmp_path / "cascade.toml"
+    toml.write_text('[cascade]\nthreshold = 0.7\nmode = "slm_only"\nllm_retries = 4\n')
+    config = CascadeConfig.load(toml, env={"COREA_THRESHOLD": "0.3", "COREA_LLM_ADDRESS": "h:1"})
+    assert (config.threshold, config.mode, config.llm_retries, config.llm_address) == (0.3, "slm_only", 4, "h:1")
+    js = tmp_path / "cascade.json"
+    js.write_text(json.dumps({"confidence_source": "sampled", "max_new_tokens": 64}))
+    config = CascadeConfig.load(js, env={})
+    assert config.confidence_source == "sampled" and config.max_new_tokens == 64 and config.threshold == 0.5
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"COREA_THRESHOLD": "1.5"}, "threshold must be in [0, 1]"),
+    ({"COREA_THRESHOLD": "nan"}, "threshold must be in [0, 1]"),
+    ({"COREA_THRESHOLD": "high"}, "threshold must be float"),
+    ({"COREA_MODE": "llm_first"}, "mode must be one of"),
+    ({"COREA_CONTRACT": "yaml"}, "unknown contract 'yaml'"),
+    ({"COREA_LLM_RETRIES": "2.5"}, "llm_retries must be int"),
+])
+def test_config_names_the_bad_setting(env, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        CascadeConfig.load(env=env)
+
+
+def test_config_refuses_unknown_keys(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("treshold = 0.2\n")
+    with pytest.raises(ConfigError, match="unknown cascade setting.*treshold"):
+        CascadeConfig.load(path, env={})
+
+
+def test_costs_are_tokens_times_prices_per_1k():
+    config = CascadeConfig(slm_prompt_price=1.0, slm_completion_price=2.0, llm_prompt_price=10.0, llm_completion_price=20.0)
+    slm, llm = config.tier_costs(1000, 500, 2000, 100)
+    assert math.isclose(slm, 1.0 + 1.0) and math.isclose(llm, 20.0 + 2.0)
+
+
+def test_breaker_opens_half_opens_and_closes():
+    now = [0.0]
+    breaker = CircuitBreaker(failures=2, cooldown_s=10, clock=lambda: now[0])
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10.0
+    assert breaker.state == "half_open" and breaker.allow()
+    assert not breaker.allow()  # one trial at a time
+    breaker.record_failure()  # the trial failed: open again for another cool-down
+    assert breaker.state == "open" and not breaker.would_allow()
+    now[0] = 20.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(question=""), "question is empty"),
+    (dict(question="q", threshold=float("nan")), "threshold"),
+    (dict(question="q", threshold=1.01), "threshold"),
+    (dict(question="q", mode="fast"), "mode must be one of"),
+    (dict(question="q", confidence_source="vibes"), "confidence_source"),
+    (dict(question="q", contract="xml"), "unknown contract"),
+    (dict(question="q", max_new_tokens=0), None),  # 0 means the default, as in the proto
+    (dict(question="q", timeout_s=-1), "timeout_s"),
+])
+def test_plan_validates_before_any_model_runs(fields, message):
+    cascade = Cascade(None, None, CascadeConfig(max_reasoning_chars=50))
+    if message is None:
+        plan = cascade.plan(SolveRequest(**fields))
+        assert plan.max_new_tokens is None and plan.fmt.max_reasoning_chars == 50
+        return
+    with pytest.raises(InvalidSolveRequest, match=message):
+        cascade.plan(SolveRequest(**fields))
+
+
+def test_result_round_trips_through_the_proto():
+    from corea_engine.server.convert import from_response, from_solve_request, to_response, to_solve_request
+
+    result = SolveResult(request_id="r", answer="5", reasoning="2+3", confidence_sampled=0.8, confidence_expected=0.71,
+                         threshold=0.6, confidence_source="sampled", mode="slm_only", answered_by="slm",
+                         slm_prompt_tokens=100, slm_completion_tokens=20, cost=0.5, llm_only_cost=2.0, text="{...}")
+    assert from_response(to_response(result)) == result
+    request = SolveRequest("q", request_id="x", threshold=0.0, mode="llm_only", confidence_source="expected", contract="tags")
+    back = to_solve_request(from_solve_request(request))
+    assert back == request  # threshold 0.0 survives: the field has presence
+
+
+def test_protos_generate_into_a_fresh_folder(tmp_path):
+    written = _protogen.generate(out_dir=tmp_path)
+    assert {p.name for p in written} >= {"corea_pb2.py", "corea_pb2_grpc.py", "llm_pb2.py", "llm_pb2_grpc.py"}
+    grpc_module = (tmp_path / "corea_pb2_grpc.py").read_text()
+    assert "from . import corea_pb2" in grpc_module and "from corea.v1" not in grpc_module
+    assert not _protogen.is_stale(out_dir=tmp_path)
+    (tmp_path / "llm_pb2.py").unlink()
+    assert _protogen.is_stale(out_dir=tmp_path)
