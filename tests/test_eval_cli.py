@@ -113,3 +113,26 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkey
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_eval_against_a_running_server(slm_executor, tmp_path, capsys):
+    """`corea eval --address`: the generated stub against a real corea.v1.Corea server on loopback."""
+    from cascade_servers import corea_server, llm_server, stand_in_llm
+
+    llm_executor = stand_in_llm(slm_executor)
+    llm = llm_server(llm_executor)
+    corea = corea_server(slm_executor, llm.address, threshold=0.65)
+    try:
+        out = tmp_path / "remote"
+        assert main(["eval", "--dataset", "commonsenseqa", "--limit", "4", "--address", corea.address,
+                     "--out", str(out)]) == 0
+        rows, metrics = _check_outputs(out, 4)
+        assert all(r["threshold"] == 0.65 and r["llm_correct"] is not None for r in rows)
+        assert all(r["llm_model"] == "stand-in-llm" or not r["deferred"] for r in rows)
+        assert metrics["online"]["deferral_rate"] == sum(r["deferred"] for r in rows) / 4
+        # Flags for an in-process cascade are refused with --address (the server has its own settings).
+        assert main(["eval", "--address", corea.address, "--llm-model", "x", "--out", str(out)]) == 2
+    finally:
+        corea.close()
+        llm.close()
+        llm_executor.close()
