@@ -140,7 +140,8 @@ def load_trainable(spec: str | None):
     return model, tokenizer, source
 
 
-def make_trainer(settings: TrainSettings, model, tokenizer):
+def make_trainer(settings: TrainSettings, model, tokenizer, problems: list[Problem] | None = None):
+    """A GRPOTrainer over `problems` (default: settings.train_size generated training problems)."""
     from trl import GRPOConfig, GRPOTrainer
 
     fmt = get_format(settings.contract)
@@ -169,7 +170,9 @@ def make_trainer(settings: TrainSettings, model, tokenizer):
         dataloader_num_workers=0,
         disable_tqdm=not settings.progress,
     )
-    dataset = build_dataset(training_problems(settings.train_size, seed=settings.seed), tokenizer, fmt)
+    if problems is None:
+        problems = training_problems(settings.train_size, seed=settings.seed)
+    dataset = build_dataset(problems, tokenizer, fmt)
     return GRPOTrainer(
         model=model,
         reward_funcs=funcs,

@@ -1,0 +1,89 @@
+"""GRPO on CPU with the real SmolLM2: two steps change the weights, the export serves unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from corea_engine.cli import main
+from corea_engine.training.grpo import TrainSettings, build_prompt, load_trainable, make_trainer, save_for_runtime
+from corea_engine.training.tasks import Problem
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two GRPO steps on one-digit sums; returns (weights before, trainer, log path, export folder)."""
+    out = tmp_path_factory.mktemp("grpo")
+    model, tokenizer, _ = load_trainable(None)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    # Easy questions and room for a whole reply, so that some of the 8 samples per step parse
+    # and the group's rewards differ: with equal rewards GRPO's advantages (and gradients) are 0.
+    problems = [Problem(f"t{i}", f"What is {a} + {b}?", a + b, "+", 1) for i, (a, b) in enumerate([(2, 3), (4, 4), (1, 6), (3, 5)])]
+    settings = TrainSettings(output_dir=str(out), steps=2, prompts_per_step=2, num_generations=4,
+                             max_completion_length=40, temperature=1.0, learning_rate=1e-5, seed=3, progress=False)
+    trainer = make_trainer(settings, model, tokenizer, problems=problems)
+    trainer.train()
+    folder = save_for_runtime(trainer.model, tokenizer, out / "model")
+    return before, trainer, settings.log_path, folder
+
+
+def test_prompt_is_the_chat_template_plus_the_reply_opening():
+    _, tokenizer, _ = load_trainable(None)
+    prompt = build_prompt(tokenizer, "What is 2 + 3?", "json")
+    assert prompt.endswith('<|im_start|>assistant\n{"reasoning": "')
+    assert "What is 2 + 3?" in prompt and "Reply in exactly this form" in prompt
+
+
+def test_two_steps_change_the_weights(trained):
+    before, trainer, log_path, _ = trained
+    rows = [json.loads(line) for line in open(log_path)]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("rewards/format/mean", "rewards/correctness/mean", "rewards/calibration/mean", "accuracy", "format_rate"):
+        assert all(key in r for r in rows), key
+    assert any(r["reward_std"] > 0 for r in rows), "no reward variance: GRPO had nothing to learn from"
+    changed = [k for k, v in trainer.model.named_parameters() if not torch.equal(v.detach(), before[k])]
+    assert len(changed) > 0.9 * len(before)
+
+
+def test_export_serves_in_the_runtime(trained):
+    from corea_engine.contract import build_messages, get_format
+    from corea_engine.runtime.executor import Request
+    from corea_engine.runtime.torch_executor import TorchExecutor
+
+    _, trainer, _, folder = trained
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    fmt = get_format("json").bounded(max_reasoning_chars=60)
+    with TorchExecutor(str(folder), threads=1) as executor:
+        result = executor.generate(Request(messages=build_messages("What is 2 + 3?", fmt), contract=fmt))
+        reloaded = executor.model.model.embed_tokens.weight
+        assert torch.equal(reloaded, trainer.model.model.embed_tokens.weight.detach())
+    assert result.finish_reason == "confidence" and result.parsed is not None
+    assert 0.0 <= result.confidence.expected <= 0.9
+
+
+def test_corea_solve_serves_the_export(trained, capsys):
+    """The cascade's SLM tier loads the export as given (slm_only: no LLM tier to load)."""
+    _, _, _, folder = trained
+    argv = ["solve", "What is 2 + 3?", "--model", str(folder), "--mode", "slm_only", "--max-new-tokens", "60"]
+    assert main(argv) in (0, 1)  # 1 only when the SLM gave no answer
+    out = json.loads(capsys.readouterr().out)
+    assert out["answered_by"] == "slm" and out["confidence_expected"] is not None
+    assert 0.0 <= out["confidence_expected"] <= 0.9
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--weights", "fluency=1"], "bad reward weight"),
+        (["--num-generations", "1"], "at least 2"),
+        (["--contract", "yaml"], "unknown contract"),
+        (["--model", "/nonexistent/model"], "not found"),
+        (["--eval-only", "--eval", "0"], "--eval-only needs"),
+    ],
+)
+def test_train_command_refuses_bad_input(argv, message, tmp_path, capsys):
+    assert main(["train", "--output", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
