@@ -49,6 +49,14 @@ class CascadeConfig:
     llm_openai_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"
+    # Securing the gRPC LLM call (escalation/grpc_security.py): TLS when a CA file or a client
+    # certificate is set; a bearer token from a file, else from the variable llm_token_env.
+    llm_tls_ca_file: str | None = None
+    llm_tls_cert_file: str | None = None
+    llm_tls_key_file: str | None = None
+    llm_tls_server_name: str | None = None
+    llm_token_file: str | None = None
+    llm_token_env: str = "COREA_LLM_TOKEN"
     # Faults
     llm_timeout_s: float = 30.0
     llm_retries: int = 2
@@ -73,6 +81,8 @@ class CascadeConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.llm_retries < 0 or self.breaker_failures < 1:
             raise ConfigError("llm_retries must be >= 0 and breaker_failures >= 1")
+        if (self.llm_tls_cert_file is None) != (self.llm_tls_key_file is None):
+            raise ConfigError("llm_tls_cert_file and llm_tls_key_file go together (a client certificate for mTLS)")
         if self.llm_address and self.llm_openai_base_url:
             raise ConfigError("give llm_address or llm_openai_base_url, not both")
         return self

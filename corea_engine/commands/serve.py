@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cascade_args import add_cascade_args
+from .security_args import add_llm_client_args, add_security_args
 
 
 def register(sub) -> None:
@@ -14,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--max-inflight", type=int, default=64, help="concurrent requests before RESOURCE_EXHAUSTED")
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
     add_cascade_args(p)
+    add_security_args(p)
+    add_llm_client_args(p)
     p.set_defaults(func=run)
 
 
@@ -24,15 +27,19 @@ def run(args) -> int:
     from ..server.app import ServerStartError, build_server, serve
     from .cascade_args import build_cascade, load_config
 
-    config = load_config(args)  # refuse bad settings before loading a model
+    from .security_args import security_from_args, with_llm_client_args
+
+    config = with_llm_client_args(load_config(args), args)  # refuse bad settings before loading a model
+    security = security_from_args(args)
     cascade, executors = build_cascade(args, config)
 
     async def main():
         try:
-            server = build_server(cascade, port=args.port, host=args.host, max_inflight=args.max_inflight)
+            server = build_server(cascade, port=args.port, host=args.host, max_inflight=args.max_inflight,
+                                  security=security)
         except ServerStartError as err:
             raise CommandError(str(err)) from None
-        ready = lambda s: print(f"corea serve: {', '.join(s.services)} on port {s.port}"  # noqa: E731
+        ready = lambda s: print(f"corea serve: {', '.join(s.services)} on port {s.port} ({security.describe()})"  # noqa: E731
                                 + ("" if args.no_metrics else f", metrics on :{args.metrics_port}/metrics"), flush=True)
         await serve(server, metrics_port=None if args.no_metrics else args.metrics_port, grace_s=args.grace_s, ready=ready)
         await cascade.close()

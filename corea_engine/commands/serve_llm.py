@@ -6,6 +6,7 @@ On the embedded default (SmolLM2-135M) this is a STAND-IN for a real LLM tier.
 from __future__ import annotations
 
 from .common import add_model_args, default_threads
+from .security_args import add_security_args
 
 
 def register(sub) -> None:
@@ -16,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--grace-s", type=float, default=30.0)
     add_model_args(p)
+    add_security_args(p)
     p.set_defaults(func=run)
 
 
@@ -23,6 +25,9 @@ def run(args) -> int:
     import asyncio
 
     from ..cli import CommandError
+    from .security_args import security_from_args
+
+    security = security_from_args(args)  # refuse bad settings before loading a model
     from ..runtime.torch_executor import TorchExecutor
     from ..server.app import ServerStartError, build_server, serve
 
@@ -31,12 +36,14 @@ def run(args) -> int:
 
     async def main():
         try:
-            server = build_server(llm_executor=executor, port=args.port, host=args.host, max_inflight=args.max_inflight)
+            server = build_server(llm_executor=executor, port=args.port, host=args.host, max_inflight=args.max_inflight,
+                                  security=security)
         except ServerStartError as err:
             raise CommandError(str(err)) from None
         stand_in = " (a stand-in LLM)" if executor.model_name == "smollm2-135m" else ""
         await serve(server, grace_s=args.grace_s,
-                    ready=lambda s: print(f"corea serve-llm: {executor.model_name}{stand_in} on port {s.port}", flush=True))
+                    ready=lambda s: print(f"corea serve-llm: {executor.model_name}{stand_in} on port {s.port} "
+                                          f"({security.describe()})", flush=True))
 
     with executor:
         asyncio.run(main())

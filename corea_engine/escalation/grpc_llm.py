@@ -29,10 +29,12 @@ CHANNEL_OPTIONS = (
 
 
 class GrpcLLM(EscalationClient):
-    def __init__(self, address: str, *, channel_options=CHANNEL_OPTIONS):
+    def __init__(self, address: str, *, channel_options=CHANNEL_OPTIONS, tls=None, token: str | None = None):
         self.address = address
         self.model_name = address  # replaced by the model the server reports
-        self._options = list(channel_options)
+        self._options = list(channel_options) + (tls.channel_options() if tls else [])
+        self._credentials = tls.credentials() if tls else None  # tls: server.tls.ClientTLS
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel: grpc.aio.Channel | None = None
         self._loop = None
 
@@ -40,7 +42,8 @@ class GrpcLLM(EscalationClient):
         # An aio channel belongs to the event loop it was made in.
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
-            self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
+            self._channel = (grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
+                             if self._credentials else grpc.aio.insecure_channel(self.address, options=self._options))
             self._loop = loop
             self._stub_obj = llm_pb2_grpc.LLMStub(self._channel)
         return self._stub_obj
@@ -60,7 +63,7 @@ class GrpcLLM(EscalationClient):
         )
 
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[str | Completion]:
-        call = self._stub().GenerateStream(self.to_request(messages, params), timeout=params.timeout_s)
+        call = self._stub().GenerateStream(self.to_request(messages, params), timeout=params.timeout_s, metadata=self._metadata)
         done = False
         try:
             async for chunk in call:

@@ -26,6 +26,7 @@ from .corea_service import CoreaService
 from .interceptors import ConcurrencyLimit
 from .llm_service import LLMService
 from .metrics import CoreaMetrics
+from .security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,16 @@ def build_server(
     interceptors: list[grpc.aio.ServerInterceptor] | tuple = (),
     metrics: CoreaMetrics | None = None,
     options: list[tuple] | None = None,
+    security: ServerSecurity | None = None,  # TLS, bearer tokens, per-request limits (server/security.py)
 ) -> Server:
     """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop."""
     if cascade is None and llm_executor is None:
         raise ValueError("build_server needs a cascade, an llm_executor, or both")
     metrics = metrics or (CoreaMetrics() if cascade is not None else None)
     limit = ConcurrencyLimit(max_inflight, on_change=metrics.inflight.set if metrics else None)
-    server = grpc.aio.server(interceptors=[limit, *interceptors], options=options or [])
+    security = security or ServerSecurity()
+    server = grpc.aio.server(interceptors=[*security.interceptors(), limit, *interceptors],
+                             options=[*security.options(), *(options or [])])
     services = []
     corea_service = llm_service = None
     if cascade is not None:
@@ -101,7 +105,7 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = security.bind(server, f"{host}:{port}")
     if bound == 0:
         raise ServerStartError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
     return Server(server, bound, health, services, limit, metrics, corea_service, llm_service)
