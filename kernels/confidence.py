@@ -29,6 +29,20 @@ _LOWEST_FP32 = -3.4028234663852886e38
 
 
 @triton.jit
+def _load_tile(row_logits, row_mask, tile_start, word_idx, bit_idx, vocab_size, num_words, HAS_MASK: tl.constexpr):
+    """Logits [BLOCK_V // 32, 32] from column tile_start (-inf past the row) and, with a mask,
+    the bitmask word of each tile row (0 past the row); both in the logits' own dtype / int32."""
+    tile_word = tile_start // 32 + word_idx
+    cols = tile_word[:, None] * 32 + bit_idx[None, :]
+    x = tl.load(row_logits + cols, mask=cols < vocab_size, other=float("-inf"))
+    if HAS_MASK:
+        word = tl.load(row_mask + tile_word, mask=tile_word < num_words, other=0)
+    else:
+        word = tl.zeros_like(word_idx)
+    return x, word
+
+
+@triton.jit
 def _confidence_stats_kernel(
     logits_ptr,
     logits_row_stride,
@@ -103,12 +117,16 @@ def _confidence_stats_kernel(
         # Per-lane partial sums, rescaled by a scalar and reduced once after the loop: one
         # cross-warp reduction (the max) per tile instead of two.
         run_sum = tl.zeros((words_per_tile, 32), tl.float32)
+        # Software prefetch: tile t + 1 is requested before tile t is reduced, so a program keeps
+        # a tile of loads in flight while it computes (Triton does not pipeline these loads).
+        x_next, word_next = _load_tile(row_logits, row_mask, 0, word_idx, bit_idx, vocab_size, num_words, HAS_MASK)
         for tile_start in tl.range(0, vocab_size, BLOCK_V):
-            tile_word = tile_start // 32 + word_idx
-            cols = tile_word[:, None] * 32 + bit_idx[None, :]  # [BLOCK_V // 32, 32]
-            x = tl.load(row_logits + cols, mask=cols < vocab_size, other=float("-inf")).to(tl.float32)
+            x = x_next.to(tl.float32)
+            word = word_next
+            x_next, word_next = _load_tile(
+                row_logits, row_mask, tile_start + BLOCK_V, word_idx, bit_idx, vocab_size, num_words, HAS_MASK
+            )
             if HAS_MASK:
-                word = tl.load(row_mask + tile_word, mask=tile_word < num_words, other=0)
                 allowed = ((word[:, None] >> bit_idx[None, :]) & 1) != 0
                 x = tl.where(allowed, x, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(x))
