@@ -30,4 +30,6 @@ if [ "$torch_before" != "$torch_after" ]; then
     echo "install_sglang_cpu: torch changed from $torch_before to $torch_after" >&2
     exit 1
 fi
-"$PY" -c 'import sglang, sglang.srt.sampling.sampling_params, sglang.srt.layers.sampler; print("sglang", sglang.__version__, "importable; torch", __import__("torch").__version__)'
+# What tests/test_sglang_*.py use. (sglang.srt.layers.sampler also imports torchvision, whose PyPI
+# wheels link CUDA torch; the tests compile SGLang's apply_custom_logit_processor from its source.)
+"$PY" -c 'import sglang, sglang.srt.sampling.sampling_params, sglang.srt.constrained.xgrammar_backend, sglang.srt.sampling.sampling_batch_info, torch; print("sglang", sglang.__version__, "importable; torch", torch.__version__)'

@@ -11,25 +11,22 @@ be the torch executor's: same text, finish reason, tokens and confidence.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import pytest
 import torch
 
 from sglang_helpers import (
+    recorded,
+    sglang_chunks,
     RequestRecordSink,
     FORMATS_UNDER_TEST,
     apply_custom_logit_processor,
-    grammar_bitmasks,
-    masked_log_softmax,
-    real_runs,
     request_for,
     sglang_batch,
-    teacher_forced_logits,
 )
 
-from corea_engine.runtime.executor import ConfidenceEvent, FinishedEvent, Request, SamplingParams, TokenEvent
+from corea_engine.runtime.executor import ConfidenceEvent, Request, SamplingParams, TokenEvent
 from corea_engine.runtime.sglang_executor import ChunkDecoder
 from corea_engine.runtime.sglang_protocol import (
     DEVICE_CONFIDENCE_KEY,
@@ -39,42 +36,6 @@ from corea_engine.runtime.sglang_protocol import (
     stats_from_token_logprobs,
 )
 from corea_kernels import confidence_stats_reference
-
-FLOAT_MIN = torch.finfo(torch.float32).min
-
-
-@functools.lru_cache(maxsize=None)
-def recorded(executor, name):
-    """(torch result, raw logits [n, V], bitmasks [n + 1, W], SGLang logprob entries per position)."""
-    result = real_runs(executor)[name]
-    fmt = FORMATS_UNDER_TEST[name]
-    logits = teacher_forced_logits(executor, request_for(name), result.token_ids)
-    masks = grammar_bitmasks(executor, fmt, result.token_ids)
-    # SGLang clamps -inf log-probabilities (masked tokens) to the float minimum.
-    logprobs = masked_log_softmax(logits, masks[:-1]).clamp(min=FLOAT_MIN)
-    scale_ids = fmt.scale.token_ids(executor.tokenizer)
-    entries = [[(float(row[t]), t, None) for t in scale_ids] for row in logprobs]
-    return result, logits, masks, entries
-
-
-def sglang_chunks(seq, token_ids, entries, finish_reason, *, every=3, extra_meta=None):
-    """Cumulative chunks every `every` tokens; the last carries finish_reason."""
-    chunks = []
-    for end in list(range(every, len(token_ids), every)) + [len(token_ids)]:
-        last = end == len(token_ids)
-        meta = {
-            "id": seq.rid,
-            "finish_reason": finish_reason if last else None,
-            "prompt_tokens": len(seq.prompt_ids),
-            "completion_tokens": end,
-            "output_token_logprobs": [(0.0, t, None) for t in token_ids[:end]],
-            "output_token_ids_logprobs": entries[:end],
-        }
-        for key, values in (extra_meta or {}).items():
-            meta[key] = values[:end]
-        chunks.append({"text": None, "output_ids": list(token_ids[:end]), "meta_info": meta})
-    return chunks
-
 
 def decode(decoder, seq, chunks):
     reason = error = None

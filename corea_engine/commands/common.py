@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import os
 
+BACKENDS = ("torch", "sglang")
+
 
 def add_model_args(parser, *, prefix: str = "", default_model: str | None = None) -> None:
     p = f"--{prefix}" if prefix else "--"
     parser.add_argument(f"{p}model", default=default_model, help="model: 'smollm2-135m' (embedded default) or a local folder")
     parser.add_argument(f"{p}device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(f"{p}dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(f"{p}backend", default="torch", choices=BACKENDS,
+                        help="runtime: torch (embedded, CPU or CUDA) or sglang (GPU; needs the sglang extra)")
+    # SGLang engine options, passed through to sglang.Engine (ignored by the torch backend).
+    parser.add_argument(f"{p}tp-size", type=int, default=None, help="sglang: tensor-parallel GPUs")
+    parser.add_argument(f"{p}dp-size", type=int, default=None, help="sglang: data-parallel replicas")
+    parser.add_argument(f"{p}mem-fraction-static", type=float, default=None, help="sglang: GPU memory share for weights + KV cache")
+    parser.add_argument(f"{p}max-running-requests", type=int, default=None, help="sglang: concurrent requests cap")
+    parser.add_argument(f"{p}load-format", default=None, help="sglang: weight loading, e.g. 'dummy' (random weights, benchmarks)")
+
+
+def make_executor(args, *, prefix: str = "", **torch_options):
+    """The Executor that the model arguments (with `prefix`) ask for.
+
+    torch_options go to TorchExecutor (threads, max_batch_size, ...); the sglang backend takes
+    the model folder and the SGLang engine options above.
+    """
+
+    def arg(name: str):
+        return getattr(args, (prefix + name).replace("-", "_"), None)
+
+    if arg("backend") == "sglang":
+        from ..models import resolve_model
+        from ..runtime.sglang_executor import SglangExecutor
+
+        names = ("tp_size", "dp_size", "mem_fraction_static", "max_running_requests", "load_format")
+        options = {name: arg(name) for name in names if arg(name) is not None}
+        return SglangExecutor(str(resolve_model(arg("model")).path), dtype=arg("dtype"), **options)
+    from ..runtime.torch_executor import TorchExecutor
+
+    return TorchExecutor(arg("model"), device=arg("device") or "cpu", dtype=arg("dtype") or "float32", **torch_options)
 
 
 def default_threads() -> int:

@@ -274,7 +274,13 @@ class SglangExecutor(Executor):
         # too (greedy ones get that anyway): what the torch executor's confidence reads. SGLang
         # reads this at import in its scheduler processes, which inherit our environment.
         os.environ.setdefault("SGLANG_RETURN_ORIGINAL_LOGPROB", "1")
-        from sglang.srt.entrypoints.engine import Engine
+        try:
+            from sglang.srt.entrypoints.engine import Engine
+        except ImportError as err:
+            raise ExecutorError(
+                f"SGLang's engine cannot be imported here ({err}); the sglang backend needs a CUDA "
+                "machine with sglang installed: pip install 'corea_engine[sglang]'"
+            ) from err
 
         options = dict(options)
         options.setdefault("grammar_backend", "xgrammar")
