@@ -59,3 +59,26 @@ def test_unknown_names_are_refused():
         load_dataset("gsm9k")
     with pytest.raises(UnknownCheckError, match="math"):
         check("regex", "a", "a")
+
+
+def test_math_checker_mostly_agrees_with_the_recorded_judgements():
+    """On MATH-500 our checker and the authors' recorded `evals` agree on ~90% of RLCR's answers.
+
+    They differ where the authors' grader was stricter ("14/3" against "\\frac{14}{3}" judged
+    wrong there, equivalent here), so the agreement is high but not total.
+    """
+    import json
+
+    from corea_engine.contract import ContractError, parse_tags
+    from corea_engine.evaluation.datasets import data_root, load_math500
+
+    with open(data_root() / "rlcr_eval_outputs" / "math-500.jsonl") as f:
+        rows = [json.loads(line) for _, line in zip(range(200), f)]
+    agree = 0
+    for example, row in zip(load_math500(limit=200), rows):
+        try:
+            answer = parse_tags(row["RLCR-output_0"]).answer
+        except ContractError:
+            answer = None
+        agree += example.check(answer) == bool(row["RLCR-evals"][0])
+    assert agree / len(rows) >= 0.85
