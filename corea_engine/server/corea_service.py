@@ -9,6 +9,7 @@ gives the LLM call only what is left of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -37,10 +38,11 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
         req = await self._parse(request, context, "SolveStream")
         method = "SolveStream"
         try:
-            async for event in self.cascade.stream(req):
-                if isinstance(event, Finished):
-                    self._observe(method, event.result)
-                yield to_event(event)
+            async with contextlib.aclosing(self.cascade.stream(req)) as events:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        self._observe(method, event.result)
+                    yield to_event(event)
         except (InvalidSolveRequest, InvalidRequestError) as err:
             self.metrics.failed(method, "invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))

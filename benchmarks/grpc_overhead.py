@@ -1,0 +1,190 @@
+"""gRPC overhead: p50 latency the corea.v1.Corea server adds over calling the Cascade in process.
+
+    python benchmarks/grpc_overhead.py                 # instant stand-in SLM (isolates the transport)
+    python benchmarks/grpc_overhead.py --real -n 50    # the real SmolLM2, slm_only, 4 new tokens
+
+The same requests go through two paths in one run, interleaved (so drift in machine load hits
+both alike): `await cascade.solve(req)` in this process, and Solve over loopback gRPC to a
+server holding an identical cascade (request -> proto -> HTTP/2 -> server handler -> cascade ->
+proto -> back). The difference of the p50s is the overhead; p50 of the paired differences too.
+
+Why a stand-in by default: a model step costs ~40 ms +- several ms on a shared CPU, so the
+sub-millisecond transport cost drowns in model noise. `InstantExecutor` is a real Executor
+that emits a fixed well-formed answer (tokens, confidence, result) at once, so everything but
+the model runs: cascade policy, event plumbing, proto conversion, the server and the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+
+import grpc
+
+from corea_engine.cascade import Cascade, CascadeConfig, SolveRequest
+from corea_engine.contract import get_format
+from corea_engine.protos import corea_pb2, corea_pb2_grpc
+from corea_engine.runtime.executor import (
+    ConfidenceEvent, ConfidenceReading, Executor, FinishedEvent, Request, RequestStream, Result, TokenEvent,
+)
+from corea_engine.server.app import build_server
+from corea_engine.server.background import ServerThread
+
+
+class InstantExecutor(Executor):
+    """Answers every request at once with the same contract-shaped text (no model)."""
+
+    model_name = "instant"
+
+    def submit(self, request: Request) -> RequestStream:
+        request.validate(16000)
+        fmt = request.format
+        text = fmt.render("3 + 5 = 8.", "8", 0.8)
+        stream = RequestStream(request.request_id)
+        pieces = [text[i:i + 4] for i in range(0, len(text), 4)]  # ~token-sized chunks
+        reading = ConfidenceReading(0.8, 0.78, tuple([0.0] * 7 + [0.2, 0.7, 0.1]), 0.99, 0.8, len(pieces) - 1)
+        events = [TokenEvent(request.request_id, i, piece) for i, piece in enumerate(pieces)]
+        events.append(ConfidenceEvent(request.request_id, reading))
+        events.append(FinishedEvent(request.request_id, Result(
+            request.request_id, text, "confidence", prompt_tokens=150, completion_tokens=len(pieces),
+            parsed=fmt.parse(text), confidence=reading)))
+        # Already on the consumer's loop: enqueue directly. push() would wake the loop through
+        # its self-pipe once per event, which only a producer on another thread needs.
+        for event in events:
+            stream._queue.put_nowait(event)
+        stream.result = events[-1].result
+        return stream
+
+    def abort(self, request_id: str) -> bool:
+        return False
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class EchoCorea(corea_pb2_grpc.CoreaServicer):
+    """The floor: a Corea server that returns a canned response (gRPC and nothing else)."""
+
+    def __init__(self, response):
+        self.response = response
+
+    async def Solve(self, request, context):
+        return self.response
+
+
+def echo_server(response) -> ServerThread:
+    from corea_engine.server.app import Server
+
+    def factory():
+        server = grpc.aio.server()
+        corea_pb2_grpc.add_CoreaServicer_to_server(EchoCorea(response), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        return Server(server, port, _NoHealth(), [], None)
+
+    return ServerThread(factory).start()
+
+
+class _NoHealth:
+    async def set(self, *_):
+        pass
+
+    async def enter_graceful_shutdown(self):
+        pass
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=200, help="measured requests per path and round")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds; each round interleaves every path")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--real", action="store_true", help="the real SmolLM2 (slm_only, --max-new-tokens) instead of the stand-in")
+    ap.add_argument("--max-new-tokens", type=int, default=4)
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args(argv)
+
+    config = CascadeConfig(mode="slm_only", contract="json", max_new_tokens=args.max_new_tokens if args.real else None)
+    if args.real:
+        import torch
+
+        from corea_engine.runtime.torch_executor import TorchExecutor
+
+        torch.set_num_threads(1)
+        executor = TorchExecutor(threads=1)
+        local_slm, server_slm = executor, executor  # one engine; requests are sequential anyway
+    else:
+        local_slm, server_slm = InstantExecutor(), InstantExecutor()
+    local = Cascade(local_slm, None, config)
+    server = ServerThread(lambda: build_server(Cascade(server_slm, None, config), host="127.0.0.1")).start()
+    channel = grpc.insecure_channel(server.address)
+    stub = corea_pb2_grpc.CoreaStub(channel)
+    question = "Tom has 3 apples and buys 5 more. How many apples does he have?"
+    echo = echo_server(stub.Solve(corea_pb2.SolveRequest(question=question), timeout=120))
+    echo_channel = grpc.insecure_channel(echo.address)
+    echo_stub = corea_pb2_grpc.CoreaStub(echo_channel)
+
+    async def run():
+        rounds = []
+        for r in range(args.rounds):
+            in_process, over_grpc, floor = [], [], []
+            for i in range((args.warmup if r == 0 else 0) + args.n):
+                t0 = time.perf_counter()
+                local_result = await local.solve(SolveRequest(question))
+                t1 = time.perf_counter()
+                response = stub.Solve(corea_pb2.SolveRequest(question=question), timeout=120)
+                t2 = time.perf_counter()
+                echo_stub.Solve(corea_pb2.SolveRequest(question=question), timeout=120)
+                t3 = time.perf_counter()
+                assert response.answer == local_result.answer
+                if r > 0 or i >= args.warmup:
+                    in_process.append((t1 - t0) * 1000)
+                    over_grpc.append((t2 - t1) * 1000)
+                    floor.append((t3 - t2) * 1000)
+            rounds.append((in_process, over_grpc, floor))
+        return rounds
+
+    try:
+        rounds = asyncio.run(run())
+    finally:
+        channel.close()
+        echo_channel.close()
+        echo.close()
+        server.close()
+        if args.real:
+            executor.close()
+    everything = [sum((list(r[k]) for r in rounds), []) for k in range(3)]
+    per_round = [statistics.median(g) - statistics.median(p) for p, g, _ in rounds]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    figures = {
+        "slm": "SmolLM2-135M (slm_only, %d new tokens)" % args.max_new_tokens if args.real else "instant stand-in",
+        "requests_per_path": len(everything[0]),
+        "load_average_1min": load,
+        "cpus": os.cpu_count(),
+        "in_process_p50_ms": statistics.median(everything[0]),
+        "grpc_p50_ms": statistics.median(everything[1]),
+        "grpc_p90_ms": percentile(everything[1], 0.9),
+        "bare_grpc_echo_p50_ms": statistics.median(everything[2]),
+        "added_p50_ms": statistics.median(everything[1]) - statistics.median(everything[0]),
+        "added_p50_ms_per_round": per_round,
+    }
+    print(f"gRPC overhead: {figures['requests_per_path']} sequential requests per path in {args.rounds} interleaved rounds; "
+          f"SLM: {figures['slm']}; {figures['cpus']} CPUs, load average {load:.1f}")
+    print(f"  in-process cascade       : p50 {figures['in_process_p50_ms']:.3f} ms")
+    print(f"  cascade over gRPC        : p50 {figures['grpc_p50_ms']:.3f} ms   p90 {figures['grpc_p90_ms']:.3f} ms")
+    print(f"  bare gRPC (echo server)  : p50 {figures['bare_grpc_echo_p50_ms']:.3f} ms   (the transport's floor here)")
+    print(f"  added by gRPC            : p50 {figures['added_p50_ms']:.3f} ms (goal <= 1 ms); per round: "
+          + ", ".join(f"{x:.3f}" for x in per_round))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
