@@ -133,10 +133,15 @@ def test_reading_the_confidence_first_stops_sglang_too(slm_executor):
     assert engine.aborted == [engine.calls[0]["rid"]]
 
 
-def test_closed_executor_refuses_requests(slm_executor):
+def test_close_finishes_running_requests_and_refuses_new_ones(slm_executor):
     _, script = json_script(slm_executor)
-    executor = executor_over(ReplayEngine(script), slm_executor)
+    engine = ReplayEngine(script, pause_before=2)
+    executor = executor_over(engine, slm_executor)
+    stream = executor.submit(request_for("json"))
+    next(iter(stream))
     executor.close()
+    assert stream.wait(timeout=30).finish_reason == "abort"
+    assert engine.aborted == [engine.calls[0]["rid"]] and engine.shut_down
     with pytest.raises(ExecutorError, match="closed"):
         executor.submit(request_for("json"))
 

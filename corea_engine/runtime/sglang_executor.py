@@ -323,6 +323,10 @@ class SglangExecutor(Executor):
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
+            with self._lock:
+                leftovers = list(self._seqs.values())
+            for seq in leftovers:  # streams the stopped loop did not get to finish
+                self._finish(seq, "abort", None)
 
     # ------------------------------------------------------------------ serving (event loop)
     async def _serve(self, seq: _Seq) -> None:
@@ -341,7 +345,12 @@ class SglangExecutor(Executor):
         except Exception as err:  # one failed request must not take the loop down
             log.exception("SGLang request %s failed", seq.rid)
             reason, error = "error", f"{type(err).__name__}: {err}"
-        seq.finished = True
+        self._finish(seq, reason, error)
+
+    def _finish(self, seq: _Seq, reason: str, error: str | None) -> None:
         with self._lock:
+            if seq.finished:
+                return
+            seq.finished = True
             self._seqs.pop(seq.request.request_id, None)
         seq.stream.push(FinishedEvent(seq.request.request_id, self.decoder.result(seq, reason, error)))
