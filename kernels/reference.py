@@ -64,8 +64,9 @@ def confidence_stats_reference(
     else:
         # Multiplying by 0/1 weights instead of filling with -inf: masked fills and exp(-inf)
         # are several times slower than plain arithmetic on CPU.
+        bitmask = bitmask.to(device=logits.device, dtype=torch.int32)
         allowed = _unpack_bits(bitmask, x.shape[1]).float()
-        blocked = _unpack_bits(~bitmask.to(torch.int32), x.shape[1]).float()
+        blocked = _unpack_bits(~bitmask, x.shape[1]).float()
         row_max = torch.add(x, blocked, alpha=_LOWEST_FP32).amax(dim=1, keepdim=True)
         shift = torch.where(torch.isfinite(row_max), row_max, 0.0)
         # Masked logits above the allowed max would overflow exp; clamped, they weigh 0 anyway.

@@ -157,10 +157,17 @@ def test_strided_rows_and_wide_bitmask(seed):
     hidden = torch.randn(4, 3, 2050, generator=gen)
     logits = hidden[:, -1, :]
     bitmask = torch.randint(-(2**31), 2**31 - 1, (4, 70), dtype=torch.int32, generator=gen)
-    token_ids = torch.tensor([5, 2049, 64, 63])
-    values = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    token_ids = torch.tensor([5, 2049, 64, 63], dtype=torch.int32)  # int32 ids, float64 values
+    values = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     got = run_triton_poisoned(logits, token_ids, values, bitmask)
     assert_matches_reference(got, logits, token_ids, values, bitmask, f"seed={seed} strided")
+
+
+def test_empty_batch():
+    logits, token_ids, values = torch.randn(0, 100), torch.tensor([1, 2]), torch.tensor([0.5, 1.0])
+    for backend in (confidence_stats_reference, confidence_stats_triton):
+        stats = backend(logits, token_ids, values, torch.zeros(0, 4, dtype=torch.int32))
+        assert stats.probs.shape == (0, 2) and stats.argmax.shape == (0,)
 
 
 def test_digit_scale_one_allowed_token(seed):
