@@ -60,6 +60,9 @@ def _num(x, digits=3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+_RATES = {"accuracy", "deferral_rate", "degraded_rate", "cost reduction"}
+
+
 def _cost(x) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
@@ -89,7 +92,8 @@ def markdown(result: dict, title: str) -> str:
                   f"| accuracy drop vs LLM alone | {_num(100 * c['accuracy_drop'], 1)} points |"]
     if "online" in result:
         for key, value in result["online"].items():
-            lines.append(f"| measured {key} | {value if isinstance(value, str) else _cost(value)} |")
+            shown = value if isinstance(value, str) else _pct(value) if key in _RATES else _cost(value)
+            lines.append(f"| measured {key} | {shown} |")
     if "sweep" in result:
         lines += ["", "## Threshold sweep (plain policy: accept when confidence >= threshold)", "",
                   "| threshold | LLM% | accuracy | cost reduction | accuracy drop (points) |", "|---|---|---|---|---|"]
