@@ -98,7 +98,8 @@ def markdown(result: dict, title: str) -> str:
         lines += ["", "## Threshold sweep (plain policy: accept when confidence >= threshold)", "",
                   "| threshold | LLM% | accuracy | cost reduction | accuracy drop (points) |", "|---|---|---|---|---|"]
         for o in result["sweep"]:
-            lines.append(f"| {o['threshold']:g} | {_pct(o['deferral_rate'])} | {_pct(o['accuracy'])} | "
+            shown = f"{o['threshold']:g}" if o is not result["sweep"][-1] else "above all (defer all)"
+            lines.append(f"| {shown} | {_pct(o['deferral_rate'])} | {_pct(o['accuracy'])} | "
                          f"{_pct(o['cost_reduction'])} | {_num(100 * o['accuracy_drop'], 1)} |")
     lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in result.get("plots", [])), ""]
     return "\n".join(lines)
