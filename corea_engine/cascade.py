@@ -294,7 +294,7 @@ class _Run:
                 if self.llm_completion is not None:
                     yield Finished(self._finish())
                     return
-                why = str(self.llm_error)
+                why = f"LLM failed: {self.llm_error}"
             else:
                 self.decision = Decision("slm", False, f"mode llm_only but {why}", plan.threshold, None)
                 yield self.decision
@@ -422,7 +422,8 @@ class _Run:
                     refused = f"the LLM circuit breaker is {breaker.state}"
                     self.llm_error = LLMUnavailableError(f"{self.llm_error}; {refused}" if self.llm_error else refused)
                     return
-                timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining)
+                # Keep a little of the caller's time back, so a degraded answer can still reach it.
+                timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining - min(0.25, remaining / 10))
                 params = GenerationParams(
                     contract=plan.fmt, max_new_tokens=plan.max_new_tokens, temperature=cfg.llm_temperature,
                     request_id=f"{plan.request_id}-llm", timeout_s=timeout,

@@ -16,7 +16,10 @@ import grpc
 import pytest
 
 from cascade_servers import corea_server, llm_server, stand_in_llm
+from corea_engine.cascade import CascadeConfig
 from corea_engine.protos import corea_pb2, corea_pb2_grpc
+
+PRICES = CascadeConfig()  # the servers here run with the default prices
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,9 @@ def test_threshold_one_defers_every_request_below_one(servers, gsm8k_questions):
         assert r.llm_tokens.completion_tokens > 0 and r.llm_model == "stand-in-llm"
         assert r.answer  # the LLM answered under the same contract
         # What the LLM alone would cost is exactly its share of this request's cost.
-        assert math.isclose(r.llm_only_cost, r.cost - (r.slm_tokens.prompt_tokens * 0.00002 + r.slm_tokens.completion_tokens * 0.00004) / 1000)
+        slm_cost, llm_cost = PRICES.tier_costs(r.slm_tokens.prompt_tokens, r.slm_tokens.completion_tokens,
+                                               r.llm_tokens.prompt_tokens, r.llm_tokens.completion_tokens)
+        assert math.isclose(r.cost, slm_cost + llm_cost) and math.isclose(r.llm_only_cost, llm_cost)
     assert llm_calls(llm) == before + 3
 
 

@@ -121,7 +121,7 @@ async def serve(server: Server, *, metrics_port: int | None = None, grace_s: flo
         except (NotImplementedError, RuntimeError):  # not the main thread: the caller stops us
             pass
     await server.start(metrics_port)
-    log.warning("serving %s on port %d", ", ".join(server.services), server.port)
+    log.info("serving %s on port %d", ", ".join(server.services), server.port)
     if ready is not None:
         ready(server)
     await stop.wait()
