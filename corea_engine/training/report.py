@@ -80,3 +80,27 @@ def difficulty_table(before: dict, after: dict) -> str:
         lines.append(f"| {level} | {b['n']} | {_f(b['accuracy'])} | {_f(a.get('accuracy'))} | "
                      f"{_f(b['mean_expected'])} | {_f(a.get('mean_expected'))} |")
     return "\n".join(lines)
+
+
+def write_report(log_path, before_path, after_path, out_dir) -> str:
+    """reward_curve.png + report.md in out_dir from a training log and two eval JSON files."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_curve(log_path, out_dir / "reward_curve.png")
+    before = json.loads(Path(before_path).read_text())["summary"]
+    after = json.loads(Path(after_path).read_text())["summary"]
+    text = before_after_table(before, after) + "\n\n" + difficulty_table(before, after) + "\n"
+    (out_dir / "report.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="training report from a log and before/after evaluations")
+    parser.add_argument("--log", required=True, help="train_log.jsonl")
+    parser.add_argument("--before", required=True, help="eval JSON of the starting model")
+    parser.add_argument("--after", required=True, help="eval JSON of the trained model")
+    parser.add_argument("--out", required=True, help="folder for reward_curve.png and report.md")
+    args = parser.parse_args()
+    print(write_report(args.log, args.before, args.after, args.out))

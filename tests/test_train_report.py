@@ -1,0 +1,32 @@
+"""The training report: curve PNG from a JSONL log and the before/after table from eval summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from corea_engine.training.evaluate import Sample, summarize
+from corea_engine.training.report import write_report
+
+
+def _samples(conf: float, correct_pattern: list[bool]) -> list[Sample]:
+    return [Sample(f"s{i}", "sum-1d" if i % 2 else "product-4d", "1", c, conf, conf, 10) for i, c in enumerate(correct_pattern)]
+
+
+def test_summary_and_report(tmp_path):
+    pattern = [True, False, False, False]
+    before = summarize(_samples(0.9, pattern))
+    after = summarize(_samples(0.3, pattern) + [Sample("x", "sum-1d", None, False, math.nan, math.nan, 5)])
+    assert before["accuracy"] == 0.25 and before["sampled"]["ece"] == 0.9 - 0.25
+    assert after["sampled"]["format_adherence"] == 0.8  # the unparsed sample states no confidence
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "reward": -1 + s / 10, "rewards/calibration/mean": -0.5,
+                                       "mean_confidence": 0.8 - s / 20}) + "\n" for s in range(1, 6)))
+    for name, summary in (("before.json", before), ("after.json", after)):
+        (tmp_path / name).write_text(json.dumps({"summary": summary}))
+    text = write_report(log, tmp_path / "before.json", tmp_path / "after.json", tmp_path / "out")
+    png = (tmp_path / "out" / "reward_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    # after: ECE over the 4 samples that stated 0.3, one of them right (the unparsed one is left out)
+    assert "| ece | sampled | 0.650 | 0.050 | -92% |" in text
+    assert "| product-4d |" in text and "| sum-1d |" in text
