@@ -30,3 +30,15 @@ def test_summary_and_report(tmp_path):
     # after: ECE over the 4 samples that stated 0.3, one of them right (the unparsed one is left out)
     assert "| ece | sampled | 0.650 | 0.050 | -92% |" in text
     assert "| product-4d |" in text and "| sum-1d |" in text
+
+
+def test_limit_recomputes_over_the_first_samples(tmp_path):
+    from dataclasses import asdict
+
+    from corea_engine.training.report import load_summary
+
+    samples = _samples(0.9, [True, True, False, False, False, False])
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"summary": summarize(samples), "samples": [asdict(s) for s in samples]}))
+    assert load_summary(path)["accuracy"] == 2 / 6
+    assert load_summary(path, limit=2)["accuracy"] == 1.0

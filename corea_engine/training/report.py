@@ -82,13 +82,29 @@ def difficulty_table(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(log_path, before_path, after_path, out_dir) -> str:
+def load_summary(path, limit: int | None = None) -> dict:
+    """An eval file's summary; with `limit`, recomputed over its first `limit` samples.
+
+    The held-out split is one seeded stream, so the first N questions of a longer evaluation
+    are exactly the questions of an N-question one.
+    """
+    data = json.loads(Path(path).read_text())
+    if limit is None:
+        return data["summary"]
+    from .evaluate import Sample, summarize
+
+    samples = [Sample(**row) for row in data["samples"][:limit]]
+    if len(samples) < limit:
+        raise ValueError(f"{path} has {len(samples)} samples, fewer than --limit {limit}")
+    return summarize(samples)
+
+
+def write_report(log_path, before_path, after_path, out_dir, limit: int | None = None) -> str:
     """reward_curve.png + report.md in out_dir from a training log and two eval JSON files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_curve(log_path, out_dir / "reward_curve.png")
-    before = json.loads(Path(before_path).read_text())["summary"]
-    after = json.loads(Path(after_path).read_text())["summary"]
+    before, after = load_summary(before_path, limit), load_summary(after_path, limit)
     text = before_after_table(before, after) + "\n\n" + difficulty_table(before, after) + "\n"
     (out_dir / "report.md").write_text(text)
     return text
@@ -102,5 +118,6 @@ if __name__ == "__main__":
     parser.add_argument("--before", required=True, help="eval JSON of the starting model")
     parser.add_argument("--after", required=True, help="eval JSON of the trained model")
     parser.add_argument("--out", required=True, help="folder for reward_curve.png and report.md")
+    parser.add_argument("--limit", type=int, default=None, help="compare the first N held-out questions of both")
     args = parser.parse_args()
-    print(write_report(args.log, args.before, args.after, args.out))
+    print(write_report(args.log, args.before, args.after, args.out, args.limit))
