@@ -45,12 +45,19 @@ def deny_handler(handler, code: grpc.StatusCode, message: str):
 Admit = Callable[[object, grpc.aio.ServicerContext], Awaitable[Callable[[], None] | None]]
 
 
-def guarded(handler, admit: Admit):
-    """Wrap a unary-request handler so that `admit` runs first; other kinds are returned as they are."""
+def guarded(handler, admit: Admit, request_deserializer=None, wrap_context=None):
+    """Wrap a unary-request handler so that `admit` runs first; other kinds are returned as they are.
+
+    request_deserializer replaces the handler's own (None: keep it); wrap_context(context) is what
+    admit and the method get instead of the call's context (None: the context itself).
+    """
+    deserializer = request_deserializer or handler.request_deserializer
+    wrap = wrap_context or (lambda context: context)
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary(request, context):
+            context = wrap(context)
             release = await admit(request, context)
             try:
                 return await inner(request, context)
@@ -59,11 +66,12 @@ def guarded(handler, admit: Admit):
                     release()
 
         return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+            unary, request_deserializer=deserializer, response_serializer=handler.response_serializer)
     if handler.unary_stream is not None:
         inner_stream = handler.unary_stream
 
         async def stream(request, context):
+            context = wrap(context)
             release = await admit(request, context)
             try:
                 async for item in inner_stream(request, context):
@@ -73,5 +81,5 @@ def guarded(handler, admit: Admit):
                     release()
 
         return grpc.unary_stream_rpc_method_handler(
-            stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+            stream, request_deserializer=deserializer, response_serializer=handler.response_serializer)
     return handler

@@ -4,9 +4,11 @@
                               max_message_bytes=1 << 20, max_new_tokens=512, max_inflight_per_client=8)
     server = build_server(cascade, port=50051, security=security)
 
-Each part is optional; ServerSecurity() changes nothing. Interceptor order: authentication first
-(an unauthenticated call is refused before anything else looks at it), then the per-request
-limits, then the server-wide concurrency limit.
+Each part is optional; ServerSecurity() only adds request hygiene (hygiene.py: undecodable requests
+are INVALID_ARGUMENT, status details are bounded). Interceptor order: hygiene (its deserializer is
+the one that runs), then
+authentication (an unauthenticated call is refused before its bytes are even decoded), then the
+per-request limits, then the server-wide concurrency limit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from .auth import BearerTokenAuth, TokenTable
+from .hygiene import RequestHygiene
 from .limits import RequestLimits
 from .tls import ServerTLS
 
@@ -31,7 +34,7 @@ class ServerSecurity:
     def __post_init__(self):
         if self.max_message_bytes is not None and self.max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
-        self._interceptors: list[grpc.aio.ServerInterceptor] = []
+        self._interceptors: list[grpc.aio.ServerInterceptor] = [RequestHygiene()]
         if self.tokens is not None:
             self._interceptors.append(BearerTokenAuth(self.tokens))
         if self.max_new_tokens is not None or self.max_inflight_per_client is not None:
