@@ -3,8 +3,8 @@
     python benchmarks/grpc_overhead.py                 # instant stand-in SLM (isolates the transport)
     python benchmarks/grpc_overhead.py --real -n 50    # the real SmolLM2, slm_only, 4 new tokens
 
-The same requests go through two paths in one run, interleaved (so drift in machine load hits
-both alike): `await cascade.solve(req)` in this process, and Solve over loopback gRPC to a
+The same requests go through two paths in one run, in alternating blocks (so drift in machine
+load hits both alike): `await cascade.solve(req)` in this process, and Solve over loopback gRPC to a
 server holding an identical cascade (request -> proto -> HTTP/2 -> server handler -> cascade ->
 proto -> back). The difference of the p50s is the overhead; p50 of the paired differences too.
 
@@ -102,7 +102,7 @@ class _NoHealth:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200, help="measured requests per path and round")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds; each round interleaves every path")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds; each round runs a block of every path")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--real", action="store_true", help="the real SmolLM2 (slm_only, --max-new-tokens) instead of the stand-in")
     ap.add_argument("--max-new-tokens", type=int, default=4)
@@ -129,28 +129,42 @@ def main(argv=None) -> int:
     echo_channel = grpc.insecure_channel(echo.address)
     echo_stub = corea_pb2_grpc.CoreaStub(echo_channel)
 
-    async def run():
+    request = corea_pb2.SolveRequest(question=question)
+
+    def timed(call, count):
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    async def timed_local(count):
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            await local.solve(SolveRequest(question))
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    def run():
+        # Blocks per path, alternating every round, so slow drift in machine load hits all paths.
+        # (Interleaving single requests was tried: the in-process call's leftovers on this
+        # thread then slowed the next gRPC call by ~2 ms, which is no part of serving.)
+        assert stub.Solve(request, timeout=120).answer == asyncio.run(local.solve(SolveRequest(question))).answer
+        timed(lambda: stub.Solve(request, timeout=120), args.warmup)
+        timed(lambda: echo_stub.Solve(request, timeout=120), args.warmup)
+        asyncio.run(timed_local(args.warmup))
         rounds = []
-        for r in range(args.rounds):
-            in_process, over_grpc, floor = [], [], []
-            for i in range((args.warmup if r == 0 else 0) + args.n):
-                t0 = time.perf_counter()
-                local_result = await local.solve(SolveRequest(question))
-                t1 = time.perf_counter()
-                response = stub.Solve(corea_pb2.SolveRequest(question=question), timeout=120)
-                t2 = time.perf_counter()
-                echo_stub.Solve(corea_pb2.SolveRequest(question=question), timeout=120)
-                t3 = time.perf_counter()
-                assert response.answer == local_result.answer
-                if r > 0 or i >= args.warmup:
-                    in_process.append((t1 - t0) * 1000)
-                    over_grpc.append((t2 - t1) * 1000)
-                    floor.append((t3 - t2) * 1000)
+        for _ in range(args.rounds):
+            in_process = asyncio.run(timed_local(args.n))
+            over_grpc = timed(lambda: stub.Solve(request, timeout=120), args.n)
+            floor = timed(lambda: echo_stub.Solve(request, timeout=120), args.n)
             rounds.append((in_process, over_grpc, floor))
         return rounds
 
     try:
-        rounds = asyncio.run(run())
+        rounds = run()
     finally:
         channel.close()
         echo_channel.close()
@@ -173,7 +187,7 @@ def main(argv=None) -> int:
         "added_p50_ms": statistics.median(everything[1]) - statistics.median(everything[0]),
         "added_p50_ms_per_round": per_round,
     }
-    print(f"gRPC overhead: {figures['requests_per_path']} sequential requests per path in {args.rounds} interleaved rounds; "
+    print(f"gRPC overhead: {figures['requests_per_path']} sequential requests per path in {args.rounds} alternating rounds; "
           f"SLM: {figures['slm']}; {figures['cpus']} CPUs, load average {load:.1f}")
     print(f"  in-process cascade       : p50 {figures['in_process_p50_ms']:.3f} ms")
     print(f"  cascade over gRPC        : p50 {figures['grpc_p50_ms']:.3f} ms   p90 {figures['grpc_p90_ms']:.3f} ms")

@@ -225,8 +225,9 @@ class Cascade:
         plan = self.plan(req)
         run = _Run(self, plan)
         try:
-            async for event in run.events():
-                yield event
+            async with contextlib.aclosing(run.events()) as events:
+                async for event in events:
+                    yield event
         finally:
             await run.cleanup()
 
