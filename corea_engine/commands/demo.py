@@ -79,8 +79,7 @@ def run(args) -> int:
         table.add_row(example.question[:60], r.answer or "-", example.answer, conf, tier,
                       f"{r.slm_completion_tokens}/{r.llm_completion_tokens}", f"{r.latency_ms / 1000:.1f}s")
     console.print(table)
-    if results:
-        console.print(f"SLM: {results[0].slm_model}; LLM: {results[0].llm_model} over gRPC")
+    console.print(f"SLM: {slm.model_name}; LLM: {llm.model_name} over gRPC (corea.v1.LLM)")
     deferred = sum(r.deferred for r in results)
     cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
     console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "

@@ -1,0 +1,17 @@
+"""`corea demo` (what `make run` runs): stand-in LLM service + cascade service, questions over gRPC."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def test_corea_demo_answers_through_the_cascade_over_grpc():
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "demo", "-n", "2", "--max-reasoning-chars", "60"],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "GSM8K through the cascade over gRPC" in out.stdout
+    assert "answered by" in out.stdout and "SLM: smollm2-135m; LLM: smollm2-135m (stand-in LLM) over gRPC (corea.v1.LLM)" in out.stdout
+    assert "2 questions in" in out.stdout
