@@ -84,3 +84,23 @@ def test_confidence_first_deferral_with_llm_down_still_returns_the_slm_answer(ri
         assert r.deferred and "LLM" in r.degraded_reason
     finally:
         state["llm"] = llm_server(llm_executor, port)
+
+
+def test_llm_timeout_is_retried_then_degrades_and_the_llm_request_is_aborted(rig, slm_executor, gsm8k_questions):
+    """50 ms per LLM attempt is never enough for an answer: the attempts time out, the SLM answer stays."""
+    state, port, llm_executor, _ = rig
+    impatient = corea_server(slm_executor, f"127.0.0.1:{port}", threshold=1.0, llm_timeout_s=0.05, llm_retries=1,
+                             retry_backoff_s=0.01, breaker_failures=5)
+    try:
+        with grpc.insecure_channel(impatient.address) as channel:
+            r = corea_pb2_grpc.CoreaStub(channel).Solve(corea_pb2.SolveRequest(question=gsm8k_questions[31]), timeout=600)
+    finally:
+        impatient.close()
+    assert r.degraded and r.answered_by == corea_pb2.TIER_SLM and r.answer, r
+    # Retried unless the first attempt had already streamed a token (a retry would repeat it).
+    assert "DEADLINE_EXCEEDED" in r.degraded_reason and " of 2)" in r.degraded_reason, r.degraded_reason
+    # The LLM server saw the deadline too and stopped generating (bounded wait for its engine step).
+    deadline = time.monotonic() + 60
+    while llm_executor.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert llm_executor.running == 0
