@@ -76,8 +76,10 @@ def plot(reports: list[dict], path: str | Path) -> None:
         x = [lv["concurrency"] for lv in levels]
         left.plot(x, [lv["requests_per_s"] for lv in levels], marker="o", label=label)
         right.plot(x, [lv["latency_p99_ms"] or float("nan") for lv in levels], marker="o", label=label)
+    levels = sorted({lv["concurrency"] for r in reports for lv in r["levels"]})
     for axis, ylabel in ((left, "requests/s"), (right, "p99 latency (ms)")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(level) for level in levels])
         axis.set_xlabel("concurrency")
         axis.set_ylabel(ylabel)
         axis.grid(True, alpha=0.3)
