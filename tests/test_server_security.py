@@ -127,9 +127,13 @@ def test_without_a_valid_token_every_method_is_unauthenticated_and_no_model_runs
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
         assert "bearer token" in err.value.details()
     assert model_work(slm_executor, llm, llm_executor) == before
-    # Health stays open (orchestrator probes carry no token).
-    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="corea.v1.Corea"), timeout=30)
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    # Health stays open (orchestrator probes carry no token), Check and Watch (client-side health checking).
+    health = health_pb2_grpc.HealthStub(channel)
+    check = health.Check(health_pb2.HealthCheckRequest(service="corea.v1.Corea"), timeout=30, metadata=metadata)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="corea.v1.Corea"), timeout=30, metadata=metadata)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
 
 
 def test_the_llm_server_refuses_a_caller_without_its_token(authed, certs, slm_executor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Awaitable, Callable
 
 import grpc
@@ -69,6 +70,19 @@ def guarded(handler, admit: Admit, request_deserializer=None, wrap_context=None)
             unary, request_deserializer=deserializer, response_serializer=handler.response_serializer)
     if handler.unary_stream is not None:
         inner_stream = handler.unary_stream
+        if not inspect.isasyncgenfunction(inner_stream):
+            # A coroutine that writes with context.write (grpc's health Watch): wrap it as one.
+            async def writing(request, context):
+                context = wrap(context)
+                release = await admit(request, context)
+                try:
+                    return await inner_stream(request, context)
+                finally:
+                    if release is not None:
+                        release()
+
+            return grpc.unary_stream_rpc_method_handler(
+                writing, request_deserializer=deserializer, response_serializer=handler.response_serializer)
 
         async def stream(request, context):
             context = wrap(context)
