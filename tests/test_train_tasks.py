@@ -22,6 +22,8 @@ def test_training_never_sees_held_out_questions():
     train = training_problems(1000, seed=0)
     assert len(train) == 1000 and not held & {p.question for p in train}
     assert training_problems(10, seed=1) != training_problems(10, seed=0)
+    # Exactly balanced, easy levels included (they repeat: only ~50 one-digit sums are not held out).
+    assert set(Counter(p.difficulty for p in train).values()) == {125}
 
 
 def test_answers_are_the_true_results():

@@ -42,22 +42,29 @@ def _problem(rng: random.Random, operation: str, digits: int, prefix: str, index
     return Problem(f"{prefix}-{index}", f"What is {a} {operation} {b}?", answer, operation, digits)
 
 
-def _stream(seed: int, n: int, prefix: str, exclude: set[str] = frozenset()) -> list[Problem]:
-    """n problems cycling through every (operation, digits) level, so levels are balanced."""
+def _stream(seed: int, n: int, prefix: str, exclude: set[str] = frozenset(), repeats: bool = False) -> list[Problem]:
+    """n problems cycling through every (operation, digits) level.
+
+    Without `repeats` a question appears once, so a drawn duplicate skips its level's turn (the
+    held-out split: 23-26 per level in 200). With `repeats` only `exclude` is skipped and the
+    level is drawn again, so levels stay exactly balanced although a one-digit level has only
+    100 questions, about half of them held out.
+    """
     rng = random.Random(seed)
     levels = [(op, d) for d in DIGITS for op in OPERATIONS]
     problems: list[Problem] = []
     seen = set(exclude)
     attempts = 0
     while len(problems) < n:
-        op, d = levels[attempts % len(levels)]
+        op, d = levels[(len(problems) if repeats else attempts) % len(levels)]
         attempts += 1
         p = _problem(rng, op, d, prefix, len(problems))
-        if p.question in seen:  # one-digit levels have only 100 questions each
+        if p.question in (exclude if repeats else seen):
             if attempts > 100 * n:
                 raise ValueError(f"cannot draw {n} distinct problems")
             continue
-        seen.add(p.question)
+        if not repeats:
+            seen.add(p.question)
         problems.append(p)
     return problems
 
@@ -68,9 +75,14 @@ def held_out_problems(n: int = 200) -> list[Problem]:
 
 
 def training_problems(n: int, seed: int = 0, held_out: int = 400) -> list[Problem]:
-    """n training problems, none equal to any of the first `held_out` held-out questions."""
+    """n training problems, levels exactly balanced, none equal to a first-`held_out` held-out question.
+
+    Easy questions repeat: the one-digit levels are the ones the model gets right, and a task
+    without them teaches only "confidence 0" (a first run drew them 5% of the time, its
+    sampled accuracy stayed 0 and the stated confidence collapsed to 0.0).
+    """
     exclude = {p.question for p in held_out_problems(held_out)}
-    return _stream(seed, n, f"train{seed}", exclude)
+    return _stream(seed, n, f"train{seed}", exclude, repeats=True)
 
 
 _INTEGER = re.compile(r"-?\d[\d,]*(?:\.0+)?")
