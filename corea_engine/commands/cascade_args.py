@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_model_args, default_threads
+from .common import add_model_args, default_threads, make_executor
 
 
 def add_cascade_args(p) -> None:
@@ -50,11 +50,11 @@ def build_cascade(args, config=None):
     if config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url or local_llm):
         raise CommandError("the cascade needs an LLM tier: --llm-address, --llm-openai-base-url with --llm-model, "
                            "--llm-model for an in-process one, or --mode slm_only")
-    slm = TorchExecutor(args.model, device=args.device, dtype=args.dtype, threads=default_threads())
+    slm = make_executor(args, threads=default_threads())  # --backend torch|sglang
     executors = [slm]
     llm = make_client(config)
     if llm is None and local_llm:
-        if args.llm_model == (args.model or "smollm2-135m"):
+        if isinstance(slm, TorchExecutor) and args.llm_model == (args.model or "smollm2-135m"):
             llm_executor = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer))
             llm_executor.model_name = f"{slm.model_name} (stand-in LLM)"
         else:

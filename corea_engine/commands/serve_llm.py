@@ -5,7 +5,7 @@ On the embedded default (SmolLM2-135M) this is a STAND-IN for a real LLM tier.
 
 from __future__ import annotations
 
-from .common import add_model_args, default_threads
+from .common import add_model_args, default_threads, make_executor
 from .security_args import add_security_args
 
 
@@ -28,11 +28,10 @@ def run(args) -> int:
     from .security_args import security_from_args
 
     security = security_from_args(args)  # refuse bad settings before loading a model
-    from ..runtime.torch_executor import TorchExecutor
     from ..server.app import ServerStartError, build_server, serve
 
-    executor = TorchExecutor(args.model, device=args.device, dtype=args.dtype, threads=default_threads(),
-                             max_batch_size=args.max_batch_size)
+    # --backend torch (embedded) or sglang (GPU serving)
+    executor = make_executor(args, threads=default_threads(), max_batch_size=args.max_batch_size)
 
     async def main():
         try:

@@ -17,7 +17,7 @@ import inspect
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +38,7 @@ from .executor import (
 )
 
 log = logging.getLogger(__name__)
+PREFIX_CACHE_SIZE = 16
 
 
 @dataclass
@@ -62,6 +63,7 @@ class _Sequence:
     request: Request
     stream: RequestStream
     prompt_ids: list[int]
+    prefix_len: int  # leading prompt tokens shared with other requests (cached KV)
     fmt: Format | None
     matcher: object | None
     generator: torch.Generator | None
@@ -129,6 +131,7 @@ class TorchExecutor(Executor):
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._mask: torch.Tensor | None = None  # [B, L] 1 = real token
         self._next: list[int] = []  # last sampled token of each row, not yet fed
+        self._prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
         self._thread = threading.Thread(target=self._engine_loop, name="corea-torch-engine", daemon=True)
         self._thread.start()
 
@@ -136,6 +139,7 @@ class TorchExecutor(Executor):
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
         prompt_ids = self._encode(request)
+        prefix_len = self._shared_prefix_len(request, prompt_ids)
         budget = len(prompt_ids) + request.max_new_tokens
         if budget > self.max_positions:
             raise InvalidRequestError(
@@ -151,6 +155,7 @@ class TorchExecutor(Executor):
             request=request,
             stream=RequestStream(request.request_id),
             prompt_ids=prompt_ids,
+            prefix_len=prefix_len,
             fmt=fmt,
             matcher=self.grammars.matcher(fmt) if fmt is not None else None,
             generator=generator,
@@ -193,6 +198,22 @@ class TorchExecutor(Executor):
                 ids = ids["input_ids"]
             return list(ids)
         return self.tokenizer.encode(request.prompt, add_special_tokens=False)
+
+    def _shared_prefix_len(self, request: Request, prompt_ids: list[int]) -> int:
+        """Length of the prompt's system part when it tokenizes as a clean prefix of the prompt.
+
+        Requests of one contract share that system prompt (the format instructions), so its KV is
+        computed once; a template that does not split cleanly just gets no caching.
+        """
+        if request.messages is None or len(request.messages) < 2:
+            return 0
+        head = self.tokenizer.apply_chat_template(request.messages[:-1], tokenize=True, return_dict=False)
+        if isinstance(head, dict) or hasattr(head, "input_ids"):
+            head = head["input_ids"]
+        head = list(head)
+        if 0 < len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head:
+            return len(head)
+        return 0
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -281,20 +302,50 @@ class TorchExecutor(Executor):
         return out.logits[:, -1, :].float(), new_kv
 
     def _prefill(self, joining: list[_Sequence]) -> None:
-        """Run the prompts of joining requests (left-padded), then merge them into the batch."""
-        width = max(len(s.prompt_ids) for s in joining)
-        ids = torch.full((len(joining), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(joining), width), dtype=torch.long)
-        for i, seq in enumerate(joining):
-            ids[i, width - len(seq.prompt_ids):] = torch.tensor(seq.prompt_ids)
-            mask[i, width - len(seq.prompt_ids):] = 1
+        """Run the prompts of joining requests and merge them into the batch, one forward pass
+        per shared prefix (the contract's system prompt is computed once and cached)."""
+        groups: dict[tuple[int, ...], list[_Sequence]] = {}
+        for seq in joining:
+            groups.setdefault(tuple(seq.prompt_ids[: seq.prefix_len]), []).append(seq)
+        for prefix, seqs in groups.items():
+            self._prefill_group(prefix, seqs)
+
+    def _prefill_group(self, prefix: tuple[int, ...], seqs: list[_Sequence]) -> None:
+        # Row layout: [prefix | padding | prompt suffix]. Every row ends on the same column, so
+        # later steps append one column for all; the padding is masked out and positions count
+        # real tokens only, so each row computes exactly what it would alone.
+        n, p = len(seqs), len(prefix)
+        suffixes = [seq.prompt_ids[p:] for seq in seqs]
+        width = max(len(x) for x in suffixes)
+        ids = torch.full((n, width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, suffix in enumerate(suffixes):
+            ids[i, width - len(suffix):] = torch.tensor(suffix)
+            mask[i, width - len(suffix):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        logits, kv = self._forward(ids, mask, positions, None)
+        positions = p + (mask.cumsum(1) - 1).clamp(min=0)
+        past = None
+        if p:
+            past = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
+            mask = torch.cat([torch.ones((n, p), dtype=torch.long, device=self.device), mask], 1)
+        logits, kv = self._forward(ids, mask, positions, past)
         self.stats.prefills += 1
-        self._merge(joining, kv, mask)
+        self._merge(seqs, kv, mask)
         # The prompt's last logits give each joiner its first token.
-        self._process(logits, first_row=len(self._rows) - len(joining))
+        self._process(logits, first_row=len(self._rows) - n)
+
+    def _prefix_kv(self, prefix: tuple[int, ...]):
+        """KV of a shared prompt prefix, computed once (LRU of PREFIX_CACHE_SIZE entries)."""
+        if prefix in self._prefixes:
+            self._prefixes.move_to_end(prefix)
+            return self._prefixes[prefix]
+        ids = torch.tensor([prefix], device=self.device)
+        ones = torch.ones_like(ids)
+        _, kv = self._forward(ids, ones, torch.arange(len(prefix), device=self.device).unsqueeze(0), None)
+        self._prefixes[prefix] = kv
+        if len(self._prefixes) > PREFIX_CACHE_SIZE:
+            self._prefixes.popitem(last=False)
+        return kv
 
     def _merge(self, joining, kv, mask) -> None:
         if self._kv is None:
