@@ -74,8 +74,8 @@ class SoakReport:
     deferred: int = 0
     degraded: int = 0
     degraded_reasons: dict = field(default_factory=dict)
-    degraded_while_llm_down: int = 0
-    deferrals_while_llm_down: int = 0
+    degraded_during_outage: int = 0  # degraded answers that arrived while the LLM was down
+    degraded_after_outage: int = 0  # ... after it served again (calls cut at the stop, breaker cool-down)
     llm_down_at_s: float | None = None
     llm_up_again_at_s: float | None = None
     latency_p50_s: float = 0.0
@@ -84,6 +84,7 @@ class SoakReport:
     results_per_s: float = 0.0
     wall_s: float = 0.0
     rss_mb: dict = field(default_factory=dict)
+    rss_timeline: list = field(default_factory=list)  # [seconds, {server: MB}] every few seconds
 
     def markdown(self) -> str:
         lines = [
@@ -97,7 +98,8 @@ class SoakReport:
             f"| past their deadline | {self.past_deadline} |",
             f"| answered by | {self.answered_by} |",
             f"| deferred | {self.deferred} |",
-            f"| degraded | {self.degraded} ({self.degraded_while_llm_down} started while the LLM was down) |",
+            f"| degraded | {self.degraded} ({self.degraded_during_outage} arrived while the LLM was down, "
+            f"{self.degraded_after_outage} after it served again) |",
             f"| LLM down / up again at | {self.llm_down_at_s} s / {self.llm_up_again_at_s} s |",
             f"| latency p50 / p95 / max | {self.latency_p50_s:.2f} / {self.latency_p95_s:.2f} / {self.latency_max_s:.2f} s |",
             f"| results per second | {self.results_per_s:.2f} |",
@@ -105,6 +107,11 @@ class SoakReport:
         ]
         for name, (start, end) in self.rss_mb.items():
             lines.append(f"| RSS {name} start / end | {start:.0f} / {end:.0f} MB |")
+        if self.rss_timeline:
+            names = list(self.rss_timeline[0][1])
+            lines += ["", "RSS over time (MB): " + ", ".join(
+                f"{t:.0f} s: " + "/".join(f"{snap.get(n, float('nan')):.0f}" for n in names) for t, snap in self.rss_timeline)
+                + f"  ({' / '.join(names)})"]
         if self.degraded_reasons:
             lines += ["", "Degraded reasons (digits as #):", ""]
             lines += [f"- {count} x `{reason}`" for reason, count in sorted(self.degraded_reasons.items(), key=lambda kv: -kv[1])]
@@ -134,8 +141,8 @@ def summarise(outcomes: list[Outcome], sent: int, *, clients: int, duration_s: f
     report.degraded_reasons = dict(Counter(normalise_reason(o.degraded_reason) for o in ok if o.degraded))
     if down[0] is not None:
         up = down[1] if down[1] is not None else float("inf")
-        report.degraded_while_llm_down = sum(1 for o in ok if o.degraded and down[0] <= o.started < up)
-        report.deferrals_while_llm_down = sum(1 for o in ok if o.deferred and down[0] <= o.started < up)
+        report.degraded_during_outage = sum(1 for o in ok if o.degraded and down[0] <= o.ended <= up)
+        report.degraded_after_outage = sum(1 for o in ok if o.degraded and o.ended > up)
     if latencies:
         report.latency_p50_s = statistics.median(latencies)
         report.latency_p95_s = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
@@ -316,22 +323,33 @@ class SimpleRig:
 
 def soak(rig: SimpleRig, questions: list[str], *, clients: int, duration_s: float, deadline_s: float,
          llm_down_at: float = 0.4, llm_down_s: float = 8.0, warmup: bool = True, max_new_tokens: int = 0,
-         log=print) -> tuple[SoakReport, list[Outcome]]:
+         rss_every_s: float = 10.0, log=print) -> tuple[SoakReport, list[Outcome]]:
     if warmup:  # the first request pays one-time costs (grammar compile); RSS is taken after it
         with grpc.insecure_channel(rig.address) as channel:
             corea_pb2_grpc.CoreaStub(channel).Solve(corea_pb2.SolveRequest(question=questions[0], threshold=1.0),
                                                     timeout=deadline_s)
     rss_start = rig.rss()
     schedule = OutageSchedule(rig.stop_llm, rig.start_llm, llm_down_at * duration_s, llm_down_s, log)
+    timeline: list = []
+
+    def tick(elapsed: float) -> None:
+        schedule(elapsed)
+        if not timeline or elapsed - timeline[-1][0] >= rss_every_s:
+            try:
+                timeline.append([round(elapsed, 1), rig.rss()])
+            except OSError:  # the LLM process is between stop and start
+                pass
+
     t0 = time.monotonic()
     outcomes, sent = run_clients(rig.address, questions, clients=clients, duration_s=duration_s,
-                                 deadline_s=deadline_s, max_new_tokens=max_new_tokens, on_tick=schedule)
+                                 deadline_s=deadline_s, max_new_tokens=max_new_tokens, on_tick=tick)
     wall = time.monotonic() - t0
     if schedule.up_at is None and schedule.down_at is not None:  # the run ended before the restart was due
         rig.start_llm()
     rss_end = rig.rss()
     report = summarise(outcomes, sent, clients=clients, duration_s=duration_s, deadline_s=deadline_s,
                        down=schedule.window, wall_s=wall, rss_mb={k: (rss_start[k], rss_end[k]) for k in rss_start})
+    report.rss_timeline = timeline
     return report, outcomes
 
 
@@ -357,12 +375,13 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     with spawned_rig(args, log) as rig:
-        report, _ = soak(rig, questions, clients=args.clients, duration_s=args.duration_s, deadline_s=args.deadline_s,
+        report, outcomes = soak(rig, questions, clients=args.clients, duration_s=args.duration_s, deadline_s=args.deadline_s,
                       llm_down_at=args.llm_down_at, llm_down_s=args.llm_down_s, log=log)
     text = report.markdown()
     print(text)
     if args.out:
         (Path(args.out) / "soak.json").write_text(json.dumps(asdict(report), indent=2))
+        (Path(args.out) / "soak_outcomes.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
         (Path(args.out) / "soak.md").write_text(text + "\n")
     healthy = report.lost == 0 and report.past_deadline == 0 and not report.errors and report.results == report.sent
     return 0 if healthy else 1
