@@ -188,6 +188,9 @@ def test_after_the_fuzz_the_server_is_healthy_and_answers(server):
     for service in ("", "corea.v1.Corea", "corea.v1.LLM"):
         assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == \
             health_pb2.HealthCheckResponse.SERVING
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="corea.v1.Corea"), timeout=30)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
     r = corea_pb2_grpc.CoreaStub(channel).Solve(corea_pb2.SolveRequest(question="What is 2 + 3?"), timeout=300)
     assert r.answered_by == corea_pb2.TIER_SLM and r.slm_tokens.completion_tokens > 0
     assert s.server.limit.inflight == 0  # nothing leaked a concurrency slot
