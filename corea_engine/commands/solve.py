@@ -1,8 +1,8 @@
 """`corea solve "question"`: answer one question through the cascade, print the result as JSON.
 
-With --address it asks a running `corea serve`; otherwise it runs the cascade in this process
-(which needs an LLM tier: --llm-address, --llm-openai-base-url + --llm-model, --llm-model for an
-in-process one, or --mode slm_only). --stream prints the events as JSON lines as they happen.
+With --address it asks a running `corea serve`; otherwise it runs the cascade in this process,
+with the LLM tier from --llm-address, --llm-openai-base-url + --llm-model, or --llm-model for an
+in-process one; with none of them the SLM's own model stands in (or use --mode slm_only). --stream prints the events as JSON lines as they happen.
 """
 
 from __future__ import annotations
@@ -70,7 +70,14 @@ def _local(args):
     config = load_config(args)
     request = _request(args)
     Cascade(None, None, config).plan(request)  # refuse bad input before loading a model
-    cascade, executors = build_cascade(args, config)
+    if config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url or args.llm_model):
+        # Nothing configured: run the same model as a stand-in LLM tier, so that one command
+        # works on a fresh machine; the result's llm_model says it is a stand-in.
+        args.llm_model = args.model or "smollm2-135m"
+        cascade, executors = build_cascade(args, config)
+        print(f"corea solve: no LLM tier configured; {args.llm_model} stands in for it", file=sys.stderr)
+    else:
+        cascade, executors = build_cascade(args, config)
 
     async def main():
         try:

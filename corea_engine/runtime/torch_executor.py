@@ -97,6 +97,7 @@ class TorchExecutor(Executor):
         dtype: str = "float32",
         max_batch_size: int = 16,
         max_prompt_chars: int = 16000,
+        max_prompt_tokens: int = 2048,
         threads: int | None = None,
         model_and_tokenizer: tuple | None = None,
     ):
@@ -111,6 +112,9 @@ class TorchExecutor(Executor):
         self.device = next(self.model.parameters()).device
         self.max_batch_size = max_batch_size
         self.max_prompt_chars = max_prompt_chars
+        # Characters do not bound tokens (one astral-plane digit is three tokens); a prefill of
+        # thousands of tokens stalls the whole batch on CPU, so the token count is capped too.
+        self.max_prompt_tokens = max_prompt_tokens
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.grammars = GrammarCache.for_tokenizer(self.tokenizer, self.vocab_size)
@@ -140,6 +144,10 @@ class TorchExecutor(Executor):
         request.validate(self.max_prompt_chars)
         prompt_ids = self._encode(request)
         prefix_len = self._shared_prefix_len(request, prompt_ids)
+        if len(prompt_ids) > self.max_prompt_tokens:
+            raise InvalidRequestError(
+                f"the prompt is {len(prompt_ids)} tokens; the limit is {self.max_prompt_tokens}"
+            )
         budget = len(prompt_ids) + request.max_new_tokens
         if budget > self.max_positions:
             raise InvalidRequestError(

@@ -1,0 +1,222 @@
+"""The embedded runtime on the real SmolLM2: constrained formats, batching invariance, early stop,
+confidence read from the logits, aborts and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from corea_engine.contract import FORMATS, build_messages
+from corea_engine.runtime import (
+    ConfidenceEvent,
+    FinishedEvent,
+    InvalidRequestError,
+    Request,
+    SamplingParams,
+    TokenEvent,
+)
+from corea_kernels import confidence_stats_reference
+
+# Small bounds keep CI time down; the grammar still guarantees a complete output in budget.
+BOUNDED = {name: fmt.bounded(max_reasoning_chars=64, max_answer_chars=16) for name, fmt in FORMATS.items()}
+# A batched run may take another token than a solo run only where the two were this close.
+LOGIT_TOLERANCE = 0.05
+
+
+def request(question, fmt, **sampling):
+    return Request(messages=build_messages(question, fmt), contract=fmt, sampling=SamplingParams(**sampling))
+
+
+def solo_logits(executor, prompt_ids, prefix, fmt=None):
+    """Raw next-token logits after prompt+prefix, from one unbatched forward pass, plus the
+    grammar bitmask at that point (None without a contract)."""
+    import xgrammar as xgr
+
+    ids = torch.tensor([prompt_ids + prefix])
+    with torch.no_grad():
+        logits = executor.model(input_ids=ids).logits[:, -1, :].float()
+    bitmask = None
+    if fmt is not None:
+        matcher = executor.grammars.matcher(fmt)
+        for token in prefix:
+            assert matcher.accept_token(token)
+        bitmask = xgr.allocate_token_bitmask(1, executor.vocab_size)
+        matcher.fill_next_token_bitmask(bitmask)
+    return logits, bitmask
+
+
+def prompt_ids_of(executor, req):
+    return executor._encode(req)
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "sampled"])
+def test_every_format_parses_on_twenty_gsm8k_questions(slm_executor, gsm8k_questions, decoding):
+    sampling = {"temperature": 0.0} if decoding == "greedy" else {"temperature": 0.8, "top_p": 0.95, "seed": 7}
+    streams = {}
+    for name, fmt in BOUNDED.items():
+        for i, q in enumerate(gsm8k_questions[:20]):
+            streams[(name, i)] = slm_executor.submit(request(q, fmt, **sampling))
+    failures = []
+    for key, stream in streams.items():
+        result = stream.wait(timeout=900)
+        if result.parsed is None or result.confidence is None:
+            failures.append((key, result.finish_reason, result.parse_error, result.text[-80:]))
+        else:
+            assert result.parsed.confidence == pytest.approx(result.confidence.sampled)
+    assert not failures, failures
+
+
+def test_concurrent_requests_match_solo_runs_under_greedy(slm_executor, gsm8k_questions):
+    """Requests that join a running batch at different times produce the solo tokens, except
+    where a near-tie at the divergence step lets floating-point order pick the other token."""
+    cases = [(gsm8k_questions[20 + i], list(BOUNDED.values())[i % 4]) for i in range(8)]
+    solo = [slm_executor.generate(request(q, fmt)) for q, fmt in cases]
+    streams = []
+    for q, fmt in cases:  # staggered: each joins a batch already several steps in
+        streams.append(slm_executor.submit(request(q, fmt)))
+        time.sleep(0.25)
+    batched = [s.wait(timeout=600) for s in streams]
+    identical = 0
+    for (q, fmt), a, b in zip(cases, solo, batched):
+        if a.token_ids == b.token_ids:
+            identical += 1
+            continue
+        t = next(i for i, (x, y) in enumerate(zip(a.token_ids + [-1], b.token_ids + [-1])) if x != y)
+        logits, bitmask = solo_logits(slm_executor, prompt_ids_of(slm_executor, request(q, fmt)), a.token_ids[:t], fmt)
+        x, y = a.token_ids[t], b.token_ids[t]
+        gap = abs(float(logits[0, x] - logits[0, y]))
+        assert gap <= LOGIT_TOLERANCE, f"diverged at step {t} with logit gap {gap:.4f} ({x} vs {y})"
+    print(f"\n{identical}/{len(cases)} concurrent requests identical to their solo runs")
+    assert identical >= 1
+
+
+def test_abort_frees_the_slot_without_disturbing_others(slm_executor, gsm8k_questions):
+    fmt = BOUNDED["tags"]
+    keep = [request(q, fmt) for q in gsm8k_questions[28:31]]
+    solo = [slm_executor.generate(r) for r in [request(q, fmt) for q in gsm8k_questions[28:31]]]
+    victim = request(gsm8k_questions[31], fmt, max_new_tokens=400)
+    victim.contract = None  # free text: it would run long
+    victim.messages = [{"role": "user", "content": "Write a long story about a dragon."}]
+    streams = [slm_executor.submit(r) for r in keep]
+    victim_stream = slm_executor.submit(victim)
+    seen = 0
+    for event in victim_stream:
+        if isinstance(event, TokenEvent):
+            seen += 1
+            if seen == 5:
+                assert slm_executor.abort(victim.request_id)
+        if isinstance(event, FinishedEvent):
+            aborted = event.result
+    assert aborted.finish_reason == "abort" and aborted.completion_tokens < 400
+    for a, s in zip(solo, streams):
+        b = s.wait(timeout=300)
+        assert b.finish_reason in ("confidence", "stop")
+        assert b.parsed is not None
+        if a.token_ids != b.token_ids:  # same near-tie rule as above
+            t = next(i for i, (x, y) in enumerate(zip(a.token_ids + [-1], b.token_ids + [-1])) if x != y)
+            assert t > 0
+    deadline = time.time() + 30
+    while slm_executor.running and time.time() < deadline:
+        time.sleep(0.05)
+    assert slm_executor.running == 0
+    assert not slm_executor.abort(victim.request_id)
+
+
+@pytest.mark.parametrize("name", ["json", "tags"])
+def test_answer_first_stops_on_the_confidence_step(slm_executor, gsm8k_questions, name):
+    fmt = BOUNDED[name]
+    early = slm_executor.generate(request(gsm8k_questions[32], fmt))
+    full_req = request(gsm8k_questions[32], fmt)
+    full_req.stop_at_confidence = False
+    full = slm_executor.generate(full_req)
+    assert early.finish_reason == "confidence"
+    assert early.completion_tokens == early.confidence.position + 1
+    assert early.text == full.text and early.text.endswith(fmt.confidence_suffix)
+    # The full run also decoded the forced closing text and the end-of-sequence step.
+    assert full.finish_reason == "stop"
+    assert full.completion_tokens > early.completion_tokens
+    print(f"\n{name}: early stop after {early.completion_tokens} tokens, full run {full.completion_tokens} + EOS step")
+
+
+@pytest.mark.parametrize("name", ["json_confidence_first", "tags_confidence_first"])
+def test_confidence_first_reports_confidence_after_a_handful_of_tokens(slm_executor, gsm8k_questions, name):
+    req = request(gsm8k_questions[33], BOUNDED[name])
+    stream = slm_executor.submit(req)
+    tokens = 0
+    for event in stream:
+        if isinstance(event, TokenEvent):
+            tokens += 1
+        elif isinstance(event, ConfidenceEvent):
+            assert event.reading.position == tokens - 1 <= 8
+            slm_executor.abort(req.request_id)
+        elif isinstance(event, FinishedEvent):
+            result = event.result
+    assert result.finish_reason == "abort"
+    assert result.confidence is not None and result.completion_tokens <= 10
+
+
+def test_reported_confidence_equals_reference_from_raw_logits(slm_executor, gsm8k_questions):
+    """The reading is the kernel reference evaluated on the raw logits of the confidence step."""
+    for i, fmt in enumerate([BOUNDED["json"], BOUNDED["tags_confidence_first"]]):
+        req = request(gsm8k_questions[34 + i], fmt)
+        result = slm_executor.generate(req)
+        reading = result.confidence
+        logits, bitmask = solo_logits(
+            slm_executor, prompt_ids_of(slm_executor, req), result.token_ids[: reading.position], fmt
+        )
+        token_ids, values = slm_executor._scale_tensors(fmt)
+        ref = confidence_stats_reference(logits, token_ids, values, bitmask)
+        assert reading.expected == pytest.approx(float(ref.expected[0]), abs=2e-4)
+        assert reading.mass == pytest.approx(1.0, abs=1e-5)  # the grammar allows only the scale there
+        assert reading.entropy == pytest.approx(float(ref.entropy[0]), abs=2e-4)
+        sampled_symbol = slm_executor.tokenizer.decode([result.token_ids[reading.position]])
+        assert reading.sampled == pytest.approx(int(sampled_symbol) / 10)
+
+
+def test_sampling_is_reproducible_with_a_seed(slm_executor, gsm8k_questions):
+    fmt = BOUNDED["json"]
+    a = slm_executor.generate(request(gsm8k_questions[36], fmt, temperature=1.0, seed=123))
+    b = slm_executor.generate(request(gsm8k_questions[36], fmt, temperature=1.0, seed=123))
+    c = slm_executor.generate(request(gsm8k_questions[36], fmt, temperature=1.0, seed=124))
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Request(messages=[{"role": "user", "content": "  "}]), "question is empty"),
+        (lambda: Request(messages=build_messages("x" * 20000)), "limit is"),
+        (lambda: Request(messages=build_messages("\U0001d7d8" * 1500)), "tokens; the limit is"),
+        (lambda: Request(messages=build_messages("hi"), contract="xml"), "unknown contract 'xml'"),
+        (lambda: Request(messages=build_messages("hi"), sampling=SamplingParams(max_new_tokens=0)), "max_new_tokens"),
+        (lambda: Request(messages=build_messages("hi"), sampling=SamplingParams(top_p=0.0)), "top_p"),
+        (lambda: Request(messages=build_messages("hi"), sampling=SamplingParams(temperature=float("nan"))), "temperature"),
+        (lambda: Request(), "exactly one of messages or prompt"),
+    ],
+)
+def test_bad_requests_are_refused_and_the_batch_goes_on(slm_executor, gsm8k_questions, make, message):
+    running = slm_executor.submit(request(gsm8k_questions[37], BOUNDED["tags"]))
+    with pytest.raises(InvalidRequestError, match=message):
+        slm_executor.submit(make())
+    assert running.wait(timeout=300).parsed is not None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["solve", ""], "question is empty"),
+        (["solve", "hi", "--contract", "xml"], "unknown contract"),
+        (["solve", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["solve", "hi", "--model", "/nonexistent/model"], "not found"),
+    ],
+)
+def test_cli_reports_bad_input_with_exit_code_2(args, message):
+    proc = subprocess.run([sys.executable, "-m", "corea_engine.cli", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0  # one line, no traceback
