@@ -43,19 +43,11 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
                     if isinstance(event, Finished):
                         self._observe(method, event.result)
                     yield to_event(event)
-        except (InvalidSolveRequest, InvalidRequestError) as err:
-            self.metrics.failed(method, "invalid")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except ExecutorError as err:
-            self.metrics.failed(method, "error")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
         except asyncio.CancelledError:
             self.metrics.failed(method, "cancelled")
             raise
         except Exception as err:
-            log.exception("%s failed", method)
-            self.metrics.failed(method, "error")
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+            await self._abort_for(context, method, err)
 
     async def SolveBatch(self, request, context):
         if len(request.requests) > MAX_BATCH:
@@ -84,22 +76,25 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
             self.metrics.failed(method, "invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, where + str(err))
 
+    async def _abort_for(self, context, method: str, err: Exception):
+        """End the call with the canonical status for a failure of the cascade."""
+        if isinstance(err, (InvalidSolveRequest, InvalidRequestError)):
+            self.metrics.failed(method, "invalid")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        self.metrics.failed(method, "error")
+        if isinstance(err, ExecutorError):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        log.exception("%s failed", method)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+
     async def _guard(self, context, method: str, work, observe: bool = True):
         try:
             result = await work
-        except (InvalidSolveRequest, InvalidRequestError) as err:
-            self.metrics.failed(method, "invalid")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except ExecutorError as err:
-            self.metrics.failed(method, "error")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
         except asyncio.CancelledError:
             self.metrics.failed(method, "cancelled")
             raise
         except Exception as err:
-            log.exception("%s failed", method)
-            self.metrics.failed(method, "error")
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+            await self._abort_for(context, method, err)
         if observe:
             self._observe(method, result)
         return result
