@@ -160,6 +160,19 @@ def test_reward_functions_log_metrics_through_trl_hook():
     assert logged == pytest.approx({"format_rate": 1.0, "accuracy": 0.5, "mean_confidence": 0.6})
 
 
+def test_calibration_reward_logs_each_difficulty_level():
+    logged = {}
+    completions = [reply("12", "0.8"), reply("3", "0.4"), reply("7", "0.1"), "not json"]
+    RewardSet(JSON, prefix=PREFIX).calibration(
+        prompts=["p", "p", "r", "r"], completions=completions, answer=[12, 12, 9, 9], question_id=["q", "q", "r", "r"],
+        difficulty=["sum-1d", "sum-1d", "product-2d", "product-2d"],
+        log_metric=lambda name, value: logged.__setitem__(name, value))
+    assert logged["accuracy/sum-1d"] == pytest.approx(0.5)
+    assert logged["confidence/sum-1d"] == pytest.approx(0.6)
+    assert logged["accuracy/product-2d"] == 0.0
+    assert logged["confidence/product-2d"] == pytest.approx(0.1)  # the unparsed reply states nothing
+
+
 def test_parse_weights():
     assert parse_weights("format=0.5, calibration=1") == {"format": 0.5, "calibration": 1.0}
     for bad in ("format", "fluency=1", "format=lots"):

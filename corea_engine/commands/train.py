@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--temperature", type=float, default=0.8, help="rollout sampling temperature")
     p.add_argument("--beta", type=float, default=0.0, help="KL penalty to the starting model (0: none)")
+    p.add_argument("--train-layers", type=int, default=None,
+                   help="train only the top N transformer blocks (default: all weights)")
+    p.add_argument("--save-every", type=int, default=None, help="also export the model every N steps")
     p.add_argument("--distance", default="l1", choices=["l1", "l2", "kl"], help="calibration reward distance")
     p.add_argument("--weights", default="format=0.5,correctness=1,calibration=1",
                    help="reward weights NAME=W,... over format, correctness, calibration, brier")
@@ -48,6 +51,8 @@ def run(args) -> int:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_generations < 2:
         raise CommandError("--num-generations must be at least 2: GRPO compares completions within a group")
+    if args.train_layers is not None and args.train_layers < 1:
+        raise CommandError(f"--train-layers must be at least 1, got {args.train_layers}")
     if args.eval < 0:
         raise CommandError(f"--eval must be >= 0, got {args.eval}")
     try:
@@ -88,7 +93,7 @@ def run(args) -> int:
         model=args.model, output_dir=str(out), contract=args.contract, steps=args.steps,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, learning_rate=args.lr, temperature=args.temperature,
-        beta=args.beta, distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
+        beta=args.beta, train_layers=args.train_layers, save_every=args.save_every, distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
         threads=threads, progress=not args.no_progress, max_minutes=args.max_minutes,
     )
     model_dir = train(settings)

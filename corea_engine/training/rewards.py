@@ -144,6 +144,7 @@ class RewardSet:
         stated = [p.confidence for p in parsed if p is not None]
         if stated:
             _log(kwargs, "mean_confidence", stated)
+        _log_by_level(kwargs, parsed, correct)
         return rewards
 
     def brier(self, prompts, completions, answer=None, **kwargs) -> list[float]:
@@ -181,6 +182,19 @@ def _log(kwargs: dict, name: str, values: Sequence[float]) -> None:
     log_metric = kwargs.get("log_metric")
     if log_metric is not None and values:
         log_metric(name, sum(values) / len(values))
+
+
+def _log_by_level(kwargs: dict, parsed: list[Parsed | None], correct: list[float]) -> None:
+    """accuracy/<level> and confidence/<level>: whether confidence separates easy from hard."""
+    levels = kwargs.get("difficulty")
+    if levels is None:
+        return
+    by_level: dict[str, list[int]] = defaultdict(list)
+    for i, level in enumerate(levels):
+        by_level[str(level)].append(i)
+    for level, rows in by_level.items():
+        _log(kwargs, f"accuracy/{level}", [correct[i] for i in rows])
+        _log(kwargs, f"confidence/{level}", [parsed[i].confidence for i in rows if parsed[i] is not None])
 
 
 def parse_weights(text: str) -> dict[str, float]:
