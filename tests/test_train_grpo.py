@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from corea_engine.cli import main
-from corea_engine.training.grpo import TrainSettings, build_prompt, load_trainable, make_trainer, save_for_runtime
+from corea_engine.training.grpo import (
+    TrainSettings,
+    build_prompt,
+    freeze_below,
+    load_trainable,
+    make_trainer,
+    save_for_runtime,
+)
 from corea_engine.training.tasks import Problem
 
 
@@ -22,7 +29,8 @@ def trained(tmp_path_factory):
     # and the group's rewards differ: with equal rewards GRPO's advantages (and gradients) are 0.
     problems = [Problem(f"t{i}", f"What is {a} + {b}?", a + b, "+", 1) for i, (a, b) in enumerate([(2, 3), (4, 4), (1, 6), (3, 5)])]
     settings = TrainSettings(output_dir=str(out), steps=2, prompts_per_step=2, num_generations=4,
-                             max_completion_length=40, temperature=1.0, learning_rate=1e-5, seed=3, progress=False)
+                             max_completion_length=40, temperature=1.0, learning_rate=1e-5, seed=3, progress=False,
+                             save_every=2)
     trainer = make_trainer(settings, model, tokenizer, problems=problems)
     trainer.train()
     folder = save_for_runtime(trainer.model, tokenizer, out / "model")
@@ -45,6 +53,29 @@ def test_two_steps_change_the_weights(trained):
     assert any(r["reward_std"] > 0 for r in rows), "no reward variance: GRPO had nothing to learn from"
     changed = [k for k, v in trainer.model.named_parameters() if not torch.equal(v.detach(), before[k])]
     assert len(changed) > 0.9 * len(before)
+
+
+def test_checkpoints_are_exported_every_n_steps(trained):
+    _, trainer, log_path, folder = trained
+    checkpoints = sorted(p.name for p in (log_path.parent / "checkpoints").iterdir())
+    assert checkpoints == ["step-2"]  # save_every=2 over two steps
+    assert (log_path.parent / "checkpoints" / "step-2" / "model.safetensors").is_file()
+
+
+def test_freeze_below_leaves_only_the_top_blocks_trainable():
+    model, _, _ = load_trainable(None)
+    total = sum(p.numel() for p in model.parameters())
+    assert freeze_below(model, None) == total
+    top = model.model.layers[-2:]
+    expected = sum(p.numel() for p in top.parameters()) + sum(p.numel() for p in model.model.norm.parameters())
+    assert freeze_below(model, 2) == expected
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    n = len(model.model.layers)
+    assert all(name.startswith((f"model.layers.{n - 2}.", f"model.layers.{n - 1}.", "model.norm.")) for name in trainable)
+    assert not model.model.embed_tokens.weight.requires_grad
+    for bad in (0, n + 1):
+        with pytest.raises(ValueError, match="train_layers must be"):
+            freeze_below(model, bad)
 
 
 def test_export_serves_in_the_runtime(trained):
@@ -81,6 +112,9 @@ def test_corea_solve_serves_the_export(trained, capsys):
         (["--contract", "yaml"], "unknown contract"),
         (["--model", "/nonexistent/model"], "not found"),
         (["--eval-only", "--eval", "0"], "--eval-only needs"),
+        (["--eval", "201"], "--eval must be 0..200"),
+        (["--split", "validation"], "is for --eval-only"),
+        (["--train-layers", "0"], "--train-layers must be at least 1"),
     ],
 )
 def test_train_command_refuses_bad_input(argv, message, tmp_path, capsys):

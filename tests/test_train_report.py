@@ -21,7 +21,8 @@ def test_summary_and_report(tmp_path):
     assert after["sampled"]["format_adherence"] == 0.8  # the unparsed sample states no confidence
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps({"step": s, "reward": -1 + s / 10, "rewards/calibration/mean": -0.5,
-                                       "mean_confidence": 0.8 - s / 20}) + "\n" for s in range(1, 6)))
+                                       "mean_confidence": 0.8 - s / 20, f"confidence/sum-{1 + s % 2}d": 0.5}) + "\n"
+                           for s in range(1, 6)))
     for name, summary in (("before.json", before), ("after.json", after)):
         (tmp_path / name).write_text(json.dumps({"summary": summary}))
     text = write_report(log, tmp_path / "before.json", tmp_path / "after.json", tmp_path / "out")
@@ -30,6 +31,14 @@ def test_summary_and_report(tmp_path):
     # after: ECE over the 4 samples that stated 0.3, one of them right (the unparsed one is left out)
     assert "| ece | sampled | 0.650 | 0.050 | -92% |" in text
     assert "| product-4d |" in text and "| sum-1d |" in text
+
+
+def test_level_series_collects_each_levels_steps():
+    from corea_engine.training.report import level_series
+
+    rows = [{"step": 1, "confidence/sum-1d": 0.9, "confidence/product-4d": 0.8, "rewards/format/mean": 1.0},
+            {"step": 2, "confidence/sum-1d": 0.7}]
+    assert level_series(rows, "confidence") == {"product-4d": ([1], [0.8]), "sum-1d": ([1, 2], [0.9, 0.7])}
 
 
 def test_limit_recomputes_over_the_first_samples(tmp_path):

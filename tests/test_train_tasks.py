@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from corea_engine.training.tasks import check_answer, extract_integer, held_out_problems, training_problems
+from corea_engine.training.tasks import (
+    check_answer,
+    extract_integer,
+    held_out_problems,
+    training_problems,
+    validation_problems,
+)
 
 
 def test_held_out_split_is_fixed_and_balanced():
@@ -24,6 +30,14 @@ def test_training_never_sees_held_out_questions():
     assert training_problems(10, seed=1) != training_problems(10, seed=0)
     # Exactly balanced, easy levels included (they repeat: only ~50 one-digit sums are not held out).
     assert set(Counter(p.difficulty for p in train).values()) == {125}
+
+
+def test_validation_split_is_disjoint_from_test_and_training():
+    validation = {p.question for p in validation_problems(200)}
+    assert len(validation) == 200
+    assert not validation & {p.question for p in held_out_problems(200)}
+    assert not validation & {p.question for p in training_problems(1000, seed=0)}
+    assert len(Counter(p.difficulty for p in validation_problems(80))) == 8
 
 
 def test_answers_are_the_true_results():

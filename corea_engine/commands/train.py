@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", type=int, default=200, help="held-out questions to evaluate before and after (0: skip)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --model on the held-out split")
+    p.add_argument("--split", default="test", choices=["test", "validation"],
+                   help="held-out split to evaluate: test (reported) or validation (for picking a checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -44,6 +46,7 @@ def run(args) -> int:
     from ..cli import CommandError
     from ..contract import get_format
     from ..training.rewards import parse_weights
+    from ..training.tasks import TEST_SPLIT_MAX
 
     get_format(args.contract)  # refuse a bad contract before loading anything
     for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "train_size"):
@@ -53,8 +56,10 @@ def run(args) -> int:
         raise CommandError("--num-generations must be at least 2: GRPO compares completions within a group")
     if args.train_layers is not None and args.train_layers < 1:
         raise CommandError(f"--train-layers must be at least 1, got {args.train_layers}")
-    if args.eval < 0:
-        raise CommandError(f"--eval must be >= 0, got {args.eval}")
+    if not 0 <= args.eval <= TEST_SPLIT_MAX:
+        raise CommandError(f"--eval must be 0..{TEST_SPLIT_MAX}, got {args.eval}")
+    if args.split == "validation" and not args.eval_only:
+        raise CommandError("--split validation is for --eval-only (picking a checkpoint); training reports on test")
     try:
         weights = parse_weights(args.weights)
     except ValueError as err:
@@ -65,13 +70,14 @@ def run(args) -> int:
     from ..models import resolve_model
     from ..training import evaluate, report
     from ..training.grpo import TrainSettings, train
-    from ..training.tasks import held_out_problems
+    from ..training.tasks import held_out_problems, validation_problems
 
     threads = default_threads()
     torch.set_num_threads(threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    held_out = held_out_problems(args.eval) if args.eval else []
+    split = validation_problems if args.split == "validation" else held_out_problems
+    held_out = split(args.eval) if args.eval else []
     resolve_model(args.model)  # a missing model fails here, with exit code 2
 
     def evaluate_to(model, name: str) -> dict:

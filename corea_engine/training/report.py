@@ -29,14 +29,29 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def level_series(rows: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """{level: (steps, values)} for the per-level log keys '<prefix>/<level>' (present on steps that drew the level)."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(prefix + "/") and key.count("/") == 1:
+                steps, values = series.setdefault(key.split("/", 1)[1], ([], []))
+                steps.append(row["step"])
+                values.append(float(value))
+    return dict(sorted(series.items()))
+
+
 def plot_curve(log_path: str | Path, png_path: str | Path, window: int = 10) -> Path:
+    """Reward components per step; below them, when logged, the stated confidence per difficulty level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_log(log_path)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    levels = level_series(rows, "confidence")
+    fig, axes = plt.subplots(2 if levels else 1, 1, figsize=(8, 8 if levels else 4.5), squeeze=False)
+    ax = axes[0][0]
     for key, label in CURVES:
         points = [(r["step"], float(r[key])) for r in rows if key in r]
         if not points:
@@ -49,6 +64,18 @@ def plot_curve(log_path: str | Path, png_path: str | Path, window: int = 10) -> 
     ax.set_title("Calibration training: reward components")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if levels:
+        ax = axes[1][0]
+        # Each level turns up in a step or two of every eight, so the average runs over its own points.
+        for level, (steps, values) in levels.items():
+            style = "-" if level.endswith("-1d") else ":"
+            ax.plot(steps, _smooth(values, max(2, window // 2)), style, label=level)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel("stated confidence (moving average)")
+        ax.set_title("Rollouts' stated confidence by level (solid: one-digit, the levels it can answer)")
+        ax.set_ylim(-0.02, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     png_path = Path(png_path)
     fig.savefig(png_path, dpi=110)

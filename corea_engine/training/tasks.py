@@ -16,6 +16,8 @@ from dataclasses import dataclass
 OPERATIONS = ("+", "*")
 DIGITS = (1, 2, 3, 4)
 HELD_OUT_SEED = 20261128
+TEST_SPLIT_MAX = 200  # the test split is at most the stream's first 200 questions
+TRAIN_EXCLUDED = 400  # training never draws any of the stream's first 400
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,23 @@ def _stream(seed: int, n: int, prefix: str, exclude: set[str] = frozenset(), rep
     return problems
 
 
-def held_out_problems(n: int = 200) -> list[Problem]:
-    """The fixed evaluation split (the first n of one seeded stream)."""
+def held_out_problems(n: int = TEST_SPLIT_MAX) -> list[Problem]:
+    """The fixed test split (the first n of one seeded stream; n <= 200 keeps it off validation)."""
     return _stream(HELD_OUT_SEED, n, "eval")
 
 
-def training_problems(n: int, seed: int = 0, held_out: int = 400) -> list[Problem]:
+def validation_problems(n: int = 80) -> list[Problem]:
+    """A split for choosing among checkpoints: the held-out stream after the test split's 200.
+
+    Disjoint from every test split and never trained on, so a checkpoint picked here is judged
+    on the test split without having seen it.
+    """
+    if not 1 <= n <= TRAIN_EXCLUDED - TEST_SPLIT_MAX:
+        raise ValueError(f"validation split size must be 1..{TRAIN_EXCLUDED - TEST_SPLIT_MAX}, got {n}")
+    return held_out_problems(TEST_SPLIT_MAX + n)[TEST_SPLIT_MAX:]
+
+
+def training_problems(n: int, seed: int = 0, held_out: int = TRAIN_EXCLUDED) -> list[Problem]:
     """n training problems, levels exactly balanced, none equal to a first-`held_out` held-out question.
 
     Easy questions repeat: the one-digit levels are the ones the model gets right, and a task
