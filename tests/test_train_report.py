@@ -51,3 +51,25 @@ def test_limit_recomputes_over_the_first_samples(tmp_path):
     path.write_text(json.dumps({"summary": summarize(samples), "samples": [asdict(s) for s in samples]}))
     assert load_summary(path)["accuracy"] == 2 / 6
     assert load_summary(path, limit=2)["accuracy"] == 1.0
+
+
+def _summary(accuracy: float, ece_sampled: float, ece_expected: float, adherence: float = 1.0) -> dict:
+    return {"accuracy": accuracy, "sampled": {"ece": ece_sampled, "format_adherence": adherence, "auroc": 0.5},
+            "expected": {"ece": ece_expected, "auroc": 0.5}}
+
+
+def test_pick_checkpoint_keeps_accuracy_then_lowest_ece():
+    from corea_engine.training.pick import candidates_table, pick_checkpoint
+
+    base = _summary(0.20, 0.70, 0.50)
+    candidates = {
+        "step-25": _summary(0.19, 0.40, 0.20),
+        "step-50": _summary(0.17, 0.10, 0.10),  # best ECE but 3 points of accuracy lost: not eligible
+        "step-75": _summary(0.18, 0.40, 0.15),  # exactly 2 points down: eligible, wins the tie on expected ECE
+        "step-100": _summary(0.30, 0.05, 0.05, adherence=0.95),  # stated no confidence on 5%: ranks last
+    }
+    assert pick_checkpoint(base, candidates) == "step-75"
+    assert pick_checkpoint(base, {"step-50": candidates["step-50"]}) is None
+    assert pick_checkpoint(base, {"step-50": candidates["step-50"]}, max_accuracy_drop=0.05) == "step-50"
+    table = candidates_table(base, candidates, "step-75")
+    assert "| step-75 | 0.180 | 0.400 | 0.150 | 0.500 | **yes** |" in table
