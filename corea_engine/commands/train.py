@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..training.grpo import TrainSettings
 from .common import default_threads
 
 
@@ -18,21 +19,23 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="model to train: 'smollm2-135m' (default) or a local folder")
     p.add_argument("--output", required=True, help="folder for the trained model, logs and report")
     p.add_argument("--contract", default="json", help="output format the model learns (json, tags, ...)")
-    p.add_argument("--steps", type=int, default=100, help="GRPO optimizer steps")
-    p.add_argument("--prompts-per-step", type=int, default=4, help="questions per step")
-    p.add_argument("--num-generations", type=int, default=4, help="completions per question (the GRPO group)")
-    p.add_argument("--max-completion-length", type=int, default=48)
+    # Defaults: the settings measured to work on the embedded SLM (benchmarks/training/README.md).
+    d = TrainSettings()
+    p.add_argument("--steps", type=int, default=d.steps, help="GRPO optimizer steps")
+    p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step")
+    p.add_argument("--num-generations", type=int, default=d.num_generations, help="completions per question (the GRPO group)")
+    p.add_argument("--max-completion-length", type=int, default=d.max_completion_length)
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--temperature", type=float, default=0.8, help="rollout sampling temperature")
-    p.add_argument("--beta", type=float, default=0.0, help="KL penalty to the starting model (0: none)")
-    p.add_argument("--train-layers", type=int, default=None,
-                   help="train only the top N transformer blocks (default: all weights)")
-    p.add_argument("--save-every", type=int, default=None, help="also export the model every N steps")
-    p.add_argument("--distance", default="l1", choices=["l1", "l2", "kl"], help="calibration reward distance")
+    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="rollout sampling temperature")
+    p.add_argument("--beta", type=float, default=d.beta, help="KL penalty to the starting model (0: none)")
+    p.add_argument("--train-layers", type=int, default=d.train_layers,
+                   help="train only the top N transformer blocks; 0: all weights")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="also export the model every N steps")
+    p.add_argument("--distance", default=d.distance, choices=["l1", "l2", "kl"], help="calibration reward distance")
     p.add_argument("--weights", default="format=0.5,correctness=1,calibration=1",
                    help="reward weights NAME=W,... over format, correctness, calibration, brier")
-    p.add_argument("--train-size", type=int, default=2000, help="generated training questions")
+    p.add_argument("--train-size", type=int, default=d.train_size, help="generated training questions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", type=int, default=200, help="held-out questions to evaluate before and after (0: skip)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --model on the held-out split")
@@ -54,8 +57,10 @@ def run(args) -> int:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_generations < 2:
         raise CommandError("--num-generations must be at least 2: GRPO compares completions within a group")
-    if args.train_layers is not None and args.train_layers < 1:
-        raise CommandError(f"--train-layers must be at least 1, got {args.train_layers}")
+    if args.train_layers < 0:
+        raise CommandError(f"--train-layers must be 0 (all) or more, got {args.train_layers}")
+    if args.save_every < 0:
+        raise CommandError(f"--save-every must be 0 (never) or more, got {args.save_every}")
     if not 0 <= args.eval <= TEST_SPLIT_MAX:
         raise CommandError(f"--eval must be 0..{TEST_SPLIT_MAX}, got {args.eval}")
     if args.split == "validation" and not args.eval_only:
@@ -69,7 +74,7 @@ def run(args) -> int:
 
     from ..models import resolve_model
     from ..training import evaluate, report
-    from ..training.grpo import TrainSettings, train
+    from ..training.grpo import train
     from ..training.tasks import held_out_problems, validation_problems
 
     threads = default_threads()
@@ -99,7 +104,7 @@ def run(args) -> int:
         model=args.model, output_dir=str(out), contract=args.contract, steps=args.steps,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, learning_rate=args.lr, temperature=args.temperature,
-        beta=args.beta, train_layers=args.train_layers, save_every=args.save_every, distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
+        beta=args.beta, train_layers=args.train_layers or None, save_every=args.save_every or None, distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
         threads=threads, progress=not args.no_progress, max_minutes=args.max_minutes,
     )
     model_dir = train(settings)

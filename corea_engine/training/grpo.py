@@ -48,15 +48,18 @@ class TrainSettings:
     model: str | None = None  # resolve_model spec: None = embedded SmolLM2
     output_dir: str = "corea-trained"
     contract: str = "json"
-    steps: int = 100
+    # Defaults measured on the embedded SLM (benchmarks/training/README.md): rollouts cool enough
+    # that easy questions' groups hold right and wrong answers, a KL anchor, the top 8 blocks,
+    # and ~50 steps: past that the L1 reward keeps lowering the confidence below the base rate.
+    steps: int = 50
     prompts_per_step: int = 4
     num_generations: int = 4
-    max_completion_length: int = 48
-    learning_rate: float = 1e-5
-    temperature: float = 0.8
-    beta: float = 0.0  # KL to the reference model; 0 = no reference copy (half the memory)
-    train_layers: int | None = None  # train only the top N transformer blocks (None: all weights)
-    save_every: int | None = None  # also export the model every N steps to OUTPUT/checkpoints/step-N
+    max_completion_length: int = 64
+    learning_rate: float = 2e-5
+    temperature: float = 0.5
+    beta: float = 0.04  # KL to the reference model; 0 = no reference copy (half the memory)
+    train_layers: int | None = 8  # train only the top N transformer blocks (None: all weights)
+    save_every: int | None = 25  # also export the model every N steps to OUTPUT/checkpoints/step-N
     distance: str = "l1"
     weights: dict[str, float] = field(default_factory=lambda: {"format": 0.5, "correctness": 1.0, "calibration": 1.0})
     train_size: int = 2000
@@ -192,6 +195,8 @@ def make_trainer(settings: TrainSettings, model, tokenizer, problems: list[Probl
     from trl import GRPOConfig, GRPOTrainer
 
     _score_completion_tokens_only()
+    trainable = freeze_below(model, settings.train_layers)
+    log.info("training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
     fmt = get_format(settings.contract)
     rewards = RewardSet(fmt, prefix=response_prefix(fmt), distance=settings.distance, weights=settings.weights)
     funcs, weights = rewards.functions()
@@ -253,8 +258,6 @@ def train(settings: TrainSettings) -> Path:
     # x86 handles those in microcode; flushing them to zero took a CPU step from 32 s to 23 s.
     torch.set_flush_denormal(True)
     model, tokenizer, source = load_trainable(settings.model)
-    trainable = freeze_below(model, settings.train_layers)
-    log.info("training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_settings.json").write_text(json.dumps({**asdict(settings), "model_path": str(source.path)}, indent=2))
