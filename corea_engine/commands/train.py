@@ -104,7 +104,8 @@ def run(args) -> int:
         model=args.model, output_dir=str(out), contract=args.contract, steps=args.steps,
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, learning_rate=args.lr, temperature=args.temperature,
-        beta=args.beta, train_layers=args.train_layers or None, save_every=args.save_every or None, distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
+        beta=args.beta, train_layers=args.train_layers or None, save_every=args.save_every or None,
+        distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
         threads=threads, progress=not args.no_progress, max_minutes=args.max_minutes,
     )
     model_dir = train(settings)
