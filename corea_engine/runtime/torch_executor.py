@@ -143,7 +143,6 @@ class TorchExecutor(Executor):
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
         prompt_ids = self._encode(request)
-        prefix_len = self._shared_prefix_len(request, prompt_ids)
         if len(prompt_ids) > self.max_prompt_tokens:
             raise InvalidRequestError(
                 f"the prompt is {len(prompt_ids)} tokens; the limit is {self.max_prompt_tokens}"
@@ -163,7 +162,7 @@ class TorchExecutor(Executor):
             request=request,
             stream=RequestStream(request.request_id),
             prompt_ids=prompt_ids,
-            prefix_len=prefix_len,
+            prefix_len=self._shared_prefix_len(request, prompt_ids),
             fmt=fmt,
             matcher=self.grammars.matcher(fmt) if fmt is not None else None,
             generator=generator,

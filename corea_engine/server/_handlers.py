@@ -54,10 +54,11 @@ def guarded(handler, admit: Admit, request_deserializer=None, wrap_context=None)
     """
     deserializer = request_deserializer or handler.request_deserializer
     wrap = wrap_context or (lambda context: context)
-    if handler.unary_unary is not None:
-        inner = handler.unary_unary
 
-        async def unary(request, context):
+    def admitted(inner):
+        """A coroutine method (unary, or a stream written with context.write) behind `admit`."""
+
+        async def call(request, context):
             context = wrap(context)
             release = await admit(request, context)
             try:
@@ -66,23 +67,19 @@ def guarded(handler, admit: Admit, request_deserializer=None, wrap_context=None)
                 if release is not None:
                     release()
 
+        return call
+
+    if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=deserializer, response_serializer=handler.response_serializer)
+            admitted(handler.unary_unary), request_deserializer=deserializer,
+            response_serializer=handler.response_serializer)
     if handler.unary_stream is not None:
         inner_stream = handler.unary_stream
         if not inspect.isasyncgenfunction(inner_stream):
-            # A coroutine that writes with context.write (grpc's health Watch): wrap it as one.
-            async def writing(request, context):
-                context = wrap(context)
-                release = await admit(request, context)
-                try:
-                    return await inner_stream(request, context)
-                finally:
-                    if release is not None:
-                        release()
-
+            # A coroutine that writes with context.write (grpc's health Watch).
             return grpc.unary_stream_rpc_method_handler(
-                writing, request_deserializer=deserializer, response_serializer=handler.response_serializer)
+                admitted(inner_stream), request_deserializer=deserializer,
+                response_serializer=handler.response_serializer)
 
         async def stream(request, context):
             context = wrap(context)
