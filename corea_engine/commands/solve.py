@@ -2,7 +2,8 @@
 
 With --address it asks a running `corea serve`; otherwise it runs the cascade in this process,
 with the LLM tier from --llm-address, --llm-openai-base-url + --llm-model, or --llm-model for an
-in-process one; with none of them the SLM's own model stands in (or use --mode slm_only). --stream prints the events as JSON lines as they happen.
+in-process one; with none of them the SLM's own model stands in (or use --mode slm_only).
+--stream prints the events as JSON lines as they happen.
 """
 
 from __future__ import annotations
@@ -74,10 +75,8 @@ def _local(args):
         # Nothing configured: run the same model as a stand-in LLM tier, so that one command
         # works on a fresh machine; the result's llm_model says it is a stand-in.
         args.llm_model = args.model or "smollm2-135m"
-        cascade, executors = build_cascade(args, config)
         print(f"corea solve: no LLM tier configured; {args.llm_model} stands in for it", file=sys.stderr)
-    else:
-        cascade, executors = build_cascade(args, config)
+    cascade, executors = build_cascade(args, config)
 
     async def main():
         try:

@@ -6,9 +6,8 @@
 
 Each part is optional; ServerSecurity() only adds request hygiene (hygiene.py: undecodable requests
 are INVALID_ARGUMENT, status details are bounded). Interceptor order: hygiene (its deserializer is
-the one that runs), then
-authentication (an unauthenticated call is refused before its bytes are even decoded), then the
-per-request limits, then the server-wide concurrency limit.
+the one that runs), then authentication (an unauthenticated call is refused before its bytes are
+even decoded), then the per-request limits, then the server-wide concurrency limit.
 """
 
 from __future__ import annotations
