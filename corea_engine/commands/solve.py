@@ -74,9 +74,12 @@ def _local(args):
     if config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url or args.llm_model):
         # Nothing configured: run the same model as a stand-in LLM tier, so that one command
         # works on a fresh machine; the result's llm_model says it is a stand-in.
-        args.llm_model = args.model or "smollm2-135m"
-        print(f"corea solve: no LLM tier configured; {args.llm_model} stands in for it", file=sys.stderr)
+        args.llm_model = stand_in = args.model or "smollm2-135m"
+    else:
+        stand_in = None
     cascade, executors = build_cascade(args, config)
+    if stand_in:  # said once the models load: a bad --model gets its one-line error alone
+        print(f"corea solve: no LLM tier configured; {stand_in} stands in for it", file=sys.stderr)
 
     async def main():
         try:
