@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,20 @@ def _convert_default(target: Path) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    _publish(tmp, target)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a finished conversion into place; another process may have got there first.
+
+    The rename is atomic, so a complete `target` is never replaced: the loser drops its copy.
+    """
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass(frozen=True)
