@@ -5,8 +5,8 @@
 Every request of a contract starts with the same system prompt (the format instructions). With
 the cache (TorchExecutor's default) its KV is computed once and shared; without it
 (`prefix_cache=False`) every prompt is prefilled whole. The N GSM8K questions are submitted
-together in each mode; the table gives wall time, prompt tokens run through the model, and
-whether both modes decoded the same tokens (greedy).
+together in each mode, the modes taking turns; the table gives wall time, the part of it spent in
+prefill, prompt tokens run through the model, and whether both modes decoded the same tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def run(executor, requests) -> tuple[float, list]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="on/off pairs, interleaved (the load drifts)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-reasoning-chars", type=int, default=200)
     args = parser.parse_args()
@@ -46,23 +47,31 @@ def main() -> None:
     plain = TorchExecutor(model_and_tokenizer=(cached.model, cached.tokenizer), max_batch_size=args.n, prefix_cache=False)
     cached.generate(requests()[0])  # warm-up; it also fills the cache, as a serving process would have
     plain.generate(requests()[0])
-    rows = {}
-    for label, executor in (("cache on", cached), ("cache off", plain)):
-        executor.stats.reset()
-        seconds, results = run(executor, requests())
-        rows[label] = (seconds, executor.stats.prefill_tokens, sum(r.completion_tokens for r in results),
-                       [r.token_ids for r in results])
+    totals = {"cache on": [0.0, 0.0, 0, 0], "cache off": [0.0, 0.0, 0, 0]}  # seconds, prefill s, tokens in, out
+    tokens = {}
+    for _ in range(args.rounds):
+        for label, executor in (("cache on", cached), ("cache off", plain)):
+            executor.stats.reset()
+            seconds, results = run(executor, requests())
+            row = totals[label]
+            row[0] += seconds
+            row[1] += executor.stats.prefill_s
+            row[2] += executor.stats.prefill_tokens
+            row[3] += sum(r.completion_tokens for r in results)
+            tokens.setdefault(label, [r.token_ids for r in results])
     cached.close()
     plain.close()
 
-    print(f"\n{args.n} GSM8K questions submitted together, json contract, greedy, {args.threads} thread(s)\n")
-    print("| mode | seconds | prompt tokens prefilled | completion tokens |")
-    print("|---|---|---|---|")
-    for label, (seconds, prefilled, completion, _) in rows.items():
-        print(f"| {label} | {seconds:.1f} | {prefilled} | {completion} |")
-    same = sum(a == b for a, b in zip(rows["cache on"][3], rows["cache off"][3]))
-    print(f"\nidentical token sequences: {same} of {args.n}; "
-          f"off / on = {rows['cache off'][0] / rows['cache on'][0]:.2f}x the time")
+    print(f"\n{args.n} GSM8K questions submitted together, json contract, greedy, {args.threads} thread(s), "
+          f"{args.rounds} interleaved rounds per mode (sums)\n")
+    print("| mode | seconds | of which prefill | prompt tokens prefilled | completion tokens |")
+    print("|---|---|---|---|---|")
+    for label, (seconds, prefill, prompt, completion) in totals.items():
+        print(f"| {label} | {seconds:.1f} | {prefill:.1f} | {prompt} | {completion} |")
+    same = sum(a == b for a, b in zip(tokens["cache on"], tokens["cache off"]))
+    on, off = totals["cache on"], totals["cache off"]
+    print(f"\nidentical token sequences: {same} of {args.n}; off / on: {off[0] / on[0]:.2f}x the time, "
+          f"{off[1] / on[1]:.2f}x the prefill time")
 
 
 if __name__ == "__main__":

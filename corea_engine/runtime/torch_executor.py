@@ -48,6 +48,7 @@ class StepStats:
     decode_steps: int = 0
     prefills: int = 0
     prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix is not)
+    prefill_s: float = 0.0  # whole prefills: cached-prefix lookups, prompt forward passes, first tokens
     prefix_hits: int = 0  # prefills that reused a cached shared prefix
     tokens: int = 0
     forward_s: float = 0.0
@@ -316,11 +317,13 @@ class TorchExecutor(Executor):
     def _prefill(self, joining: list[_Sequence]) -> None:
         """Run the prompts of joining requests and merge them into the batch, one forward pass
         per shared prefix (the contract's system prompt is computed once and cached)."""
+        t0 = time.perf_counter()
         groups: dict[tuple[int, ...], list[_Sequence]] = {}
         for seq in joining:
             groups.setdefault(tuple(seq.prompt_ids[: seq.prefix_len]), []).append(seq)
         for prefix, seqs in groups.items():
             self._prefill_group(prefix, seqs)
+        self.stats.prefill_s += time.perf_counter() - t0
 
     def _prefill_group(self, prefix: tuple[int, ...], seqs: list[_Sequence]) -> None:
         # Row layout: [prefix | padding | prompt suffix]. Every row ends on the same column, so
