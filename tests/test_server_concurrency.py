@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -128,3 +133,30 @@ def test_graceful_shutdown_drains_in_flight_requests(slm_executor, rig, gsm8k_qu
             stub.Solve(corea_pb2.SolveRequest(question="What is 1 + 1?"), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     server.close()
+
+
+def test_sigterm_drains_the_in_flight_request_then_the_process_exits(tmp_path, gsm8k_questions):
+    """README: graceful drain on SIGTERM. A real `corea serve` process gets SIGTERM mid-stream."""
+    env = dict(os.environ, COREA_MAX_REASONING_CHARS="80", COREA_MAX_ANSWER_CHARS="16", COREA_THREADS="1")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "corea_engine.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+                                 "--no-metrics", "--llm-model", "smollm2-135m", "--grace-s", "120"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ready := re.search(r"on port (\d+)", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{ready.group(1)}") as channel:
+            stream = corea_pb2_grpc.CoreaStub(channel).SolveStream(
+                corea_pb2.SolveRequest(question=gsm8k_questions[4], mode=corea_pb2.ROUTING_MODE_SLM_ONLY), timeout=600)
+            assert next(stream).WhichOneof("event") == "slm_token"
+            proc.send_signal(signal.SIGTERM)
+            rest = list(stream)  # the request in flight finishes during the drain
+        assert rest[-1].WhichOneof("event") == "result" and rest[-1].result.answered_by == corea_pb2.TIER_SLM
+        assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
