@@ -112,8 +112,11 @@ class SoakReport:
             f"| deferred | {self.deferred} |",
             f"| degraded | {self.degraded} ({self.degraded_during_outage} arrived while the LLM was down, "
             f"{self.degraded_after_outage} after it served again) |",
-            f"| always-deferring requests inside the outage | {self.inside_outage} ({self.inside_outage_degraded} degraded) |",
-            f"| LLM down / restarted / up again at | {self.llm_down_at_s} s / {self.llm_restart_at_s} s / {self.llm_up_again_at_s} s |",
+            f"| always-deferring requests inside the outage | {self.inside_outage} "
+            f"({self.inside_outage_degraded} degraded) |",
+            "| LLM down / restarted / up again at | " + " / ".join(
+                "never" if t is None else f"{t:.1f} s" for t in (self.llm_down_at_s, self.llm_restart_at_s,
+                                                                  self.llm_up_again_at_s)) + " |",
             f"| latency p50 / p95 / max | {self.latency_p50_s:.2f} / {self.latency_p95_s:.2f} / {self.latency_max_s:.2f} s |",
             f"| results per second | {self.results_per_s:.2f} |",
             f"| wall time (incl. drain) | {self.wall_s:.1f} s |",

@@ -1,8 +1,9 @@
 """A short soak (benchmarks/soak.py) on in-process servers: 8 clients, mixed unary and streaming,
 15 s, the LLM server stopped after 6 s (once it has answered a request) and restarted 5 s later
-(not before a probe sent during the outage has its answer). Every result the server produced reached its client, nothing passes a
-60 s deadline (a few seconds is the norm here), the always-deferring requests inside the outage
-are answered degraded with the reason, and deferral works again after the restart.
+(not before a probe sent during the outage has its answer). Every result the server produced
+reached its client, nothing passes a 60 s deadline (a few seconds is the norm on an idle machine),
+the always-deferring requests inside the outage are answered degraded with the reason, and
+deferral works again after the restart.
 The full run (64 clients, 60 s, subprocess servers) is `python benchmarks/soak.py`.
 """
 
