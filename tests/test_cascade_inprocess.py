@@ -8,6 +8,7 @@ import pytest
 
 from cascade_servers import SMALL, stand_in_llm
 from corea_engine.cascade import Cascade, CascadeConfig, ConfidenceKnown, Decision, Finished, LlmToken, SlmToken, SolveRequest
+from corea_engine.escalation.base import GenerationParams, LLMUnavailableError
 from corea_engine.escalation.local_llm import ExecutorLLM
 from corea_engine.runtime.executor import Executor
 
@@ -30,7 +31,7 @@ class Recorded(Executor):
 @pytest.fixture(scope="module")
 def cascade(slm_executor):
     llm = stand_in_llm(slm_executor)
-    yield Cascade(Recorded(slm_executor), ExecutorLLM(llm), CascadeConfig(**SMALL))
+    yield Cascade(Recorded(slm_executor), ExecutorLLM(Recorded(llm)), CascadeConfig(**SMALL))
     llm.close()
 
 
@@ -62,3 +63,18 @@ def test_a_client_that_goes_away_aborts_its_slm_request(cascade, gsm8k_questions
     # The abort reached the engine: the request ended as aborted, not by running to its end.
     result = cascade.slm.streams[-1].wait(timeout=300)
     assert result.finish_reason == "abort" and result.confidence is None, result
+
+
+def test_the_in_process_llm_stops_at_the_calls_deadline(cascade):
+    """The stand-in LLM tier keeps GenerationParams.timeout_s as a gRPC client would: it gives up
+    and aborts its request instead of running to the end."""
+    # 3 s: past the prefill even on a loaded machine (an abort that lands during a prefill is #15's).
+    params = GenerationParams(max_new_tokens=400, timeout_s=3.0, request_id="slow-llm")
+
+    async def run():
+        return [item async for item in cascade.llm.stream([{"role": "user", "content": "Write a long story about a dragon."}], params)]
+
+    with pytest.raises(LLMUnavailableError, match="did not answer within 3.00 s"):
+        asyncio.run(run())
+    result = cascade.llm.executor.streams[-1].wait(timeout=300)
+    assert result.finish_reason == "abort" and result.completion_tokens < 400, result
