@@ -18,11 +18,13 @@ $(VENV)/.installed: setup.py
 	$(PIP) install -q -e '.[dev,train]'
 	touch $@
 
-# What only the tests need: Debian's gRPC C++ (the C++ load client) and SGLang's pure-Python
-# classes (--no-deps: its full install would replace torch with a CUDA build).
-$(VENV)/.test-deps: $(VENV)/.installed scripts/install_cpp_deps.sh scripts/install_sglang_cpu.sh
+# What only the tests need: Debian's gRPC C++ (the C++ load client), SGLang's pure-Python
+# classes (--no-deps: its full install would replace torch with a CUDA build) and Node.js with
+# the Node client's packages. A test that skips anyway fails the run (tests/conftest.py).
+$(VENV)/.test-deps: $(VENV)/.installed scripts/install_cpp_deps.sh scripts/install_sglang_cpu.sh scripts/install_node_deps.sh tests/node/package-lock.json
 	scripts/install_cpp_deps.sh
 	scripts/install_sglang_cpu.sh $(PY)
+	scripts/install_node_deps.sh
 	touch $@
 
 run: setup

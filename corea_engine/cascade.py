@@ -412,10 +412,18 @@ class _Run:
     async def _call_llm(self) -> None:
         """Retries with backoff inside the deadline; the breaker sees every attempt's verdict."""
         cfg, plan, breaker = self.cfg, self.plan, self.c.breaker
+        # Keep a little of the caller's time back, so a degraded answer can still reach it: every
+        # attempt, retries included, ends by the same cut-off.
+        left = plan.remaining()
+        cutoff = None if left is None else plan.deadline - min(0.25, left / 10)
+
+        def time_left() -> float | None:
+            return None if cutoff is None else cutoff - time.monotonic()
+
         try:
             attempts = cfg.llm_retries + 1
             for attempt in range(attempts):
-                remaining = plan.remaining()
+                remaining = time_left()
                 if remaining is not None and remaining <= 0.01:
                     self.llm_error = LLMUnavailableError("the request's deadline passed before the LLM answered")
                     return
@@ -423,8 +431,7 @@ class _Run:
                     refused = f"the LLM circuit breaker is {breaker.state}"
                     self.llm_error = LLMUnavailableError(f"{self.llm_error}; {refused}" if self.llm_error else refused)
                     return
-                # Keep a little of the caller's time back, so a degraded answer can still reach it.
-                timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining - min(0.25, remaining / 10))
+                timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining)
                 params = GenerationParams(
                     contract=plan.fmt, max_new_tokens=plan.max_new_tokens, temperature=cfg.llm_temperature,
                     request_id=f"{plan.request_id}-llm", timeout_s=timeout,
@@ -452,7 +459,7 @@ class _Run:
                         return
                 if attempt + 1 < attempts:
                     delay = min(cfg.retry_backoff_s * (2 ** attempt), cfg.retry_backoff_max_s)
-                    remaining = plan.remaining()
+                    remaining = time_left()
                     if remaining is not None:
                         delay = min(delay, max(remaining - 0.01, 0))
                     await asyncio.sleep(delay)

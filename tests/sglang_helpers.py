@@ -16,7 +16,7 @@ import pytest
 import torch
 
 sglang = pytest.importorskip(
-    "sglang", reason="sglang is not installed; run scripts/install_sglang_cpu.sh (about 3 minutes, no GPU needed)"
+    "sglang", reason="sglang is not installed; run scripts/install_sglang_cpu.sh (about 3 minutes, no GPU needed; make test does)"
 )
 
 from corea_engine.contract import FORMATS, GrammarCache, build_messages  # noqa: E402

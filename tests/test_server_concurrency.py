@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -50,7 +57,55 @@ def test_32_concurrent_clients_mixed_unary_and_streaming_each_get_one_result(rig
         assert not r.degraded
 
 
+DEADLINE_S = 8.0
+
+
+@contextlib.contextmanager
+def hung_llm():
+    """A gRPC server that takes every call and never answers (an LLM stuck mid-call), noting the
+    deadline each call arrived with. Yields (address, deadlines seen in seconds)."""
+    seen: list[float | None] = []
+
+    def hang(request, context):
+        seen.append(context.time_remaining())
+        while context.is_active():  # until the caller's deadline or cancel ends the call
+            time.sleep(0.02)
+        return iter(())
+
+    class EveryMethod(grpc.GenericRpcHandler):
+        def service(self, handler_call_details):
+            return grpc.unary_stream_rpc_method_handler(hang)
+
+    server = grpc.server(ThreadPoolExecutor(4), handlers=[EveryMethod()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", seen
+    finally:
+        server.stop(0)
+
+
+def test_the_callers_deadline_reaches_the_llm_call_and_a_hung_llm_degrades_in_time(slm_executor, gsm8k_questions):
+    """The LLM call carries what is left of the caller's deadline, not llm_timeout_s (30 s): with
+    an LLM that never answers, the SLM's answer still arrives, degraded, before the deadline."""
+    with hung_llm() as (address, seen):
+        corea = corea_server(slm_executor, address, max_reasoning_chars=24)
+        try:
+            with grpc.insecure_channel(corea.address) as channel:
+                started = time.monotonic()
+                r = corea_pb2_grpc.CoreaStub(channel).Solve(
+                    corea_pb2.SolveRequest(question=gsm8k_questions[3], threshold=1.0), timeout=DEADLINE_S)
+                elapsed = time.monotonic() - started
+        finally:
+            corea.close()
+    assert r.deferred and r.degraded and r.answered_by == corea_pb2.TIER_SLM and r.answer, r
+    assert "deadline" in r.degraded_reason.lower(), r.degraded_reason
+    # The LLM server saw the caller's remaining time as its deadline (the SLM had used some of it).
+    assert seen and seen[0] is not None and DEADLINE_S - elapsed < seen[0] < DEADLINE_S, (seen, elapsed)
+
+
 def test_deadline_exceeded_is_reported_and_the_server_goes_on(rig, gsm8k_questions):
+    # grpc ends a 0.2 s call by itself; what this shows is that the server serves on after it.
     corea, _ = rig
     with grpc.insecure_channel(corea.address) as channel:
         stub = corea_pb2_grpc.CoreaStub(channel)
@@ -78,3 +133,30 @@ def test_graceful_shutdown_drains_in_flight_requests(slm_executor, rig, gsm8k_qu
             stub.Solve(corea_pb2.SolveRequest(question="What is 1 + 1?"), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     server.close()
+
+
+def test_sigterm_drains_the_in_flight_request_then_the_process_exits(tmp_path, gsm8k_questions):
+    """README: graceful drain on SIGTERM. A real `corea serve` process gets SIGTERM mid-stream."""
+    env = dict(os.environ, COREA_MAX_REASONING_CHARS="80", COREA_MAX_ANSWER_CHARS="16", COREA_THREADS="1")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "corea_engine.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+                                 "--no-metrics", "--llm-model", "smollm2-135m", "--grace-s", "120"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ready := re.search(r"on port (\d+)", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{ready.group(1)}") as channel:
+            stream = corea_pb2_grpc.CoreaStub(channel).SolveStream(
+                corea_pb2.SolveRequest(question=gsm8k_questions[4], mode=corea_pb2.ROUTING_MODE_SLM_ONLY), timeout=600)
+            assert next(stream).WhichOneof("event") == "slm_token"
+            proc.send_signal(signal.SIGTERM)
+            rest = list(stream)  # the request in flight finishes during the drain
+        assert rest[-1].WhichOneof("event") == "result" and rest[-1].result.answered_by == corea_pb2.TIER_SLM
+        assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -16,8 +16,9 @@ NODE_DIR = Path(__file__).parent / "node"
 
 @pytest.fixture(scope="module")
 def node_client():
+    # `make test` installs node and the packages (scripts/install_node_deps.sh); a skip fails the run.
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not on PATH: the Node.js client cannot be built")
+        pytest.skip("node and npm are not on PATH: run scripts/install_node_deps.sh")
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"npm ci failed:\n{done.stderr[-2000:]}"

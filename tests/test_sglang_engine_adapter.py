@@ -156,6 +156,7 @@ def test_engine_errors_finish_the_request_with_error(slm_executor):
     assert result.finish_reason == "error" and "context length" in result.error
 
 
+@pytest.mark.expected_skip("where SGLang's engine imports (a GPU machine), starting it is benchmarks/gpu_sglang.py's job")
 def test_sglang_backend_without_a_gpu_engine_says_so(slm_executor):
     from corea_engine.commands.common import add_model_args, make_executor
 

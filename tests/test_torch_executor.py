@@ -100,6 +100,28 @@ def test_concurrent_requests_match_solo_runs_under_greedy(slm_executor, gsm8k_qu
     assert identical >= 1
 
 
+def test_the_contracts_system_prompt_is_prefilled_once_and_changes_no_token(slm_executor, gsm8k_questions):
+    """The shared-prefix KV cache: a second request of a contract prefills only its own part of
+    the prompt and decodes what a run without the cache decodes."""
+    from corea_engine.runtime.torch_executor import TorchExecutor
+
+    fmt = BOUNDED["json"]
+    first, second = (request(q, fmt) for q in gsm8k_questions[32:34])
+    system = len(slm_executor.tokenizer.apply_chat_template(second.messages[:-1], tokenize=True, return_dict=False))
+    slm_executor.generate(first)  # the contract's system prompt is cached from here on
+    before = (slm_executor.stats.prefill_tokens, slm_executor.stats.prefix_hits)
+    cached = slm_executor.generate(second)
+    assert (slm_executor.stats.prefill_tokens - before[0], slm_executor.stats.prefix_hits - before[1]) == \
+        (cached.prompt_tokens - system, 1)
+    plain = TorchExecutor(model_and_tokenizer=(slm_executor.model, slm_executor.tokenizer), prefix_cache=False)
+    try:
+        whole = plain.generate(request(gsm8k_questions[33], fmt))
+        assert (plain.stats.prefill_tokens, plain.stats.prefix_hits) == (whole.prompt_tokens, 0)
+    finally:
+        plain.close()
+    assert_same_or_near_tie(slm_executor, second, whole, cached)
+
+
 def test_abort_frees_the_slot_without_disturbing_others(slm_executor, gsm8k_questions):
     fmt = BOUNDED["tags"]
     keep = [request(q, fmt) for q in gsm8k_questions[28:31]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import AsyncIterator
 
@@ -25,8 +26,18 @@ class ExecutorLLM(EscalationClient):
         except InvalidRequestError as err:
             raise LLMRequestError(str(err)) from None
         finished = False
+        events = stream.__aiter__()
+        loop = asyncio.get_running_loop()
+        deadline = None if params.timeout_s is None else loop.time() + params.timeout_s
         try:
-            async for event in stream:
+            while True:
+                try:  # the call's deadline, as a gRPC client would enforce it
+                    wait = None if deadline is None else max(deadline - loop.time(), 0)
+                    event = await asyncio.wait_for(events.__anext__(), wait)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise LLMUnavailableError(f"the local LLM did not answer within {params.timeout_s:.2f} s") from None
                 if isinstance(event, TokenEvent) and event.text:
                     yield event.text
                 elif isinstance(event, FinishedEvent):

@@ -47,6 +47,9 @@ class StepStats:
 
     decode_steps: int = 0
     prefills: int = 0
+    prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix is not)
+    prefill_s: float = 0.0  # whole prefills: cached-prefix lookups, prompt forward passes, first tokens
+    prefix_hits: int = 0  # prefills that reused a cached shared prefix
     tokens: int = 0
     forward_s: float = 0.0
     grammar_s: float = 0.0  # fill + apply the bitmask, accept tokens
@@ -86,7 +89,8 @@ class TorchExecutor(Executor):
 
     model: a spec for corea_engine.models.resolve_model (default: the embedded SmolLM2), or
     pass an already loaded `model_and_tokenizer` pair. threads: torch intra-op threads for
-    CPU (set deliberately: oversubscribing two cores costs up to 10x).
+    CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache: compute a
+    contract's shared system prompt once and reuse its KV (False prefills every prompt whole).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class TorchExecutor(Executor):
         max_prompt_tokens: int = 2048,
         threads: int | None = None,
         model_and_tokenizer: tuple | None = None,
+        prefix_cache: bool = True,
     ):
         if threads is not None:
             torch.set_num_threads(threads)
@@ -111,6 +116,7 @@ class TorchExecutor(Executor):
             self.model_name = source.name
         self.device = next(self.model.parameters()).device
         self.max_batch_size = max_batch_size
+        self.prefix_cache = prefix_cache
         self.max_prompt_chars = max_prompt_chars
         # Characters do not bound tokens (one astral-plane digit is three tokens); a prefill of
         # thousands of tokens stalls the whole batch on CPU, so the token count is capped too.
@@ -162,7 +168,7 @@ class TorchExecutor(Executor):
             request=request,
             stream=RequestStream(request.request_id),
             prompt_ids=prompt_ids,
-            prefix_len=self._shared_prefix_len(request, prompt_ids),
+            prefix_len=self._shared_prefix_len(request, prompt_ids) if self.prefix_cache else 0,
             fmt=fmt,
             matcher=self.grammars.matcher(fmt) if fmt is not None else None,
             generator=generator,
@@ -311,11 +317,13 @@ class TorchExecutor(Executor):
     def _prefill(self, joining: list[_Sequence]) -> None:
         """Run the prompts of joining requests and merge them into the batch, one forward pass
         per shared prefix (the contract's system prompt is computed once and cached)."""
+        t0 = time.perf_counter()
         groups: dict[tuple[int, ...], list[_Sequence]] = {}
         for seq in joining:
             groups.setdefault(tuple(seq.prompt_ids[: seq.prefix_len]), []).append(seq)
         for prefix, seqs in groups.items():
             self._prefill_group(prefix, seqs)
+        self.stats.prefill_s += time.perf_counter() - t0
 
     def _prefill_group(self, prefix: tuple[int, ...], seqs: list[_Sequence]) -> None:
         # Row layout: [prefix | padding | prompt suffix]. Every row ends on the same column, so
@@ -331,6 +339,7 @@ class TorchExecutor(Executor):
             mask[i, width - len(suffix):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = p + (mask.cumsum(1) - 1).clamp(min=0)
+        self.stats.prefill_tokens += sum(len(x) for x in suffixes)
         past = None
         if p:
             past = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
@@ -345,7 +354,9 @@ class TorchExecutor(Executor):
         """KV of a shared prompt prefix, computed once (LRU of PREFIX_CACHE_SIZE entries)."""
         if prefix in self._prefixes:
             self._prefixes.move_to_end(prefix)
+            self.stats.prefix_hits += 1
             return self._prefixes[prefix]
+        self.stats.prefill_tokens += len(prefix)
         ids = torch.tensor([prefix], device=self.device)
         ones = torch.ones_like(ids)
         _, kv = self._forward(ids, ones, torch.arange(len(prefix), device=self.device).unsqueeze(0), None)
