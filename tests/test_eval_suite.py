@@ -229,6 +229,15 @@ def test_offline_suite_on_the_recorded_outputs(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Shift" in report and "APGR" in report
 
+    # The rows file is enough to redo the analysis: same figures, and another target moves the policy.
+    again = tmp_path / "again"
+    assert main(["eval", "--suite", "answer-prob", "--rows", str(out / "rows.jsonl"), "--out", str(again)]) == 0
+    redone = json.loads((again / "suite.json").read_text())
+    assert redone["datasets"] == result["datasets"] and redone["shift"] == result["shift"]
+    assert main(["eval", "--suite", "answer-prob", "--rows", str(out / "rows.jsonl"), "--target-deferral", "0.6",
+                 "--out", str(again)]) == 0
+    assert json.loads((again / "suite.json").read_text())["fit"]["intended_deferral"] == pytest.approx(0.6)
+
 
 def test_tiny_online_suite_produces_every_field(tmp_path, capsys, monkeypatch):
     # Served at threshold 1: every question is deferred, so the confidence-first order must decide
@@ -264,6 +273,7 @@ def test_tiny_online_suite_produces_every_field(tmp_path, capsys, monkeypatch):
     (["eval", "--suite", "rlcr", "--confidence-source", "expected", "--out", "x"], "sampled (stated) confidence only"),
     (["eval", "--suite", "rlcr", "--target-deferral", "2", "--out", "x"], "--target-deferral"),
     (["eval", "--suite", "rlcr", "--holdout", "1", "--out", "x"], "--holdout"),
+    (["eval", "--suite", "rlcr", "--rows", "/nonexistent.jsonl", "--out", "x"], "cannot read"),
 ])
 def test_suite_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

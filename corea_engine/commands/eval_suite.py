@@ -2,6 +2,7 @@
 
     corea eval --suite rlcr --out runs/suite-rlcr                        (recorded 7B outputs, no model)
     corea eval --suite default --limit 20 --llm-model smollm2-135m --out runs/suite-default
+    corea eval --suite default --rows runs/suite-default/rows.jsonl --target-deferral 0.5 --out runs/again
 
 Suites are defined in corea_engine/evaluation/suites.py. Writes suite.json (schema
 corea.eval_suite/1: figures, fitted policy and calibrator, the run's settings and seed),
@@ -24,6 +25,8 @@ def add_suite_args(p) -> None:
                    help="the deferral rate the policy is fitted to in-domain (ignored when --threshold is given)")
     g.add_argument("--holdout", type=float, default=0.5, help="share of in-domain questions kept out of the fit to check in-domain (0: none)")
     g.add_argument("--seed", type=int, default=0, help="the in-domain split and the tie draws")
+    g.add_argument("--rows", default=None,
+                   help="re-analyse the rows.jsonl (or rows.partial.jsonl) of an earlier run of this suite: no model runs")
     g.add_argument("--no-second-order", dest="second_order", action="store_false",
                    help="online: do not also time the decision with the contract's other field order")
 
@@ -45,12 +48,38 @@ def _check(args, suite) -> None:
         raise CommandError(f"--threshold must be in [0, 1], got {args.threshold}")
     if not 0 <= args.holdout < 1:
         raise CommandError(f"--holdout must be in [0, 1), got {args.holdout}")
+    if args.rows and args.limit is not None:
+        raise CommandError("--rows re-analyses every row of the file: drop --limit")
     if args.slm or args.llm or args.samples or args.offline:
         raise CommandError("--suite names its own data: drop --offline, --slm, --llm and --samples")
     if args.address:
         raise CommandError("--suite runs the cascade in this process (it times each decision): drop --address")
     if suite.kind == "offline" and args.confidence_source == "expected":
         raise CommandError(f"suite {suite.name} is recorded outputs: they carry the sampled (stated) confidence only")
+
+
+def read_rows(path: str, suite) -> dict[str, list[dict]]:
+    """Rows by dataset from a suite's rows file; CommandError names a bad line or a foreign dataset."""
+    from ..cli import CommandError
+
+    known = {d.name for d in suite.datasets}
+    rows: dict[str, list[dict]] = {}
+    try:
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    name = row.pop("dataset")
+                except (json.JSONDecodeError, KeyError, AttributeError):
+                    raise CommandError(f"{path}:{n}: not a suite row (JSON with a dataset field)") from None
+                if name not in known:
+                    raise CommandError(f"{path}:{n}: dataset {name!r} is not in suite {suite.name}")
+                rows.setdefault(name, []).append(row)
+    except OSError as err:
+        raise CommandError(f"cannot read {path}: {err.strerror}") from None
+    return rows
 
 
 def run_suite(args) -> int:
@@ -63,7 +92,11 @@ def run_suite(args) -> int:
         raise CommandError(str(err)) from None
     _check(args, suite)
     started = time.time()
-    if suite.kind == "offline":
+    if args.rows:
+        rows = read_rows(args.rows, suite)
+        source = args.confidence_source or ("sampled" if suite.kind == "offline" else "expected")
+        settings = {"rows_from": args.rows}
+    elif suite.kind == "offline":
         from ..evaluation.metrics import Prices
         from ..evaluation.records import RecordError
         from ..evaluation.suite_runner import collect_offline
@@ -166,7 +199,7 @@ def _write(args, suite, rows, source, settings, started) -> None:
     write_jsonl(out / "rows.jsonl", ({"dataset": name, **row} for name, rs in rows.items() for row in rs))
     (out / "suite.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
     (out / "report.md").write_text(markdown(result))
-    write_plots(out, result, rows, calibrator)
+    write_plots(out, result, rows)
     (out / "rows.partial.jsonl").unlink(missing_ok=True)
     _print_summary(Console(), result, out)
 
@@ -174,7 +207,7 @@ def _write(args, suite, rows, source, settings, started) -> None:
 def _command(arguments: dict) -> str:
     """The command line that repeats this run (the arguments that differ from no flag at all)."""
     parts = ["corea", "eval"]
-    for key in ("suite", "limit", "llm_model", "model", "threshold", "target_deferral", "holdout", "seed", "contract",
+    for key in ("suite", "rows", "limit", "llm_model", "model", "threshold", "target_deferral", "holdout", "seed", "contract",
                 "confidence_source", "max_new_tokens", "max_reasoning_chars", "max_answer_chars", "concurrency",
                 "slm_price", "llm_price", "config", "out"):
         value = arguments.get(key)

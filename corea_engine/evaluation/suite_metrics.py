@@ -53,11 +53,15 @@ def columns(rows: list[dict], source: str, calibrator: IsotonicCalibrator | None
 
 
 def _calibration(rows, calibrator, n_bins) -> dict:
+    """Per confidence: calibration_summary plus its reliability bins (None when no row states one)."""
     out = {}
     for source in CONFIDENCES:
         cols = columns(rows, source, calibrator)
-        stated = ~np.isnan(cols.slm_confidence)
-        out[source] = metrics.calibration_summary(cols.slm_confidence, cols.slm_correct, n_bins) if stated.any() else None
+        if np.isnan(cols.slm_confidence).all():
+            out[source] = None
+            continue
+        out[source] = metrics.calibration_summary(cols.slm_confidence, cols.slm_correct, n_bins)
+        out[source]["reliability"] = [vars(b) for b in metrics.reliability_bins(cols.slm_confidence, cols.slm_correct, n_bins)]
     return out
 
 
@@ -141,9 +145,12 @@ def analyse(suite, data: dict[str, list[dict]], *, source: str, target_deferral:
             threshold: float | None = None, holdout: float = 0.0, seed: int = 0, n_bins: int = 10) -> dict:
     """The suite's result dict (see the module docstring); raises CalibrationError when the
     in-domain rows cannot fit the policy or the calibrator."""
+    # A dataset without rows (a run stopped early) is left out of every figure.
+    in_names = [n for n in suite.role("in_domain") if data.get(n)]
+    out_names = [n for n in suite.role("out_of_domain") if data.get(n)]
+    data = {name: data[name] for name in (*in_names, *out_names)}
     kept = {name: usable(rows) for name, rows in data.items()}
     dropped = {name: len(data[name]) - len(kept[name]) for name in data if len(data[name]) != len(kept[name])}
-    in_names, out_names = suite.role("in_domain"), suite.role("out_of_domain")
     pooled_in = [r for name in in_names for r in kept[name]]
     if not pooled_in:
         raise CalibrationError("no in-domain question has both tiers' answers: nothing to fit on")
@@ -172,4 +179,5 @@ def analyse(suite, data: dict[str, list[dict]], *, source: str, target_deferral:
         "in_domain_evaluated_on": "held_out" if held_ids else "fit_set",
         "fit": fitted, "datasets": datasets, "overall": overall, "shift": shift,
         "dropped_rows": dropped,
+        "datasets_without_rows": [d.name for d in suite.datasets if d.name not in data],
     }

@@ -1,7 +1,7 @@
 """A suite's markdown report and plots (deferral curves, reliability in vs out of domain, time to decision).
 
-Reads only the result dict of suite_metrics.analyse (plus the rows for the latency CDF), so a
-report can be redrawn from a saved suite.json and rows.jsonl.
+Reads the result dict of suite_metrics.analyse (and the rows, for the latency CDF), so a report
+can be redrawn from a saved suite.json and rows.jsonl.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
 from .report import _figure, _set_title
 
 PLOTS = ("deferral_curve.png", "reliability.png", "decision_latency_cdf.png")
@@ -48,6 +47,8 @@ def markdown(result: dict) -> str:
     for key in ("slm", "llm", "questions_per_dataset", "seed", "command"):
         if cfg.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: `{cfg[key]}`")
+    if result["datasets_without_rows"]:
+        lines.append(f"- datasets without rows (the run stopped before them): {', '.join(result['datasets_without_rows'])}")
     if result["dropped_rows"]:
         lines.append(f"- rows without both tiers' answers (left out): {result['dropped_rows']}")
     lines += ["", "## Quality and cost (policy fitted in-domain)", "",
@@ -122,26 +123,22 @@ def plot_deferral_curves(result: dict, path: Path) -> None:
     _save(plt, fig, ax, path, f"{result['suite']['name']}: deferral curves")
 
 
-def plot_reliability(result: dict, rows: dict, path: Path, calibrator, n_bins: int = 10) -> None:
-    from .suite_metrics import columns, usable
-
+def plot_reliability(result: dict, path: Path) -> None:
     plt, (fig, ax) = _figure()
-    source = result["confidence_source"]
     for role, style in (("in_domain", "-"), ("out_of_domain", "--")):
-        names = result["suite"][role]
-        picked = [r for name in names for r in usable(rows.get(name, []))]
-        if not picked:
-            continue
-        for kind, marker in ((source, "o"), ("calibrated", "s")):
-            cols = columns(picked, kind, calibrator)
-            bins = [b for b in metrics.reliability_bins(cols.slm_confidence, cols.slm_correct, n_bins) if b.count]
-            ece = metrics.ece(cols.slm_confidence, cols.slm_correct, n_bins)
-            ax.plot([b.mean_confidence for b in bins], [b.accuracy for b in bins], style, marker=marker, ms=4,
-                    label=f"{role.replace('_', '-')}, {kind} (ECE {_num(ece)})")
+        part = result["overall"][role]
+        for kind, marker in ((result["confidence_source"], "o"), ("calibrated", "s")):
+            summary = None if part is None else part["calibration"][kind]
+            if summary is None:
+                continue
+            bins = [b for b in summary["reliability"] if b["count"]]
+            ax.plot([b["mean_confidence"] for b in bins], [b["accuracy"] for b in bins], style, marker=marker, ms=4,
+                    label=f"{role.replace('_', '-')} (n={part['n']}), {kind}: ECE {_num(summary['ece'])}")
     ax.plot([0, 1], [0, 1], color="grey", lw=1, label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (bin mean)", ylabel="accuracy in bin")
     ax.legend(fontsize=7, loc="upper left")
-    _save(plt, fig, ax, path, f"{result['suite']['name']}: reliability, in- vs out-of-domain (fit in-domain)")
+    _save(plt, fig, ax, path, f"{result['suite']['name']}: reliability in- vs out-of-domain "
+          f"(threshold and calibrator fitted in-domain)")
 
 
 def plot_decision_cdf(rows: dict, path: Path, title: str) -> None:
@@ -164,7 +161,7 @@ def plot_decision_cdf(rows: dict, path: Path, title: str) -> None:
     _save(plt, fig, ax, path, title)
 
 
-def write_plots(out_dir: Path, result: dict, rows: dict, calibrator) -> None:
+def write_plots(out_dir: Path, result: dict, rows: dict) -> None:
     plot_deferral_curves(result, out_dir / "deferral_curve.png")
-    plot_reliability(result, rows, out_dir / "reliability.png", calibrator)
+    plot_reliability(result, out_dir / "reliability.png")
     plot_decision_cdf(rows, out_dir / "decision_latency_cdf.png", f"{result['suite']['name']}: time to decision")

@@ -91,12 +91,13 @@ async def collect_online(cascade, examples: dict[str, list[Example]], settings: 
             on_done(out)
         return out
 
-    names = list(examples)
-    rows = await asyncio.gather(*(one(e) for name in names for e in examples[name]))
-    out, start = {}, 0
-    for name in names:
-        out[name] = list(rows[start:start + len(examples[name])])
-        start += len(examples[name])
+    # Round-robin over the datasets, so that a run stopped early has rows of every dataset.
+    order = [(name, e) for i in range(max(map(len, examples.values()), default=0))
+             for name, es in examples.items() if i < len(es) for e in (es[i],)]
+    rows = await asyncio.gather(*(one(e) for _, e in order))
+    out = {name: [] for name in examples}
+    for (name, _), row in zip(order, rows):
+        out[name].append(row)
     return out
 
 
