@@ -111,9 +111,10 @@ def cpt(curve: Curve, level: float) -> float | None:
 def routing_metrics(curve: Curve) -> dict:
     """APGR and CPT at CPT_LEVELS for the curve and for the random baseline with the same end points.
 
-    Keys: apgr, cpt_50, cpt_80, random_apgr, random_cpt_50, random_cpt_80 (None where no gap)."""
+    Keys: gap (LLM - SLM accuracy: PGR divides by it, so a gap of a point or two makes every
+    PGR figure noisy), apgr, cpt_50, cpt_80, random_apgr, random_cpt_50, random_cpt_80 (None where no gap)."""
     baseline = random_curve(curve.slm_accuracy, curve.llm_accuracy, curve.cost[0], curve.cost[-1] - curve.cost[0])
-    out = {"apgr": apgr(curve)}
+    out = {"gap": curve.llm_accuracy - curve.slm_accuracy, "apgr": apgr(curve)}
     out.update({f"cpt_{round(100 * p)}": cpt(curve, p) for p in CPT_LEVELS})
     out["random_apgr"] = apgr(baseline)
     out.update({f"random_cpt_{round(100 * p)}": cpt(baseline, p) for p in CPT_LEVELS})

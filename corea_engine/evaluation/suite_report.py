@@ -43,7 +43,8 @@ def markdown(result: dict) -> str:
              f"- confidence source: {result['confidence_source']}; policy fitted on {fit['n']} in-domain questions "
              f"({fit['how']}): threshold {fit['policy']['threshold']:g}, tie-defer probability "
              f"{fit['policy']['tie_defer_prob']:.3f}, intended deferral {_pct(fit['intended_deferral'])}",
-             f"- in-domain rows are reported on the {result['in_domain_evaluated_on'].replace('_', ' ')}"]
+             "- in-domain figures are on " + ("the held-out share, not used to fit" if result["in_domain_evaluated_on"] == "held_out"
+                                               else "the rows used to fit (in-sample)")]
     for key in ("slm", "llm", "questions_per_dataset", "seed", "command"):
         if cfg.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: `{cfg[key]}`")
@@ -60,7 +61,8 @@ def markdown(result: dict) -> str:
                      f"{_pct(p['accuracy']['cascade'])} | {_pct(p['deferral_rate'])} | {_pct(p['cost']['saved_fraction'])} | "
                      f"{_num(r['apgr'])} | {_pct(r['cpt_50'])} | {_pct(r['cpt_80'])} |")
     lines += ["", "CPT(p): the share deferred at which the cascade recovers p of the SLM-LLM accuracy gap (random "
-              "deferral: p). '-' where the LLM is not more accurate than the SLM (no gap to recover).", "",
+              "deferral: p). '-' where the LLM is not more accurate than the SLM (no gap to recover); over a gap of "
+              "a point or two, APGR and CPT swing widely (they divide by the gap; above 1: the cascade beats the LLM).", "",
               "## Calibration (ECE 10 bins / AUROC / Brier)", "",
               "| dataset | sampled | expected | calibrated (isotonic, fitted in-domain) |", "|---|---|---|---|"]
     for name, p in _sections(result):
