@@ -144,8 +144,8 @@ async def _online(args, suite):
     out.mkdir(parents=True, exist_ok=True)
     partial = open(out / "rows.partial.jsonl", "w")  # each row as it comes: a stopped run keeps its work
 
-    def done(row):
-        partial.write(json.dumps(row) + "\n")
+    def done(dataset, row):
+        partial.write(json.dumps({"dataset": dataset, **row}) + "\n")
         partial.flush()
         progress.advance(task)
 

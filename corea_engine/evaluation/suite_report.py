@@ -144,19 +144,26 @@ def plot_reliability(result: dict, path: Path) -> None:
 
 
 def plot_decision_cdf(rows: dict, path: Path, title: str) -> None:
+    """Empirical CDFs of the time to decision (solid) and to the stated confidence (dashed) per order."""
+    from matplotlib.ticker import NullFormatter
+
     from .suite_metrics import ORDERS
 
     plt, (fig, ax) = _figure()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = False
-    for order in ORDERS:
-        ms = np.sort([r["decision"][order]["ms"] for rs in rows.values() for r in rs
-                      if r["decision"].get(order) and r["decision"][order]["ms"] is not None])
-        if ms.size:
-            ax.step(ms, np.arange(1, ms.size + 1) / ms.size, where="post", label=f"{order.replace('_', '-')} (n={ms.size})")
-            drawn = True
+    for i, order in enumerate(ORDERS):
+        timed = [r["decision"][order] for rs in rows.values() for r in rs if r["decision"].get(order)]
+        for key, style, what in (("ms", "-", "decision"), ("confidence_ms", "--", "confidence known")):
+            ms = np.sort([d[key] for d in timed if d.get(key) is not None])
+            if ms.size:
+                ax.step(ms, np.arange(1, ms.size + 1) / ms.size, style, where="post", color=colors[i],
+                        label=f"{order.replace('_', '-')}: {what} (n={ms.size})")
+                drawn = True
     if drawn:
-        ax.set(xscale="log", xlabel="time from request to accept/defer (ms)", ylabel="share of requests", ylim=(0, 1.02))
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set(xscale="log", xlabel="time from request (ms)", ylabel="share of requests", ylim=(0, 1.02))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7, loc="upper left")
     else:
         ax.text(0.5, 0.5, "no timings: recorded outputs carry none", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()

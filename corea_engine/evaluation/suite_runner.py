@@ -72,12 +72,13 @@ class TimedSolver:
 
 async def collect_online(cascade, examples: dict[str, list[Example]], settings: EvalSettings,
                          second_contract=None, on_done=None) -> dict[str, list[dict]]:
-    """Rows per dataset, in example order; at most settings.concurrency questions in flight."""
+    """Rows per dataset, in example order; at most settings.concurrency questions in flight.
+    on_done(dataset, row) is called as each question completes."""
     solver = TimedSolver(cascade)
     gate = asyncio.Semaphore(max(1, settings.concurrency))
     primary = order_of(settings.contract or cascade.config.contract)
 
-    async def one(example: Example) -> dict:
+    async def one(name: str, example: Example) -> dict:
         async with gate:
             row = await evaluate_example(solver, example, settings)
             decision = {primary: solver.decisions.pop(f"eval-{example.id}-serve", None)}
@@ -88,13 +89,13 @@ async def collect_online(cascade, examples: dict[str, list[Example]], settings: 
                 decision[order_of(second_contract)] = (await _stream_to_decision(cascade, request, True))[0]
         out = online_row(row, decision)
         if on_done is not None:
-            on_done(out)
+            on_done(name, out)
         return out
 
     # Round-robin over the datasets, so that a run stopped early has rows of every dataset.
     order = [(name, e) for i in range(max(map(len, examples.values()), default=0))
              for name, es in examples.items() if i < len(es) for e in (es[i],)]
-    rows = await asyncio.gather(*(one(e) for _, e in order))
+    rows = await asyncio.gather(*(one(name, e) for name, e in order))
     out = {name: [] for name in examples}
     for (name, _), row in zip(order, rows):
         out[name].append(row)
