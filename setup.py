@@ -53,6 +53,7 @@ setup(
         "openai>=1.40",
         "math-verify>=0.7",
         "matplotlib>=3.8",
+        "scikit-learn>=1.3",  # isotonic calibration (corea_engine/evaluation/calibrators.py)
         "tqdm",
     ],
     extras_require={

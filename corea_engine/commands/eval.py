@@ -4,6 +4,7 @@
     corea eval --dataset gsm8k --address localhost:50051 --out runs/remote             (a server)
     corea eval --offline --slm rlcr:math-500:RLCR --llm rlcr:math-500:Base --out runs/rlcr
     corea eval --offline --samples runs/gsm8k/samples.jsonl --out runs/again
+    corea eval --suite rlcr --out runs/suite-rlcr            (a benchmark suite: see eval_suite.py)
 
 Writes samples.jsonl (one row per question), metrics.json, report.md and the plots listed in
 corea_engine/evaluation/report.py.
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 from .cascade_args import add_cascade_args
+from .eval_suite import add_suite_args
 
 
 def register(sub) -> None:
@@ -36,12 +38,17 @@ def register(sub) -> None:
     g.add_argument("--slm-price", type=float, default=1.0, help="SLM price per completion token, when records carry no cost")
     g.add_argument("--llm-price", type=float, default=10.0, help="LLM price per completion token, when records carry no cost")
     add_cascade_args(p)
+    add_suite_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..cli import CommandError
 
+    if args.suite:
+        from .eval_suite import run_suite
+
+        return run_suite(args)
     if args.offline:
         return run_offline(args)
     if args.slm or args.llm or args.samples:
