@@ -3,18 +3,22 @@
 from .executor import (
     ConfidenceEvent,
     ConfidenceReading,
+    Constraint,
     Executor,
     ExecutorError,
     FinishedEvent,
     InvalidRequestError,
+    OutOfRangeError,
     Request,
     RequestStream,
     Result,
     SamplingParams,
     TokenEvent,
+    TokenLogprobs,
 )
 
 __all__ = [
-    "ConfidenceEvent", "ConfidenceReading", "Executor", "ExecutorError", "FinishedEvent",
-    "InvalidRequestError", "Request", "RequestStream", "Result", "SamplingParams", "TokenEvent",
+    "ConfidenceEvent", "ConfidenceReading", "Constraint", "Executor", "ExecutorError", "FinishedEvent",
+    "InvalidRequestError", "OutOfRangeError", "Request", "RequestStream", "Result", "SamplingParams", "TokenEvent",
+    "TokenLogprobs",
 ]

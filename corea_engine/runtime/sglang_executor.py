@@ -291,6 +291,12 @@ class SglangExecutor(Executor):
     # ------------------------------------------------------------------ public interface
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
+        sp = request.sampling
+        if request.input_ids is not None or request.constraint is not None or request.wants_logprobs or sp.stop \
+                or sp.stop_token_ids or sp.top_k != -1:
+            # Engines that speak the SglangScheduler protocol are reached remotely instead.
+            raise InvalidRequestError("the in-process sglang executor takes text, our contract and temperature/top_p "
+                                      "only; serve SGLang with --grpc-mode for token ids, grammars and logprobs")
         seq = self.decoder.new_sequence(request)
         with self._lock:
             if self._closed:
@@ -309,6 +315,10 @@ class SglangExecutor(Executor):
             seq.abort_requested = True
         self._loop.call_soon_threadsafe(self.engine.tokenizer_manager.abort_request, seq.rid)
         return True
+
+    def load(self) -> tuple[int, int]:
+        with self._lock:
+            return sum(not seq.finished for seq in self._seqs.values()), 0  # SGLang queues internally
 
     def close(self) -> None:
         with self._lock:
