@@ -14,6 +14,7 @@ import pytest
 
 from cascade_servers import SMALL, stand_in_llm, worker_running, worker_server
 from corea_engine.cascade import Cascade, CascadeConfig, ConfidenceKnown, Finished, LlmToken, SolveRequest, SolveResult
+from corea_engine.contract import build_messages, get_format
 from corea_engine.escalation.grpc_llm import GrpcLLM
 from corea_engine.runtime.executor import ConfidenceEvent, FinishedEvent, Request, SamplingParams
 from corea_engine.runtime.remote_executor import RemoteExecutor
@@ -80,7 +81,6 @@ def test_confidence_first_deferral_stops_the_remote_slm_early(tiers, gsm8k_quest
 def test_abort_on_the_confidence_reaches_the_worker_within_a_step(tiers, gsm8k_questions):
     """What the cascade does on deferral (Executor.abort at the ConfidenceEvent), checked at the worker."""
     remote_slm, slm_worker = tiers[0], tiers[1]
-    from corea_engine.contract import build_messages
 
     request = Request(messages=build_messages(gsm8k_questions[4], "json_confidence_first"),
                       contract="json_confidence_first")
@@ -102,11 +102,11 @@ def test_abort_on_the_confidence_reaches_the_worker_within_a_step(tiers, gsm8k_q
 @pytest.mark.parametrize("contract", ["json", "tags_confidence_first"])
 def test_the_remote_confidence_reading_equals_the_in_process_one(tiers, slm_executor, gsm8k_questions, contract):
     remote_slm = tiers[0]
-    from corea_engine.contract import build_messages
+    fmt = get_format(contract).bounded(**SMALL)  # short free text: the confidence comes soon
 
     def request():
-        return Request(messages=build_messages(gsm8k_questions[3], contract), contract=contract,
-                       sampling=SamplingParams(temperature=0.0, max_new_tokens=48))
+        return Request(messages=build_messages(gsm8k_questions[3], fmt), contract=fmt,
+                       sampling=SamplingParams(temperature=0.0))
 
     local = slm_executor.generate(request())
     remote = remote_slm.generate(request())

@@ -117,9 +117,9 @@ class RemoteExecutor(Executor):
             self._thread.join(timeout=30)
         self._loop.close()
 
-    @property
-    def running(self) -> int:
-        return sum(not c.finished for c in self._calls.values())
+    def load(self) -> tuple[int, int]:
+        """(requests in flight to the engine, 0): the engine's own queue is its GetLoads."""
+        return sum(not c.finished for c in list(self._calls.values())), 0
 
     # ------------------------------------------------------------------ the calls (loop thread)
     def _scale_ids(self, fmt: Format) -> list[int]:
