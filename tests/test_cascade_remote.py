@@ -49,29 +49,32 @@ def solve(tiers, question: str, **fields) -> tuple[SolveResult, list]:
 
 
 def test_threshold_zero_keeps_the_remote_slm_answer(tiers, gsm8k_questions):
-    llm_executor = tiers[3]
-    llm_prefills = llm_executor.stats.prefills
+    llm_worker = tiers[2].server.worker
+    llm_calls = llm_worker.calls
     r, _ = solve(tiers, gsm8k_questions[0], threshold=0.0)
     assert r.answered_by == "slm" and not r.deferred and not r.degraded, r
     assert r.confidence_expected is not None and r.answer
     assert r.slm_completion_tokens > 0 and r.llm_completion_tokens == 0
-    assert llm_executor.stats.prefills == llm_prefills  # the LLM worker's engine never ran
+    assert llm_worker.calls == llm_calls  # the LLM worker was never called
 
 
 def test_threshold_one_defers_to_the_remote_llm(tiers, gsm8k_questions):
-    llm_executor = tiers[3]
-    llm_prefills = llm_executor.stats.prefills
+    llm_worker = tiers[2].server.worker
+    llm_calls = llm_worker.calls
     r, events = solve(tiers, gsm8k_questions[1], threshold=1.0, confidence_source="sampled")
     assert r.confidence_sampled < 1.0  # the 0.D scale tops out at 0.9
     assert r.deferred and r.answered_by == "llm" and not r.degraded, r
     assert r.llm_completion_tokens > 0 and r.answer and r.llm_model == "stand-in-llm"
-    assert llm_executor.stats.prefills > llm_prefills
+    assert llm_worker.calls == llm_calls + 1
     assert "".join(e.text for e in events if isinstance(e, LlmToken)) == r.text  # detokenized stream
 
 
-def test_confidence_first_deferral_stops_the_remote_slm_early(tiers, gsm8k_questions):
+def test_confidence_first_deferral_aborts_the_remote_slm(tiers, gsm8k_questions):
+    slm_worker = tiers[1].server.worker
+    aborts = slm_worker.aborts
     r, events = solve(tiers, gsm8k_questions[2], threshold=1.0, contract="json_confidence_first")
     assert r.deferred and r.answered_by == "llm" and not r.degraded, r
+    assert slm_worker.aborts == aborts + 1  # the deferral's Abort reached the SLM worker and stopped it
     known = next(e for e in events if isinstance(e, ConfidenceKnown))
     # '{"confidence": 0.D' is 8 SmolLM2 tokens; slm_completion_tokens is the worker's own count.
     assert known.slm_tokens == 8
@@ -81,6 +84,7 @@ def test_confidence_first_deferral_stops_the_remote_slm_early(tiers, gsm8k_quest
 def test_abort_on_the_confidence_reaches_the_worker_within_a_step(tiers, gsm8k_questions):
     """What the cascade does on deferral (Executor.abort at the ConfidenceEvent), checked at the worker."""
     remote_slm, slm_worker = tiers[0], tiers[1]
+    aborts = slm_worker.server.worker.aborts
 
     request = Request(messages=build_messages(gsm8k_questions[4], "json_confidence_first"),
                       contract="json_confidence_first")
@@ -92,7 +96,7 @@ def test_abort_on_the_confidence_reaches_the_worker_within_a_step(tiers, gsm8k_q
         elif isinstance(event, FinishedEvent):
             result = event.result
     # finish_reason "abort" comes from the worker's complete message: its Abort handler stopped it.
-    assert result.finish_reason == "abort", result
+    assert result.finish_reason == "abort" and slm_worker.server.worker.aborts == aborts + 1, result
     position = result.confidence.position
     # The step running when Abort arrived may still emit its token; no more than that and one more.
     assert result.completion_tokens <= position + 1 + 2, result

@@ -71,11 +71,14 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         self.active: set[str] = set()  # request ids of Generate calls in flight
         self.aborted: set[str] = set()  # ... that an Abort call stopped (they complete with "abort")
         self.last_receive = 0.0
+        self.calls = 0  # Generate calls received
+        self.aborts = 0  # requests an Abort call stopped
         self._tokenizer_zip: tuple[bytes, str] | None = None
 
     # ------------------------------------------------------------------ Generate
     async def Generate(self, msg: pb.GenerateRequest, context):
         self.last_receive = time.time()
+        self.calls += 1
         request_id = msg.request_id or f"gen-{uuid.uuid4().hex[:12]}"
         if request_id in self.active:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} is already running")
@@ -160,6 +163,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         if known:
             self.aborted.add(msg.request_id)
             known = self.executor.abort(msg.request_id)
+            self.aborts += known
         return pb.AbortResponse(success=known, message=f"request {msg.request_id} {'aborted' if known else 'not found'}")
 
     async def HealthCheck(self, msg, context):
