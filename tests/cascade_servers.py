@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import grpc
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
@@ -43,11 +44,15 @@ def worker_server(executor: TorchExecutor, port: int = 0) -> ServerThread:
 llm_server = worker_server  # the LLM tier is a worker like any engine
 
 
-def worker_running(server: ServerThread) -> int:
-    """Requests running or waiting in the worker, from its GetLoads."""
+def worker_running(server: ServerThread, settle_s: float = 0.0) -> int:
+    """Requests running or waiting in the worker, from its GetLoads; waits up to settle_s for 0
+    (an abort frees the batch slot at the engine's next step)."""
+    deadline = time.monotonic() + settle_s
     with grpc.insecure_channel(server.address) as channel:
-        loads = pb_grpc.SglangSchedulerStub(channel).GetLoads(pb.GetLoadsRequest(), timeout=30)
-    return loads.aggregate.total_reqs
+        stub = pb_grpc.SglangSchedulerStub(channel)
+        while (total := stub.GetLoads(pb.GetLoadsRequest(), timeout=30).aggregate.total_reqs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return total
 
 
 def corea_server(slm, llm_address: str, *, max_inflight: int = 64, metrics_port=None, **config) -> ServerThread:

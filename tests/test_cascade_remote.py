@@ -18,6 +18,7 @@ from corea_engine.contract import build_messages, get_format
 from corea_engine.escalation.grpc_llm import GrpcLLM
 from corea_engine.runtime.executor import ConfidenceEvent, FinishedEvent, Request, SamplingParams
 from corea_engine.runtime.remote_executor import RemoteExecutor
+from corea_engine.runtime.scheduler_client import SchedulerClient, TokenizerError
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_abort_on_the_confidence_reaches_the_worker_within_a_step(tiers, gsm8k_q
     position = result.confidence.position
     # The step running when Abort arrived may still emit its token; no more than that and one more.
     assert result.completion_tokens <= position + 1 + 2, result
-    assert worker_running(slm_worker) == 0  # the slot is free (GetLoads)
+    assert worker_running(slm_worker, settle_s=10) == 0  # the slot is free (GetLoads)
 
 
 @pytest.mark.parametrize("contract", ["json", "tags_confidence_first"])
@@ -122,3 +123,29 @@ def test_the_remote_confidence_reading_equals_the_in_process_one(tiers, slm_exec
         assert math.isclose(getattr(a, name), getattr(b, name), abs_tol=1e-5), (name, a, b)
     assert all(math.isclose(p, q, abs_tol=1e-5) for p, q in zip(a.probs, b.probs)), (a.probs, b.probs)
     assert 0 < b.mass <= 1 + 1e-6
+
+
+def test_the_tokenizer_comes_from_the_worker_verified_and_cached(tiers, slm_executor, tmp_path, monkeypatch):
+    slm_worker = tiers[1]
+    monkeypatch.setenv("COREA_CACHE", str(tmp_path))
+    messages = build_messages("What is 2 + 3?", "json")
+
+    async def connect():
+        client = SchedulerClient(slm_worker.address)
+        try:
+            await client.connect()
+            return client
+        finally:
+            await client.close()
+
+    client = asyncio.run(connect())
+    data, digest = slm_worker.server.worker._tokenizer_zip
+    assert (tmp_path / "tokenizers" / digest / "tokenizer.json").is_file()
+    assert client.encode(messages) == slm_executor._encode(Request(messages=messages))
+    # A bundle whose bytes do not match the announced digest is refused.
+    slm_worker.server.worker._tokenizer_zip = (data[:-1] + bytes([data[-1] ^ 1]), digest)
+    try:
+        with pytest.raises(TokenizerError, match="corrupt"):
+            asyncio.run(connect())
+    finally:
+        slm_worker.server.worker._tokenizer_zip = (data, digest)

@@ -92,7 +92,7 @@ def test_llm_timeout_is_retried_then_degrades_and_the_llm_request_is_aborted(rig
     impatient = corea_server(slm_executor, f"127.0.0.1:{port}", threshold=1.0, llm_timeout_s=0.05, llm_retries=1,
                              retry_backoff_s=0.01, breaker_failures=5)
     # Connected already (model info and tokenizer in hand, as after a first call): the deadline falls on Generate.
-    impatient.call(impatient.server.corea.cascade.llm.client.connect())
+    impatient.call(impatient.server.corea.cascade.llm.client.connect(30, wait_for_ready=True))
     try:
         with grpc.insecure_channel(impatient.address) as channel:
             r = corea_pb2_grpc.CoreaStub(channel).Solve(corea_pb2.SolveRequest(question=gsm8k_questions[31]), timeout=600)
@@ -103,7 +103,4 @@ def test_llm_timeout_is_retried_then_degrades_and_the_llm_request_is_aborted(rig
     assert "DEADLINE_EXCEEDED" in r.degraded_reason and " of 2)" in r.degraded_reason, r.degraded_reason
     # The worker saw the deadline too and aborted the request: its GetLoads shows the slot free
     # (the abort takes effect at the engine's next step).
-    deadline = time.monotonic() + 30
-    while worker_running(state["llm"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert worker_running(state["llm"]) == 0
+    assert worker_running(state["llm"], settle_s=30) == 0

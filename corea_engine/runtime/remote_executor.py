@@ -63,8 +63,8 @@ class RemoteExecutor(Executor):
     """The model of an engine at `address` (host:port) as an Executor.
 
     tokenizer: a local tokenizer folder, else the engine's (GetTokenizer). tls / token: as for
-    SchedulerClient. Connects at construction and raises ExecutorError, naming the address,
-    when the engine cannot be reached within connect_timeout_s.
+    SchedulerClient. Connects at construction (an engine still starting is waited for) and
+    raises ExecutorError, naming the address, when it cannot be reached within connect_timeout_s.
     """
 
     def __init__(self, address: str, *, tokenizer: str | None = None, tls=None, token: str | None = None,
@@ -77,7 +77,7 @@ class RemoteExecutor(Executor):
         self._thread = threading.Thread(target=self._loop.run_forever, name="corea-remote-executor", daemon=True)
         self._thread.start()
         try:
-            self._run(self.client.connect(connect_timeout_s)).result()
+            self._run(self.client.connect(connect_timeout_s, wait_for_ready=True)).result()
         except (grpc.aio.AioRpcError, TokenizerError) as err:
             self.close()
             detail = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)

@@ -84,15 +84,17 @@ class SchedulerClient:
     def connected(self) -> bool:
         return self.tokenizer is not None
 
-    async def connect(self, timeout_s: float | None = 30.0) -> None:
+    async def connect(self, timeout_s: float | None = 30.0, *, wait_for_ready: bool = False) -> None:
         """Read the model's description and load its tokenizer (once).
 
-        Raises grpc.aio.AioRpcError when the engine does not answer, TokenizerError when its
-        tokenizer cannot be had.
+        wait_for_ready: wait up to timeout_s for an engine that is still starting (or restarting)
+        instead of failing at once. Raises grpc.aio.AioRpcError when the engine does not answer,
+        TokenizerError when its tokenizer cannot be had.
         """
         if self.connected:
             return
-        info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self.metadata)
+        info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self.metadata,
+                                            wait_for_ready=wait_for_ready)
         folder = self.tokenizer_path or await self._fetch_tokenizer(timeout_s)
         from transformers import AutoTokenizer
 
