@@ -92,7 +92,8 @@ class RemoteExecutor(Executor):
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
         fmt = request.format
-        prompt_ids = self.client.encode(request.messages, request.prompt)
+        prompt_ids = (list(request.input_ids) if request.input_ids is not None
+                      else self.client.encode(request.messages, request.prompt))
         call = _Call(request, RequestStream(request.request_id), prompt_ids, fmt,
                      self._scale_ids(fmt) if fmt is not None else [])
         if self._loop.is_closed():
@@ -121,21 +122,25 @@ class RemoteExecutor(Executor):
         """(requests in flight to the engine, 0): the engine's own queue is its GetLoads."""
         return sum(not c.finished for c in list(self._calls.values())), 0
 
-    # ------------------------------------------------------------------ the calls (loop thread)
     def _scale_ids(self, fmt: Format) -> list[int]:
         if fmt.scale not in self._scales:
             self._scales[fmt.scale] = fmt.scale.token_ids(self.client.tokenizer)
         return self._scales[fmt.scale]
 
+    # ------------------------------------------------------------------ the calls (loop thread)
     def _start(self, call: _Call) -> None:
         call.task = self._loop.create_task(self._generate(call))
 
     def _to_proto(self, call: _Call) -> pb.GenerateRequest:
-        sampling = call.request.sampling
-        params = pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                   max_new_tokens=call.request.max_new_tokens)
+        request, sampling = call.request, call.request.sampling
+        params = pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                   max_new_tokens=request.max_new_tokens, stop=sampling.stop,
+                                   stop_token_ids=sampling.stop_token_ids)
         if call.fmt is not None:
             params.ebnf_grammar = call.fmt.ebnf()
+        elif request.constraint is not None:
+            kind = {"ebnf": "ebnf_grammar"}.get(request.constraint.kind, request.constraint.kind)
+            setattr(params, kind, request.constraint.source)
         return pb.GenerateRequest(
             request_id=call.request.request_id,
             tokenized=pb.TokenizedInput(input_ids=call.prompt_ids),
