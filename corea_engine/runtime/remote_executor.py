@@ -14,8 +14,9 @@ log-probabilities under the grammar mask as SGLang does. An answer-first request
 the confidence step (the rest is forced) and its stream is cancelled, which aborts it in the
 engine; `abort()` sends Abort at once and the request ends with the engine's finish_reason.
 
-The gRPC calls run on this executor's own event-loop thread, so streams work from threads and
-from any event loop alike.
+A request submitted inside an event loop (the cascade's) runs its gRPC call on that loop; one
+submitted from a plain thread runs on this executor's own event-loop thread. Either way its stream
+is consumed where it was opened.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class _Call:
     at_confidence: bool = False
     confidence: ConfidenceReading | None = None
     confidence_at: float | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # where its gRPC call runs
     task: asyncio.Task | None = None
+    abort_task: asyncio.Future | None = None
     finished: bool = False
 
 
@@ -81,7 +84,7 @@ class RemoteExecutor(Executor):
         except (grpc.aio.AioRpcError, TokenizerError) as err:
             self.close()
             detail = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
-            raise ExecutorError(f"cannot reach the engine at {address}: {detail}") from None
+            raise ExecutorError(f"cannot reach the engine at {address} within {connect_timeout_s:g} s: {detail}") from None
         self.model_name = self.client.model_name
         self.tokenizer = self.client.tokenizer
 
@@ -99,19 +102,31 @@ class RemoteExecutor(Executor):
         if self._loop.is_closed():
             raise ExecutorError("executor is closed")
         self._calls[request.request_id] = call
-        self._loop.call_soon_threadsafe(self._start, call)
+        try:
+            call.loop = asyncio.get_running_loop()
+            call.task = call.loop.create_task(self._generate(call))  # no thread hop on the caller's loop
+        except RuntimeError:
+            call.loop = self._loop
+            self._loop.call_soon_threadsafe(self._start, call)
         return call.stream
 
     def abort(self, request_id: str) -> bool:
         call = self._calls.get(request_id)
         if call is None or call.finished:
             return False
-        self._run(self._abort(call))
+        if _running_loop() is call.loop:
+            call.abort_task = call.loop.create_task(self._abort(call))
+        else:
+            call.abort_task = asyncio.run_coroutine_threadsafe(self._abort(call), call.loop)
         return True
 
     def close(self) -> None:
+        """Stop every request (they finish with 'abort') and the executor's own loop."""
         if self._loop.is_closed():
             return
+        for call in list(self._calls.values()):  # calls on other loops: cancel there
+            if call.loop is not self._loop and call.task is not None and not call.loop.is_closed():
+                call.loop.call_soon_threadsafe(call.task.cancel)
         if self._thread.is_alive():
             self._run(self._shutdown()).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -247,11 +262,17 @@ class RemoteExecutor(Executor):
             call.task.cancel()
 
     async def _shutdown(self) -> None:
-        tasks = [c.task for c in self._calls.values() if c.task is not None and not c.task.done()]
+        """On the executor's own loop: cancel its calls, close its channel."""
+        tasks = [c.task for c in self._calls.values()
+                 if c.loop is self._loop and c.task is not None and not c.task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for call in list(self._calls.values()):
-            if not call.finished:
-                self._finish(call, "abort", None, None)
         await self.client.close()
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

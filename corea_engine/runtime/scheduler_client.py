@@ -7,8 +7,9 @@ GetTokenizer (a zip whose SHA-256 rides on the last chunk; verified, then unpack
 digest under `<cache>/tokenizers/`). Both remote tiers use this one client:
 escalation.grpc_llm (the LLM) and runtime.remote_executor (an SLM in another process).
 
-Channels belong to the event loop that made them (grpc.aio), so there is one per loop; they
-reconnect within a second (100 ms to 1 s backoff) so a restarted engine is found again quickly.
+Channels belong to the event loop that made them (grpc.aio), so there is one per loop (kept
+while the loop lives); they reconnect within a second (100 ms to 1 s backoff) so a restarted
+engine is found again quickly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import os
 import shutil
 import tempfile
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -65,20 +67,18 @@ class SchedulerClient:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._options = list(channel_options) + (tls.channel_options() if tls else [])
         self._credentials = tls.credentials() if tls else None
-        self._channel: grpc.aio.Channel | None = None
-        self._loop = None
-        self._stub: pb_grpc.SglangSchedulerStub | None = None
+        self._channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> (channel, stub)
 
     @property
     def stub(self) -> pb_grpc.SglangSchedulerStub:
-        """The generated stub on a channel of the running event loop."""
+        """The generated stub on this client's channel of the running event loop."""
         loop = asyncio.get_running_loop()
-        if self._channel is None or self._loop is not loop:
-            self._channel = (grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
-                             if self._credentials else grpc.aio.insecure_channel(self.address, options=self._options))
-            self._loop = loop
-            self._stub = pb_grpc.SglangSchedulerStub(self._channel)
-        return self._stub
+        entry = self._channels.get(loop)
+        if entry is None:
+            channel = (grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
+                       if self._credentials else grpc.aio.insecure_channel(self.address, options=self._options))
+            entry = self._channels[loop] = (channel, pb_grpc.SglangSchedulerStub(channel))
+        return entry[1]
 
     @property
     def connected(self) -> bool:
@@ -138,9 +138,10 @@ class SchedulerClient:
         return reply.success
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        """Close the running loop's channel (each channel can only be closed on its own loop)."""
+        entry = self._channels.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[0].close()
 
 
 def decode_delta(tokenizer, token_ids: list[int], text: str) -> tuple[str, str]:
