@@ -155,6 +155,27 @@ def test_response_format_json_schema_is_enforced(gateway):
     assert set(value) == {"answer", "unit"} and isinstance(value["answer"], int) and value["unit"] in ("apples", "pears")
 
 
+def test_the_cascade_defers_to_the_llm_tier_behind_smg(gateway, slm_executor, monkeypatch):
+    """The cascade's OpenAI escalation client pointed at SMG: threshold 1 defers every question."""
+    import asyncio
+
+    from corea_engine.cascade import Cascade, CascadeConfig, SolveRequest
+    from corea_engine.escalation.factory import make_client
+
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    config = CascadeConfig(llm_openai_base_url=str(gateway["client"].base_url), llm_model=MODEL, threshold=1.0,
+                           max_new_tokens=48)
+    async def solve():
+        cascade = Cascade(slm_executor, make_client(config), config)
+        try:
+            return await cascade.solve(SolveRequest("What is 17 * 23?"))
+        finally:
+            await cascade.close()
+
+    result = asyncio.run(solve())
+    assert result.deferred and result.answered_by == "llm" and not result.degraded, result.degraded_reason
+    assert result.answer and result.llm_completion_tokens > 0
+
 def test_every_request_is_answered_when_a_worker_stops_mid_run(gateway):
     client, (_, (second, port)) = gateway["client"], gateway["workers"]
     questions = [f"What is {i} + 3?" for i in range(10)]
@@ -169,3 +190,4 @@ def test_every_request_is_answered_when_a_worker_stops_mid_run(gateway):
     assert second.poll() is not None
     assert all(a.choices[0].message.content for a in answers)
     assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
+
