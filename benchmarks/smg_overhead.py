@@ -100,9 +100,12 @@ def start_smg(worker_port: int, model_path: Path, log: Path) -> tuple[subprocess
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{base}/workers", timeout=5) as reply:
-                if json.loads(reply.read()).get("workers"):
-                    return proc, base
-        except OSError:
+                workers = json.loads(reply.read()).get("workers")
+            if workers:  # and the tokenizer registered: a one-token answer comes back
+                OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0).chat.completions.create(
+                    model=MODEL, messages=QUESTION, max_tokens=1)
+                return proc, base
+        except Exception:  # not up yet, or 503 while the tokenizer registers
             pass
         if proc.poll() is not None:
             break

@@ -85,6 +85,13 @@ def http_json(url: str):
         return None
 
 
+def answers(client) -> bool:
+    try:
+        return bool(ask(client, "Hi", max_tokens=1).choices)
+    except Exception:  # not ready yet (503 while the tokenizer registers)
+        return False
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smg")
@@ -100,10 +107,11 @@ def gateway(tmp_path_factory):
             stdout=out, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=180)
+        # Ready: both workers registered and the model's tokenizer loaded (a one-token answer comes back).
         wait_for("smg", lambda: len((http_json(f"{base}/workers") or {}).get("workers", [])) == 2
-                 and http_json(f"{base}/v1/models"), router, log)
-        yield {"client": OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=180),
-               "workers": workers, "log": log}
+                 and answers(client), router, log)
+        yield {"client": client, "workers": workers, "log": log}
     finally:
         stop(router)
         for proc, _ in workers:
