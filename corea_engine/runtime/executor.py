@@ -176,6 +176,23 @@ class ConfidenceReading:
     entropy: float
     position: int
 
+    @classmethod
+    def from_logprobs(cls, logprobs, values, sampled: float, position: int) -> "ConfidenceReading":
+        """The reading from the log-probabilities of the scale's tokens (scale order) at the
+        confidence position, as an engine's `token_ids_logprob` returns them: the same
+        quantities the confidence kernel computes from the logits in process."""
+        raw = [math.exp(x) for x in logprobs]
+        mass = sum(raw)
+        probs = [p / mass for p in raw] if mass > 0 else [0.0] * len(raw)
+        return cls(
+            sampled=sampled,
+            expected=sum(q * v for q, v in zip(probs, values)),
+            probs=tuple(probs),
+            mass=mass,
+            entropy=-sum(q * math.log(q) for q in probs if q > 0),
+            position=position,
+        )
+
 
 @dataclass
 class Result:

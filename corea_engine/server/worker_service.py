@@ -35,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
 
 from ..runtime.executor import (
+    DEFAULT_FREE_TEXT_TOKENS,
     MAX_NEW_TOKENS_LIMIT,
     Constraint,
     Executor,
@@ -71,11 +72,14 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         self.active: set[str] = set()  # request ids of Generate calls in flight
         self.aborted: set[str] = set()  # ... that an Abort call stopped (they complete with "abort")
         self.last_receive = 0.0
+        self.calls = 0  # Generate calls received
+        self.aborts = 0  # requests an Abort call stopped
         self._tokenizer_zip: tuple[bytes, str] | None = None
 
     # ------------------------------------------------------------------ Generate
     async def Generate(self, msg: pb.GenerateRequest, context):
         self.last_receive = time.time()
+        self.calls += 1
         request_id = msg.request_id or f"gen-{uuid.uuid4().hex[:12]}"
         if request_id in self.active:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} is already running")
@@ -154,7 +158,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         # proto3 zeros mean "unset" for these (as in the reference servicer): top_p 0 -> 1, top_k 0 -> off.
         sampling = SamplingParams(
             temperature=sp.temperature, top_p=sp.top_p or 1.0, top_k=sp.top_k or -1,
-            max_new_tokens=max_new,
+            max_new_tokens=max_new if max_new is not None else min(DEFAULT_FREE_TEXT_TOKENS, self.max_new_tokens),
             stop=tuple(sp.stop), stop_token_ids=tuple(sp.stop_token_ids))
         return Request(
             input_ids=list(msg.tokenized.input_ids), constraint=constraint, sampling=sampling, request_id=request_id,
@@ -167,6 +171,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         if known:
             self.aborted.add(msg.request_id)
             known = self.executor.abort(msg.request_id)
+            self.aborts += known
         return pb.AbortResponse(success=known, message=f"request {msg.request_id} {'aborted' if known else 'not found'}")
 
     async def HealthCheck(self, msg, context):
