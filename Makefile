@@ -18,11 +18,13 @@ $(VENV)/.installed: setup.py
 	$(PIP) install -q -e '.[dev,train]'
 	touch $@
 
-# What only the tests need: Debian's gRPC C++ (the C++ load client) and SGLang's pure-Python
-# classes (--no-deps: its full install would replace torch with a CUDA build).
+# What only the tests need: Debian's gRPC C++ (the C++ load client), SGLang's pure-Python
+# classes (--no-deps: its full install would replace torch with a CUDA build) and the SMG gateway
+# (a wheel carrying its Rust binary; tests/test_smg_gateway.py puts it in front of `corea worker`).
 $(VENV)/.test-deps: $(VENV)/.installed scripts/install_cpp_deps.sh scripts/install_sglang_cpu.sh
 	scripts/install_cpp_deps.sh
 	scripts/install_sglang_cpu.sh $(PY)
+	$(PIP) install -q smg==1.13.0
 	touch $@
 
 run: setup

@@ -179,6 +179,7 @@ def test_sampling_params_are_honoured(worker, prompt_ids):
     ({"max_new_tokens": 0}, grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens"),
     ({"top_logprobs_num": 500, "return_logprob": True}, grpc.StatusCode.INVALID_ARGUMENT, "top_logprobs_num"),
     ({"n": 2}, grpc.StatusCode.INVALID_ARGUMENT, "n"),
+    ({"frequency_penalty": 0.5}, grpc.StatusCode.INVALID_ARGUMENT, "frequency_penalty"),  # refused, not ignored
 ])
 def test_bad_requests_get_a_status_naming_the_field(worker, prompt_ids, fields, code, named):
     ids = fields.pop("ids", prompt_ids)
@@ -203,8 +204,7 @@ def test_a_request_id_in_flight_is_refused(worker, prompt_ids):
 # ---------------------------------------------------------------------------------------------- abort
 def test_abort_by_request_id_completes_with_abort_and_frees_the_slot(worker, prompt_ids):
     call = worker.Generate(pb.GenerateRequest(request_id="to-abort", tokenized=pb.TokenizedInput(input_ids=prompt_ids),
-                                              stream=True, sampling_params=pb.SamplingParams(max_new_tokens=CAP, ignore_eos=False,
-                                                                                             regex="[a-z ]{60,}")))
+                                              stream=True, sampling_params=pb.SamplingParams(max_new_tokens=CAP, regex="[a-z ]{60,}")))
     first = next(call)
     assert first.chunk.token_ids and loads(worker) == 1
     reply = worker.Abort(pb.AbortRequest(request_id="to-abort"))

@@ -1,7 +1,7 @@
 """`corea demo`: a few GSM8K questions through the cascade over gRPC, printed as a table.
 
-Starts two servers on loopback in this process: the stand-in LLM tier (corea.v1.LLM over the
-embedded default model, sharing the SLM's weights) and the cascade (corea.v1.Corea) that
+Starts two servers on loopback in this process: the stand-in LLM tier (a worker serving
+sglang.grpc.scheduler.SglangScheduler over the embedded default model, sharing the SLM's weights) and the cascade (corea.v1.Corea) that
 escalates to it through the generated gRPC stub; then asks the questions concurrently with
 the gRPC client. The stand-in LLM is the same 135M model: the demo shows the machinery
 (confidence, deferral, tiers, tokens, latency), not a stronger second model.

@@ -46,8 +46,7 @@ def run(args) -> int:
                                max_new_tokens=security.max_new_tokens or MAX_NEW_TOKENS_LIMIT,
                                max_running_requests=args.max_batch_size)
         try:
-            # corea.v1.LLM rides along on the same executor until every client speaks the protocol.
-            server = build_server(worker=worker, llm_executor=executor, port=args.port, host=args.host,
+            server = build_server(worker=worker, port=args.port, host=args.host,
                                   max_inflight=args.max_inflight, security=security)
         except ServerStartError as err:
             raise CommandError(str(err)) from None

@@ -108,6 +108,8 @@ class ChunkDecoder:
 
     def encode(self, request: Request) -> list[int]:
         """Prompt token ids, exactly as the torch executor encodes them."""
+        if request.input_ids is not None:
+            return list(request.input_ids)
         if request.messages is not None:
             ids = self.tokenizer.apply_chat_template(
                 request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -291,12 +293,11 @@ class SglangExecutor(Executor):
     # ------------------------------------------------------------------ public interface
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
-        sp = request.sampling
-        if request.input_ids is not None or request.constraint is not None or request.wants_logprobs or sp.stop \
-                or sp.stop_token_ids or sp.top_k != -1:
-            # Engines that speak the SglangScheduler protocol are reached remotely instead.
-            raise InvalidRequestError("the in-process sglang executor takes text, our contract and temperature/top_p "
-                                      "only; serve SGLang with --grpc-mode for token ids, grammars and logprobs")
+        if request.wants_logprobs:
+            # SGLang serves these itself: run it with --grpc-mode and reach it as a remote tier.
+            raise InvalidRequestError("token_ids_logprob / return_logprob are not served by the in-process sglang "
+                                      "executor; serve SGLang with --grpc-mode for them")
+        request.check_token_ids(len(self.tokenizer))
         seq = self.decoder.new_sequence(request)
         with self._lock:
             if self._closed:

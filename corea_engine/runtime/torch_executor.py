@@ -209,6 +209,10 @@ class TorchExecutor(Executor):
         with self._lock:
             return len(self._rows), len(self._waiting)
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return sorted(self._eos)
+
     # ------------------------------------------------------------------ request preparation
     def _encode(self, request: Request) -> list[int]:
         if request.input_ids is not None:

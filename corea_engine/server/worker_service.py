@@ -35,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
 
 from ..runtime.executor import (
+    DEFAULT_FREE_TEXT_TOKENS,
     MAX_NEW_TOKENS_LIMIT,
     Constraint,
     Executor,
@@ -110,13 +111,14 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed during generation")
         finally:
             self.active.discard(request_id)
+            by_abort_call = request_id in self.aborted
+            self.aborted.discard(request_id)
             if result is None:  # cancelled by the client, or the deadline: free the slot
                 self.executor.abort(request_id)
         if result.finish_reason == "error":
             await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {result.error}")
-        if result.finish_reason == "abort" and request_id not in self.aborted:
+        if result.finish_reason == "abort" and not by_abort_call:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model runtime stopped this request")
-        self.aborted.discard(request_id)
         finish = {"length": "length", "abort": "abort"}.get(result.finish_reason, "stop")
         matched = {}
         if isinstance(result.matched_stop, int):
@@ -130,12 +132,18 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
     def to_request(self, msg: pb.GenerateRequest, request_id: str) -> Request:
         """The Executor request of a GenerateRequest; InvalidRequestError names the bad field."""
         sp = msg.sampling_params
+        # Refused rather than ignored: an answer that silently skipped one would look right and not be.
         unsupported = [name for name, used in (
-            ("mm_inputs", msg.HasField("mm_inputs")), ("input_embeds", bool(msg.input_embeds)),
-            ("lora_id", bool(msg.lora_id)), ("custom_logit_processor", bool(msg.custom_logit_processor)),
+            ("mm_inputs", msg.HasField("mm_inputs") and msg.mm_inputs.ByteSize() > 0),
+            ("input_embeds", bool(msg.input_embeds)), ("lora_id", bool(msg.lora_id)),
+            ("custom_logit_processor", bool(msg.custom_logit_processor)),
             ("return_hidden_states", msg.return_hidden_states), ("sampling_params.n", sp.n > 1),
             ("sampling_params.structural_tag", sp.HasField("structural_tag")),
-            ("sampling_params.logit_bias", bool(sp.logit_bias)),
+            ("sampling_params.logit_bias", bool(sp.logit_bias)), ("sampling_params.min_p", sp.min_p > 0),
+            ("sampling_params.frequency_penalty", sp.frequency_penalty != 0),
+            ("sampling_params.presence_penalty", sp.presence_penalty != 0),
+            ("sampling_params.repetition_penalty", sp.repetition_penalty not in (0, 1)),
+            ("sampling_params.min_new_tokens", sp.min_new_tokens > 0), ("sampling_params.ignore_eos", sp.ignore_eos),
         ) if used]
         if unsupported:
             raise InvalidRequestError(f"{', '.join(unsupported)}: not supported by this worker")
@@ -150,7 +158,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         # proto3 zeros mean "unset" for these (as in the reference servicer): top_p 0 -> 1, top_k 0 -> off.
         sampling = SamplingParams(
             temperature=sp.temperature, top_p=sp.top_p or 1.0, top_k=sp.top_k or -1,
-            max_new_tokens=max_new,
+            max_new_tokens=max_new if max_new is not None else min(DEFAULT_FREE_TEXT_TOKENS, self.max_new_tokens),
             stop=tuple(sp.stop), stop_token_ids=tuple(sp.stop_token_ids))
         return Request(
             input_ids=list(msg.tokenized.input_ids), constraint=constraint, sampling=sampling, request_id=request_id,
@@ -186,7 +194,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
     async def GetModelInfo(self, msg, context):
         tokenizer = self.executor.tokenizer
         config = getattr(getattr(self.executor, "model", None), "config", None)
-        eos = sorted(getattr(self.executor, "_eos", None) or {tokenizer.eos_token_id})
+        eos = getattr(self.executor, "eos_token_ids", None) or [tokenizer.eos_token_id]
         return pb.GetModelInfoResponse(
             model_path=str(self.model_path or self.executor.model_name),
             tokenizer_path=str(self.model_path or ""), is_generation=True,
