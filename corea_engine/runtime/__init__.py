@@ -1,4 +1,5 @@
-"""Runtimes behind one Executor interface: the embedded torch one and the SGLang one."""
+"""Runtimes behind one Executor interface: the embedded torch one, a remote engine over the
+SglangScheduler protocol (remote_executor.py) and the in-process SGLang one."""
 
 from .executor import (
     ConfidenceEvent,
