@@ -19,11 +19,13 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 # What only the tests need: Debian's gRPC C++ (the C++ load client), SGLang's pure-Python
-# classes (--no-deps: its full install would replace torch with a CUDA build) and Node.js with
-# the Node client's packages. A test that skips anyway fails the run (tests/conftest.py).
+# classes (--no-deps: its full install would replace torch with a CUDA build), the SMG gateway
+# (a wheel carrying its Rust binary; tests/test_smg_gateway.py puts it in front of `corea worker`)
+# and Node.js with the Node client's packages. A test that skips anyway fails the run (tests/conftest.py).
 $(VENV)/.test-deps: $(VENV)/.installed scripts/install_cpp_deps.sh scripts/install_sglang_cpu.sh scripts/install_node_deps.sh tests/node/package-lock.json
 	scripts/install_cpp_deps.sh
 	scripts/install_sglang_cpu.sh $(PY)
+	$(PIP) install -q smg==1.13.0
 	scripts/install_node_deps.sh
 	touch $@
 

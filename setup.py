@@ -49,6 +49,8 @@ setup(
         "grpcio-health-checking>=1.66",
         "grpcio-reflection>=1.66",
         "protobuf>=5.27",
+        # The engines' gRPC protocol (SglangScheduler), as SGLang, vLLM and SMG speak it.
+        "smg-grpc-proto>=0.4.28",
         "prometheus-client>=0.20",
         "openai>=1.40",
         "math-verify>=0.7",

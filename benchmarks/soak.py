@@ -1,14 +1,14 @@
 """Soak: many concurrent clients, mixed unary and streaming, for a while, with the LLM tier stopped
 and restarted once in the middle. Nothing may be lost and nothing may pass its deadline.
 
-    python benchmarks/soak.py                                   # 64 clients, 60 s, `corea serve` + `corea serve-llm`
+    python benchmarks/soak.py                                   # 64 clients, 60 s, `corea serve` + `corea worker`
     python benchmarks/soak.py --clients 8 --duration-s 15       # short
     python benchmarks/soak.py --out runs/soak                   # also writes soak.json and soak.md there
 
 Each client has its own channel and sends one request after another until the duration is over,
 alternating Solve and SolveStream; thresholds cycle 0.0 / 0.5 / 1.0 so both tiers are busy (1.0
 always defers). At `--llm-down-at` (a fraction of the duration), once the LLM has answered a
-request (deferral is seen working first), the `corea serve-llm` process gets SIGTERM (a short
+request (deferral is seen working first), the `corea worker` process gets SIGTERM (a short
 drain, then it exits). Once it is down one always-deferring probe request is sent, and the LLM
 starts again on the same port `--llm-down-s` later, not before the probe has its answer: at least
 one request provably lived inside the outage. Deferred requests meanwhile are answered degraded
@@ -375,7 +375,7 @@ class Spawned:
 
 @contextmanager
 def spawned_rig(args, log):
-    """`corea serve-llm` and `corea serve` (reaching it over gRPC) as subprocesses on loopback."""
+    """`corea worker` and `corea serve` (reaching it over gRPC) as subprocesses on loopback."""
     env = dict(os.environ, COREA_THREADS=str(args.threads))
     settings = dict(max_reasoning_chars=args.max_reasoning_chars, max_answer_chars=args.max_answer_chars,
                     llm_retries=1, retry_backoff_s=0.1, breaker_failures=3, breaker_cooldown_s=2.0, llm_timeout_s=60.0)
@@ -385,19 +385,19 @@ def spawned_rig(args, log):
         config.write_text(json.dumps(settings))
         inflight = str(args.clients + 8)
         metrics_port = free_port()
-        llm = Spawned("serve-llm", ["--host", "127.0.0.1", "--max-inflight", inflight, "--grace-s", str(args.llm_grace_s)],
+        llm = Spawned("worker", ["--host", "127.0.0.1", "--max-inflight", inflight, "--grace-s", str(args.llm_grace_s)],
                       env, tmp)
         corea = Spawned("serve", ["--host", "127.0.0.1", "--metrics-port", str(metrics_port), "--max-inflight", inflight,
                                   "--config", str(config)], env, tmp)
         try:
             llm_port = llm.start()
-            log(f"corea serve-llm on port {llm_port} (pid {llm.pid})")
+            log(f"corea worker on port {llm_port} (pid {llm.pid})")
             corea.args += ["--llm-address", f"127.0.0.1:{llm_port}"]
             corea_port = corea.start()
             log(f"corea serve on port {corea_port} (pid {corea.pid})")
             yield SimpleRig(f"127.0.0.1:{corea_port}", stop_llm=llm.stop, start_llm=lambda: llm.start(llm_port),
                             rss=lambda: {"corea serve": rss_mb(corea.pid),
-                                         "corea serve-llm (end: the restarted process)": rss_mb(llm.pid)},
+                                         "corea worker (end: the restarted process)": rss_mb(llm.pid)},
                             server_results=lambda: server_results(f"http://127.0.0.1:{metrics_port}/metrics"))
         finally:
             for server in (corea, llm):

@@ -20,8 +20,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent / "protos"  # present in a source checkout only
 OUTPUT_DIR = PACKAGE_DIR / "_proto"
-PROTO_FILES = ("corea/v1/corea.proto", "corea/v1/llm.proto")
-MODULES = ("corea_pb2", "corea_pb2_grpc", "llm_pb2", "llm_pb2_grpc")
+PROTO_FILES = ("corea/v1/corea.proto",)
+MODULES = ("corea_pb2", "corea_pb2_grpc")
 
 
 class ProtoCompileError(RuntimeError):

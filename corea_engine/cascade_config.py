@@ -44,8 +44,10 @@ class CascadeConfig:
     slm_completion_price: float = 0.00004
     llm_prompt_price: float = 0.0025
     llm_completion_price: float = 0.01
-    # Escalation: where the LLM is (address: corea.v1.LLM over gRPC; base_url: OpenAI-compatible)
+    # Escalation: where the LLM is (address: an engine speaking sglang.grpc.scheduler.SglangScheduler;
+    # base_url: OpenAI-compatible). llm_tokenizer: a local folder instead of the engine's GetTokenizer.
     llm_address: str | None = None
+    llm_tokenizer: str | None = None
     llm_openai_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"
@@ -85,6 +87,8 @@ class CascadeConfig:
             raise ConfigError("llm_tls_cert_file and llm_tls_key_file go together (a client certificate for mTLS)")
         if self.llm_address and self.llm_openai_base_url:
             raise ConfigError("give llm_address or llm_openai_base_url, not both")
+        if self.llm_tokenizer and not Path(self.llm_tokenizer).is_dir():
+            raise ConfigError(f"llm_tokenizer {self.llm_tokenizer} is not a folder")
         return self
 
     def tier_costs(self, slm_prompt: int, slm_completion: int, llm_prompt: int, llm_completion: int) -> tuple[float, float]:

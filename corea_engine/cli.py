@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["solve", "demo", "bench", "train", "serve", "serve_llm", "eval", "calibrate"]
+COMMANDS = ["solve", "demo", "bench", "train", "serve", "worker", "serve_llm", "eval", "calibrate"]
 
 
 class CommandError(Exception):

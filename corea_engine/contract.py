@@ -333,3 +333,17 @@ class GrammarCache:
         import xgrammar as xgr
 
         return xgr.GrammarMatcher(self.compiled(fmt))
+
+    def grammar_matcher(self, kind: str, source: str):
+        """A matcher for a caller's grammar: kind "ebnf", "json_schema" or "regex" (xgrammar caches
+        compiled grammars itself, bounded). ValueError names the kind when it does not compile."""
+        import xgrammar as xgr
+
+        compile_ = {"ebnf": self._compiler.compile_grammar, "json_schema": self._compiler.compile_json_schema,
+                    "regex": self._compiler.compile_regex}[kind]
+        try:
+            return xgr.GrammarMatcher(compile_(source))
+        except Exception as err:  # xgrammar raises RuntimeError/ValueError with the parser's message
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            message = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", message)  # xgrammar's "[time] file.cc:line: "
+            raise ValueError(f"{kind} does not compile: {message[:300]}") from None

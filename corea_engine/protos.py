@@ -14,7 +14,7 @@ from . import _protogen
 _protogen.ensure_generated()
 
 try:
-    from ._proto import corea_pb2, corea_pb2_grpc, llm_pb2, llm_pb2_grpc
+    from ._proto import corea_pb2, corea_pb2_grpc
 except Exception as err:  # a version check in generated code; ImportError when a module is missing
     import importlib
     import sys
@@ -27,6 +27,6 @@ except Exception as err:  # a version check in generated code; ImportError when 
         if name.startswith(f"{__package__}._proto"):
             del sys.modules[name]
     importlib.invalidate_caches()
-    from ._proto import corea_pb2, corea_pb2_grpc, llm_pb2, llm_pb2_grpc
+    from ._proto import corea_pb2, corea_pb2_grpc
 
-__all__ = ["corea_pb2", "corea_pb2_grpc", "llm_pb2", "llm_pb2_grpc"]
+__all__ = ["corea_pb2", "corea_pb2_grpc"]

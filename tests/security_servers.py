@@ -7,9 +7,12 @@ import grpc
 from cascade_servers import SMALL
 from corea_engine.cascade import Cascade, CascadeConfig
 from corea_engine.escalation.factory import make_client
+from corea_engine.models import resolve_model
+from corea_engine.runtime.executor import MAX_NEW_TOKENS_LIMIT
 from corea_engine.server.app import build_server
 from corea_engine.server.background import ServerThread
 from corea_engine.server.security import ServerSecurity
+from corea_engine.server.worker_service import WorkerService
 
 # slm_only with small bounds: each answer is a few dozen tokens, and no LLM is needed.
 SLM_ONLY = dict(SMALL, mode="slm_only")
@@ -25,8 +28,10 @@ def secured_corea(slm, security: ServerSecurity | None = None, *, max_inflight: 
 
 
 def secured_llm(executor, security: ServerSecurity | None = None, port: int = 0) -> ServerThread:
-    """`corea serve-llm` in a thread."""
-    return ServerThread(lambda: build_server(llm_executor=executor, port=port, host="127.0.0.1",
+    """`corea worker` in a thread (the LLM tier)."""
+    cap = security.max_new_tokens if security is not None and security.max_new_tokens else MAX_NEW_TOKENS_LIMIT
+    worker = WorkerService(executor, model_path=resolve_model(None).path, max_new_tokens=cap)
+    return ServerThread(lambda: build_server(worker=worker, port=port, host="127.0.0.1",
                                              security=security)).start()
 
 

@@ -104,9 +104,9 @@ def test_result_round_trips_through_the_proto():
 
 def test_protos_generate_into_a_fresh_folder(tmp_path):
     written = _protogen.generate(out_dir=tmp_path)
-    assert {p.name for p in written} >= {"corea_pb2.py", "corea_pb2_grpc.py", "llm_pb2.py", "llm_pb2_grpc.py"}
+    assert {p.name for p in written} >= {"corea_pb2.py", "corea_pb2_grpc.py"}
     grpc_module = (tmp_path / "corea_pb2_grpc.py").read_text()
     assert "from . import corea_pb2" in grpc_module and "from corea.v1" not in grpc_module
     assert not _protogen.is_stale(out_dir=tmp_path)
-    (tmp_path / "llm_pb2.py").unlink()
+    (tmp_path / "corea_pb2.py").unlink()
     assert _protogen.is_stale(out_dir=tmp_path)

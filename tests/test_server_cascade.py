@@ -36,7 +36,7 @@ def servers(slm_executor):
 
 
 def llm_calls(llm) -> int:
-    return llm.server.llm.calls
+    return llm.server.worker.calls
 
 
 def solve_all(stub, questions, **fields):

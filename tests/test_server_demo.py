@@ -14,7 +14,7 @@ def test_corea_demo_answers_through_the_cascade_over_grpc():
                          capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GSM8K through the cascade over gRPC" in out.stdout
-    assert "answered by" in out.stdout and "SLM: smollm2-135m; LLM: smollm2-135m (stand-in LLM) over gRPC (corea.v1.LLM)" in out.stdout
+    assert "answered by" in out.stdout and "SLM: smollm2-135m; LLM: smollm2-135m (stand-in LLM) over gRPC (sglang.grpc.scheduler.SglangScheduler)" in out.stdout
     assert "2 questions in" in out.stdout
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from corea_engine.protos import corea_pb2, corea_pb2_grpc, llm_pb2, llm_pb2_grpc
+from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
+
+from corea_engine.protos import corea_pb2, corea_pb2_grpc
 from corea_engine.server.auth import TokenTable, peer_host
 from corea_engine.server.security import ServerSecurity
 from security_servers import bearer, secured_corea, secured_llm
@@ -86,18 +88,24 @@ def test_per_client_concurrency_is_counted_per_token_identity(limited):
     assert security.limits.inflight["token:a"] == 0
 
 
-def test_llm_service_applies_the_same_cap(slm_executor):
+def test_the_worker_applies_the_same_cap(slm_executor):
     from cascade_servers import stand_in_llm
 
     executor = stand_in_llm(slm_executor)
+    ids = slm_executor.tokenizer.encode("Hello")
+
+    def generate(**sampling):
+        return list(stub.Generate(pb.GenerateRequest(tokenized=pb.TokenizedInput(input_ids=ids),
+                                                     sampling_params=pb.SamplingParams(**sampling)), timeout=300))
+
     with secured_llm(executor, ServerSecurity(max_new_tokens=8)) as server:
         with grpc.insecure_channel(server.address) as channel:
-            stub = llm_pb2_grpc.LLMStub(channel)
-            err = refused(lambda: stub.Generate(llm_pb2.GenerateRequest(prompt="Hello", max_new_tokens=9), timeout=30))
-            assert err.code() == grpc.StatusCode.OUT_OF_RANGE
-            assert server.server.llm.calls == 0
-            r = stub.Generate(llm_pb2.GenerateRequest(prompt="Hello", max_new_tokens=8), timeout=300)
-            assert 0 < r.completion_tokens <= 8
+            stub = pb_grpc.SglangSchedulerStub(channel)
+            err = refused(lambda: generate(max_new_tokens=9))
+            assert err.code() == grpc.StatusCode.OUT_OF_RANGE and "max_new_tokens" in err.details()
+            assert executor.stats.prefills == 0  # refused before any model work
+            assert 0 < generate(max_new_tokens=8)[-1].complete.completion_tokens <= 8
+            assert 0 < generate()[-1].complete.completion_tokens <= 8  # unset: the cap bounds the default too
     executor.close()
 
 

@@ -104,7 +104,7 @@ def authed(slm_executor, certs):
 
 def model_work(slm, llm_server, llm_executor) -> tuple[int, int, int]:
     """(SLM prefills, LLM calls received, LLM prefills): any model work moves one of them."""
-    return slm.stats.prefills, llm_server.server.llm.calls, llm_executor.stats.prefills
+    return slm.stats.prefills, llm_server.server.worker.calls, llm_executor.stats.prefills
 
 
 @pytest.mark.parametrize("metadata", [None, bearer("wrong"), bearer(""), (("authorization", "s3cret-alpha"),),
@@ -137,14 +137,16 @@ def test_without_a_valid_token_every_method_is_unauthenticated_and_no_model_runs
 
 
 def test_the_llm_server_refuses_a_caller_without_its_token(authed, certs, slm_executor):
-    from corea_engine.protos import llm_pb2, llm_pb2_grpc
+    from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
 
     _, llm, llm_executor, _ = authed
     before = model_work(slm_executor, llm, llm_executor)
+    request = pb.GenerateRequest(tokenized=pb.TokenizedInput(input_ids=[1, 2, 3]),
+                                 sampling_params=pb.SamplingParams(max_new_tokens=4))
     with tls_channel(llm.address, certs.ca) as channel:
         with pytest.raises(grpc.RpcError) as err:
-            llm_pb2_grpc.LLMStub(channel).Generate(llm_pb2.GenerateRequest(prompt="Hi", max_new_tokens=4),
-                                                   timeout=30, metadata=bearer("s3cret-alpha"))  # a cascade token, not the LLM's
+            list(pb_grpc.SglangSchedulerStub(channel).Generate(
+                request, timeout=30, metadata=bearer("s3cret-alpha")))  # a cascade token, not the LLM's
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert model_work(slm_executor, llm, llm_executor) == before
 
@@ -152,11 +154,11 @@ def test_the_llm_server_refuses_a_caller_without_its_token(authed, certs, slm_ex
 def test_a_valid_token_reaches_the_cascade_which_reaches_the_llm_over_tls_with_its_token(authed, slm_executor):
     corea, llm, llm_executor, channel = authed
     stub = corea_pb2_grpc.CoreaStub(channel)
-    calls = llm.server.llm.calls
+    calls = llm.server.worker.calls
     r = stub.Solve(corea_pb2.SolveRequest(question="What is 7 + 5?", threshold=1.0), timeout=600,
                    metadata=bearer("s3cret-beta"))
     assert r.deferred and r.answered_by == corea_pb2.TIER_LLM and not r.degraded, r
-    assert llm.server.llm.calls == calls + 1
+    assert llm.server.worker.calls == calls + 1
 
 
 def test_a_wrong_llm_token_degrades_with_the_reason_and_the_llm_runs_nothing(slm_executor, authed, certs, tmp_path):

@@ -98,3 +98,17 @@ def test_request_ids_are_prefix_free():
     ids = [sglang_rid() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     assert len({len(i) for i in ids}) == 1  # equal lengths: no id is a proper prefix of another
+
+
+@pytest.mark.parametrize("kind,source,field", [("json_schema", '{"type": "integer"}', "json_schema"),
+                                               ("regex", "[0-9]+", "regex"), ("ebnf", 'root ::= "yes" | "no"', "ebnf")])
+def test_token_ids_constraints_and_stops_pass_sglang_checks(slm_executor, kind, source, field):
+    from corea_engine.runtime.executor import Constraint
+
+    request = Request(input_ids=[1, 2, 3], constraint=Constraint(kind, source),
+                      sampling=SamplingParams(temperature=0.5, top_k=5, stop=("\n\n",), stop_token_ids=(2,), max_new_tokens=9))
+    params = sglang_sampling_params(build_sampling_params(request), slm_executor.tokenizer, slm_executor.vocab_size)
+    assert getattr(params, field) == source and params.top_k == 5 and params.max_new_tokens == 9
+    assert params.stop_strs == ["\n\n"] and 2 in params.stop_token_ids
+    decoder = ChunkDecoder(slm_executor.tokenizer)
+    assert decoder.generate_kwargs(decoder.new_sequence(request))["input_ids"] == [1, 2, 3]

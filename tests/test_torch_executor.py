@@ -222,7 +222,7 @@ def test_sampling_is_reproducible_with_a_seed(slm_executor, gsm8k_questions):
         (lambda: Request(messages=build_messages("hi"), sampling=SamplingParams(max_new_tokens=0)), "max_new_tokens"),
         (lambda: Request(messages=build_messages("hi"), sampling=SamplingParams(top_p=0.0)), "top_p"),
         (lambda: Request(messages=build_messages("hi"), sampling=SamplingParams(temperature=float("nan"))), "temperature"),
-        (lambda: Request(), "exactly one of messages or prompt"),
+        (lambda: Request(), "exactly one of messages, prompt or input_ids"),
     ],
 )
 def test_bad_requests_are_refused_and_the_batch_goes_on(slm_executor, gsm8k_questions, make, message):

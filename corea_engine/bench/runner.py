@@ -26,7 +26,7 @@ class BenchSetup:
     question_source: str = "gsm8k"
     address: str = "127.0.0.1:50051"
     spawn: bool = False
-    spawn_llm_server: bool = False  # spawn `corea serve-llm` too, reached over gRPC
+    spawn_llm_server: bool = False  # spawn `corea worker` too, reached over gRPC
     cpp: bool = False
     cpp_build_dir: str | None = None
     model: str | None = None

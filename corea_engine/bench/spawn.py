@@ -2,7 +2,7 @@
 
 By default one `corea serve` whose LLM tier runs in the same process (the embedded stand-in
 sharing the SLM's weights): the grpc target then differs from the in-process cascade by the
-gRPC layer alone. With `separate_llm`, a `corea serve-llm` process is the LLM tier and
+gRPC layer alone. With `separate_llm`, a `corea worker` process is the LLM tier and
 `corea serve` reaches it over gRPC: the production topology.
 Each server binds port 0 and prints the port it got; nothing else on the machine is assumed free.
 """
@@ -40,7 +40,7 @@ def spawn_servers(setup, progress=print, *, separate_llm: bool = False, timeout_
     with tempfile.TemporaryDirectory(prefix="corea-spawn-") as logs, contextlib.ExitStack() as stack:
         if separate_llm:
             llm_model = ["--model", setup.llm_model] if setup.llm_model else []
-            llm_port = stack.enter_context(_server("serve-llm", ["--host", "127.0.0.1", "--port", "0",
+            llm_port = stack.enter_context(_server("worker", ["--host", "127.0.0.1", "--port", "0",
                                                                  "--max-inflight", inflight, "--max-batch-size",
                                                                  str(setup.max_batch_size), *llm_model],
                                                    env, Path(logs), progress, timeout_s))

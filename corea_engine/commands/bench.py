@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--address", default="127.0.0.1:50051", help="a running `corea serve` (grpc target)")
     p.add_argument("--spawn", action="store_true", help="start `corea serve` on loopback for the grpc target (and stop it afterwards)")
     p.add_argument("--spawn-llm-server", action="store_true",
-                   help="with --spawn: the LLM tier is a separate `corea serve-llm` process (default: in the serve process)")
+                   help="with --spawn: the LLM tier is a separate `corea worker` process (default: in the serve process)")
     p.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="comma-separated levels")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--requests", type=int, default=None, help="requests per level, at least one per worker (default 32)")
@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="per-request deadline, seconds")
     p.add_argument("--cpp", action="store_true", help="also run the C++ client (cmake build) against the grpc target")
     p.add_argument("--cpp-build-dir", default=None, help="CMake build folder for the C++ client (default build/cpp)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="batch size of the in-process executors and a spawned serve-llm (corea serve uses its own default)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="batch size of the in-process executors and a spawned worker (corea serve uses its own default)")
     p.add_argument("--out", default="runs/bench", help="folder for the JSON, markdown and plot")
     p.add_argument("--stem", default="bench", help="file name stem of the outputs")
     add_model_args(p)

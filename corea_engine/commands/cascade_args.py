@@ -13,11 +13,20 @@ def add_cascade_args(p) -> None:
     p.add_argument("--contract", default=None, help="json, tags, json_confidence_first, tags_confidence_first")
     p.add_argument("--max-new-tokens", type=int, default=None)
     g = p.add_argument_group("LLM tier (one of)")
-    g.add_argument("--llm-address", default=None, help="host:port of a corea.v1.LLM server (`corea serve-llm`)")
+    g.add_argument("--llm-address", default=None,
+                   help="host:port of an engine speaking the SglangScheduler gRPC protocol (`corea worker`, "
+                        "`sglang serve --grpc-mode`, `vllm serve --grpc`)")
+    g.add_argument("--llm-tokenizer", default=None,
+                   help="with --llm-address: the LLM's tokenizer folder (default: fetched with GetTokenizer)")
     g.add_argument("--llm-openai-base-url", default=None, help="an OpenAI-compatible endpoint (key from $OPENAI_API_KEY)")
     g.add_argument("--llm-model", default=None,
                    help="with --llm-openai-base-url: the endpoint's model name; alone: a model run in this "
                         "process as the LLM tier (the embedded default makes it a stand-in)")
+    g = p.add_argument_group("SLM tier in another process (instead of --model)")
+    g.add_argument("--slm-address", default=None,
+                   help="host:port of an engine speaking the SglangScheduler gRPC protocol that runs the SLM")
+    g.add_argument("--slm-tokenizer", default=None,
+                   help="with --slm-address: the SLM's tokenizer folder (default: fetched with GetTokenizer)")
     add_model_args(p)
 
 
@@ -29,7 +38,8 @@ def load_config(args):
         config = CascadeConfig.load(args.config)
         changes = dict(threshold=args.threshold, mode=args.mode, confidence_source=args.confidence_source,
                        contract=args.contract, max_new_tokens=args.max_new_tokens,
-                       llm_address=args.llm_address, llm_openai_base_url=args.llm_openai_base_url)
+                       llm_address=args.llm_address, llm_tokenizer=args.llm_tokenizer,
+                       llm_openai_base_url=args.llm_openai_base_url)
         if args.llm_openai_base_url:
             changes["llm_model"] = args.llm_model
         return config.replace(**changes)
@@ -50,7 +60,19 @@ def build_cascade(args, config=None):
     if config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url or local_llm):
         raise CommandError("the cascade needs an LLM tier: --llm-address, --llm-openai-base-url with --llm-model, "
                            "--llm-model for an in-process one, or --mode slm_only")
-    slm = make_executor(args, threads=default_threads())  # --backend torch|sglang
+    if args.slm_address:
+        from ..runtime.executor import ExecutorError
+        from ..runtime.remote_executor import RemoteExecutor
+
+        if local_llm:
+            raise CommandError("--llm-model runs the LLM in this process beside a local SLM; "
+                               "with --slm-address give --llm-address or --llm-openai-base-url")
+        try:
+            slm = RemoteExecutor(args.slm_address, tokenizer=args.slm_tokenizer)
+        except ExecutorError as err:
+            raise CommandError(str(err)) from None
+    else:
+        slm = make_executor(args, threads=default_threads())  # --backend torch|sglang
     executors = [slm]
     llm = make_client(config)
     if llm is None and local_llm:

@@ -1,7 +1,7 @@
 """`corea demo`: a few GSM8K questions through the cascade over gRPC, printed as a table.
 
-Starts two servers on loopback in this process: the stand-in LLM tier (corea.v1.LLM over the
-embedded default model, sharing the SLM's weights) and the cascade (corea.v1.Corea) that
+Starts two servers on loopback in this process: the stand-in LLM tier (a worker serving
+sglang.grpc.scheduler.SglangScheduler over the embedded default model, sharing the SLM's weights) and the cascade (corea.v1.Corea) that
 escalates to it through the generated gRPC stub; then asks the questions concurrently with
 the gRPC client. The stand-in LLM is the same 135M model: the demo shows the machinery
 (confidence, deferral, tiers, tokens, latency), not a stronger second model.
@@ -37,7 +37,9 @@ def run(args) -> int:
     from ..evaluation.datasets import load_gsm8k
     from ..runtime.torch_executor import TorchExecutor
     from ..server.app import build_server
+    from ..models import resolve_model
     from ..server.background import ServerThread
+    from ..server.worker_service import WorkerService
 
     try:
         config = CascadeConfig(threshold=args.threshold, contract=args.contract, max_reasoning_chars=args.max_reasoning_chars).validate()
@@ -51,13 +53,14 @@ def run(args) -> int:
         llm.model_name = f"{slm.model_name} (stand-in LLM)"
     servers = []
     try:
-        llm_server = ServerThread(lambda: build_server(llm_executor=llm, host="127.0.0.1")).start()
+        worker = WorkerService(llm, model_path=resolve_model(args.model).path)  # GetTokenizer sends its files
+        llm_server = ServerThread(lambda: build_server(worker=worker, host="127.0.0.1")).start()
         servers.append(llm_server)
         cascade = Cascade(slm, GrpcLLM(llm_server.address), config)
         corea_server = ServerThread(lambda: build_server(cascade, host="127.0.0.1")).start()
         servers.append(corea_server)
         with console.status(f"{len(examples)} questions -> corea.v1.Corea on {corea_server.address} "
-                            f"(LLM tier: corea.v1.LLM on {llm_server.address})"):
+                            f"(LLM tier: corea worker on {llm_server.address})"):
             t0 = time.perf_counter()
             with CoreaClient(corea_server.address) as client, ThreadPoolExecutor(len(examples) or 1) as pool:
                 results = list(pool.map(lambda e: client.solve(SolveRequest(e.question)), examples))
@@ -79,7 +82,7 @@ def run(args) -> int:
         table.add_row(example.question[:60], r.answer or "-", example.answer, conf, tier,
                       f"{r.slm_completion_tokens}/{r.llm_completion_tokens}", f"{r.latency_ms / 1000:.1f}s")
     console.print(table)
-    console.print(f"SLM: {slm.model_name}; LLM: {llm.model_name} over gRPC (corea.v1.LLM)")
+    console.print(f"SLM: {slm.model_name}; LLM: {llm.model_name} over gRPC (sglang.grpc.scheduler.SglangScheduler)")
     deferred = sum(r.deferred for r in results)
     cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
     console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "

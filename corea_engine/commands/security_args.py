@@ -1,4 +1,4 @@
-"""Flags shared by `corea serve` and `corea serve-llm`: TLS, bearer tokens, request limits.
+"""Flags shared by `corea serve` and `corea worker`: TLS, bearer tokens, request limits.
 
 Each flag's default comes from an environment variable (named in --help) so that a container
 can be configured without a command line; tokens may also come from $COREA_AUTH_TOKENS.

@@ -1,6 +1,6 @@
 """Escalation clients: how the cascade reaches its LLM tier.
 
-* grpc_llm.GrpcLLM   - the generated corea.v1.LLM stub (`corea serve-llm`, or any server of it)
+* grpc_llm.GrpcLLM   - any engine over sglang.grpc.scheduler.SglangScheduler (`corea worker`, SGLang, vLLM)
 * openai_llm.OpenAILLM - any OpenAI-compatible endpoint through the openai SDK
 * local_llm.ExecutorLLM - an Executor in this process (a stand-in, no network)
 

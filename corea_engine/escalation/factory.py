@@ -7,12 +7,12 @@ from .base import EscalationClient
 
 
 def make_client(config: CascadeConfig) -> EscalationClient | None:
-    """corea.v1.LLM at llm_address, or an OpenAI-compatible endpoint; None when neither is set."""
+    """The engine at llm_address (SglangScheduler protocol), or an OpenAI-compatible endpoint; None when neither is set."""
     if config.llm_address:
         from .grpc_llm import GrpcLLM
         from .grpc_security import llm_channel_security
 
-        return GrpcLLM(config.llm_address, **llm_channel_security(config))
+        return GrpcLLM(config.llm_address, tokenizer=config.llm_tokenizer, **llm_channel_security(config))
     if config.llm_openai_base_url:
         if not config.llm_model:
             raise ConfigError("llm_openai_base_url needs llm_model (the endpoint's model name)")

@@ -1,90 +1,91 @@
-"""The LLM tier over gRPC: the generated corea.v1.LLM stub on a grpc.aio channel.
+"""The LLM tier over the engines' gRPC protocol (sglang.grpc.scheduler.SglangScheduler).
 
-Deadlines: each call carries the cascade's remaining time as the gRPC deadline and as
-deadline_ms. The channel reconnects quickly (100 ms to 1 s backoff) so a restarted LLM server
-is found again within a second rather than gRPC's default of up to two minutes.
+Any engine that speaks it is a tier: `corea worker`, SGLang `--grpc-mode`, vLLM `serve --grpc`.
+The messages go through the tier's chat template (its tokenizer: runtime.scheduler_client), the
+contract's grammar travels as `ebnf_grammar`, and the streamed token ids are detokenized here.
+
+Deadlines: each call carries the cascade's remaining time as the gRPC deadline; a call that
+ends early (the client left, a deadline) is cancelled, which aborts it in the engine. The
+tokenizer is fetched on the first call, so the cascade starts (and answers degraded) while the
+LLM is down; a fetch that fails is retried like any unavailable call.
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
+import uuid
 from typing import AsyncIterator
 
 import grpc
 
-from ..protos import llm_pb2, llm_pb2_grpc
+from ..runtime.scheduler_client import CHANNEL_OPTIONS, REQUEST_ERRORS, SchedulerClient, TokenizerError, decode_delta, pb
 from .base import Completion, EscalationClient, GenerationParams, LLMRequestError, LLMUnavailableError
-
-# Codes that mean "this request is wrong": retrying cannot help and the LLM is not unhealthy.
-_REQUEST_ERRORS = {
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-}
-
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
 
 
 class GrpcLLM(EscalationClient):
-    def __init__(self, address: str, *, channel_options=CHANNEL_OPTIONS, tls=None, token: str | None = None):
+    """address: host:port of the engine; tokenizer: a local folder instead of GetTokenizer;
+    tls (server.tls.ClientTLS) and token as in escalation.grpc_security."""
+
+    def __init__(self, address: str, *, tokenizer: str | None = None, channel_options=CHANNEL_OPTIONS, tls=None,
+                 token: str | None = None):
+        self.client = SchedulerClient(address, tokenizer=tokenizer, tls=tls, token=token,
+                                      channel_options=channel_options)
         self.address = address
-        self.model_name = address  # replaced by the model the server reports
-        self._options = list(channel_options) + (tls.channel_options() if tls else [])
-        self._credentials = tls.credentials() if tls else None  # tls: server.tls.ClientTLS
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._channel: grpc.aio.Channel | None = None
-        self._loop = None
+        self.model_name = address  # replaced by the model the engine reports
 
-    def _stub(self) -> llm_pb2_grpc.LLMStub:
-        # An aio channel belongs to the event loop it was made in.
-        loop = asyncio.get_running_loop()
-        if self._channel is None or self._loop is not loop:
-            self._channel = (grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
-                             if self._credentials else grpc.aio.insecure_channel(self.address, options=self._options))
-            self._loop = loop
-            self._stub_obj = llm_pb2_grpc.LLMStub(self._channel)
-        return self._stub_obj
-
-    @staticmethod
-    def to_request(messages: list[dict], params: GenerationParams) -> llm_pb2.GenerateRequest:
+    def to_request(self, messages: list[dict], params: GenerationParams) -> pb.GenerateRequest:
         fmt = params.contract
-        return llm_pb2.GenerateRequest(
-            messages=[llm_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
-            max_new_tokens=params.max_new_tokens or 0,
-            temperature=params.temperature,
-            request_id=params.request_id,
-            contract=fmt.name if fmt is not None else "",
-            max_reasoning_chars=fmt.max_reasoning_chars if fmt is not None else 0,
-            max_answer_chars=fmt.max_answer_chars if fmt is not None else 0,
-            deadline_ms=int(params.timeout_s * 1000) if params.timeout_s else 0,
+        max_new = params.max_new_tokens or (fmt.max_tokens if fmt is not None else None)
+        sampling = pb.SamplingParams(temperature=params.temperature, max_new_tokens=max_new)
+        if fmt is not None:
+            sampling.ebnf_grammar = fmt.ebnf()
+        return pb.GenerateRequest(
+            request_id=params.request_id or f"llm-{uuid.uuid4().hex[:12]}",
+            tokenized=pb.TokenizedInput(input_ids=self.client.encode(messages)),
+            sampling_params=sampling,
+            stream=True,
+            logprob_start_len=-1,
         )
 
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[str | Completion]:
-        call = self._stub().GenerateStream(self.to_request(messages, params), timeout=params.timeout_s, metadata=self._metadata)
+        started = time.perf_counter()
+        call = None
         done = False
         try:
-            async for chunk in call:
-                if chunk.WhichOneof("chunk") == "result":
-                    r = chunk.result
-                    done = True
-                    if r.model:
-                        self.model_name = r.model
-                    yield Completion(r.text, r.prompt_tokens, r.completion_tokens, r.model, r.finish_reason, r.latency_ms / 1000)
-                elif chunk.text:
-                    yield chunk.text
+            await self.client.connect(params.timeout_s)
+            self.model_name = self.client.model_name
+            request = self.to_request(messages, params)
+            remaining = None if params.timeout_s is None else max(params.timeout_s - (time.perf_counter() - started), 0.001)
+            call = self.client.stub.Generate(request, timeout=remaining, metadata=self.client.metadata)
+            tokens: list[int] = []
+            text = ""
+            async for response in call:
+                if response.WhichOneof("response") == "chunk":
+                    new = [t for t in response.chunk.token_ids if t not in self.client.eos_token_ids]
+                    if new:
+                        tokens += new
+                        delta, text = decode_delta(self.client.tokenizer, tokens, text)
+                        if delta:
+                            yield delta
+                    continue
+                complete = response.complete
+                done = True
+                if complete.finish_reason == "abort":
+                    raise LLMUnavailableError(f"LLM at {self.address} aborted the request")
+                yield Completion(text, complete.prompt_tokens or len(request.tokenized.input_ids),
+                                 complete.completion_tokens or len(tokens), self.model_name,
+                                 complete.finish_reason or "stop", time.perf_counter() - started)
+                return
         except grpc.aio.AioRpcError as err:
             message = f"LLM at {self.address}: {err.code().name}: {err.details()}"
-            if err.code() in _REQUEST_ERRORS:
+            if err.code() in REQUEST_ERRORS:
                 raise LLMRequestError(message) from None
             raise LLMUnavailableError(message) from None
+        except TokenizerError as err:
+            raise LLMUnavailableError(str(err)) from None
         finally:
-            if not done:
-                call.cancel()
+            if call is not None and not done:
+                call.cancel()  # a cancelled stream aborts the request in the engine
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self.client.close()

@@ -1,20 +1,25 @@
-"""Runtimes behind one Executor interface: the embedded torch one and the SGLang one."""
+"""Runtimes behind one Executor interface: the embedded torch one, a remote engine over the
+SglangScheduler protocol (remote_executor.py) and the in-process SGLang one."""
 
 from .executor import (
     ConfidenceEvent,
     ConfidenceReading,
+    Constraint,
     Executor,
     ExecutorError,
     FinishedEvent,
     InvalidRequestError,
+    OutOfRangeError,
     Request,
     RequestStream,
     Result,
     SamplingParams,
     TokenEvent,
+    TokenLogprobs,
 )
 
 __all__ = [
-    "ConfidenceEvent", "ConfidenceReading", "Executor", "ExecutorError", "FinishedEvent",
-    "InvalidRequestError", "Request", "RequestStream", "Result", "SamplingParams", "TokenEvent",
+    "ConfidenceEvent", "ConfidenceReading", "Constraint", "Executor", "ExecutorError", "FinishedEvent",
+    "InvalidRequestError", "OutOfRangeError", "Request", "RequestStream", "Result", "SamplingParams", "TokenEvent",
+    "TokenLogprobs",
 ]

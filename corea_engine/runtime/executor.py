@@ -2,6 +2,9 @@
 
 Every runtime (the embedded torch one, the SGLang one) takes a `Request`, streams `TokenEvent`s,
 at most one `ConfidenceEvent` and one final `FinishedEvent`, and can abort a request by id.
+A request is chat messages, raw text or token ids; its output may follow our answer contract or
+any grammar (`Constraint`: EBNF, JSON schema or regex, SGLang's three), and may ask for the
+log-probabilities of chosen tokens at every position (`TokenLogprobs` on each TokenEvent).
 Streams work from plain threads (iterate) and from asyncio (async iterate); the runtime's own
 engine runs wherever it likes and pushes events in.
 """
@@ -30,18 +33,43 @@ class InvalidRequestError(ValueError):
     """A request that is refused before it reaches the batch; the message names the field."""
 
 
+class OutOfRangeError(InvalidRequestError):
+    """A well-formed value beyond what this runtime grants (a token budget over the cap)."""
+
+
+CONSTRAINT_KINDS = ("ebnf", "json_schema", "regex")
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A grammar the output must match. kind: "ebnf" (xgrammar's EBNF), "json_schema" (a JSON
+    schema as text) or "regex"; source: its text. Compiled for the runtime's tokenizer at submit."""
+
+    kind: str
+    source: str
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
     max_new_tokens: int | None = None  # None: the contract's worst case, or 256 for free text
+    top_k: int = -1  # -1: every token
+    stop: tuple[str, ...] = ()  # finish when the text contains one (cut before it)
+    stop_token_ids: tuple[int, ...] = ()  # finish on one of these tokens (not part of the output)
 
     def validate(self) -> None:
-        if self.max_new_tokens is not None and not (isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT):
-            raise InvalidRequestError(
-                f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens!r}"
-            )
+        if self.max_new_tokens is not None:
+            if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+                raise InvalidRequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            if self.max_new_tokens > MAX_NEW_TOKENS_LIMIT:
+                raise OutOfRangeError(f"max_new_tokens is {self.max_new_tokens}; the limit is {MAX_NEW_TOKENS_LIMIT}")
+        if not (self.top_k == -1 or (isinstance(self.top_k, int) and self.top_k >= 1)):
+            raise InvalidRequestError(f"top_k must be -1 (off) or >= 1, got {self.top_k!r}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise InvalidRequestError("stop strings must be non-empty")
         if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 10.0):
             raise InvalidRequestError(f"temperature must be in [0, 10], got {self.temperature!r}")
         if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
@@ -57,7 +85,8 @@ def new_request_id(prefix: str = "req") -> str:
 
 @dataclass
 class Request:
-    """One generation. Give `messages` (chat) or `prompt` (raw text, no chat template)."""
+    """One generation. Give `messages` (chat), `prompt` (raw text, no chat template) or
+    `input_ids` (already tokenized for this runtime's tokenizer)."""
 
     messages: list[dict] | None = None
     prompt: str | None = None
@@ -66,6 +95,17 @@ class Request:
     # Answer-first contracts: finish on the confidence step (the rest is forced text).
     stop_at_confidence: bool = True
     request_id: str = field(default_factory=new_request_id)
+    input_ids: list[int] | None = None
+    constraint: Constraint | None = None  # a grammar of the caller's (not with `contract`)
+    # Per output position (TokenEvent.logprobs): the logprobs of these token ids, of the emitted
+    # token (return_logprob) and of the top_logprobs_num most likely tokens.
+    logprob_token_ids: tuple[int, ...] = ()
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return bool(self.logprob_token_ids) or self.return_logprob or self.top_logprobs_num > 0
 
     @property
     def format(self) -> Format | None:
@@ -79,8 +119,19 @@ class Request:
         return self.format.max_tokens if self.contract is not None else DEFAULT_FREE_TEXT_TOKENS
 
     def validate(self, max_prompt_chars: int) -> None:
-        if (self.messages is None) == (self.prompt is None):
-            raise InvalidRequestError("give exactly one of messages or prompt")
+        if sum(x is not None for x in (self.messages, self.prompt, self.input_ids)) != 1:
+            raise InvalidRequestError("give exactly one of messages, prompt or input_ids")
+        if self.contract is not None and self.constraint is not None:
+            raise InvalidRequestError("give a contract or a constraint, not both")
+        if self.constraint is not None and self.constraint.kind not in CONSTRAINT_KINDS:
+            raise InvalidRequestError(f"constraint kind must be one of {', '.join(CONSTRAINT_KINDS)}, got {self.constraint.kind!r}")
+        if not (isinstance(self.top_logprobs_num, int) and 0 <= self.top_logprobs_num <= MAX_TOP_LOGPROBS):
+            raise InvalidRequestError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs_num!r}")
+        self.sampling.validate()
+        if self.input_ids is not None:
+            if not self.input_ids:
+                raise InvalidRequestError("input_ids is empty")
+            return
         if self.prompt is not None:
             text = self.prompt
         else:
@@ -98,7 +149,14 @@ class Request:
             self.format
         except UnknownFormatError as err:
             raise InvalidRequestError(str(err)) from None
-        self.sampling.validate()
+
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Every token id the request names must be in [0, vocab_size); the error names the field."""
+        for name, ids in (("input_ids", self.input_ids or ()), ("stop_token_ids", self.sampling.stop_token_ids),
+                          ("token_ids_logprob", self.logprob_token_ids)):
+            for i, token in enumerate(ids):
+                if not (isinstance(token, int) and 0 <= token < vocab_size):
+                    raise InvalidRequestError(f"{name}[{i}] = {token!r} is outside the vocabulary (0..{vocab_size - 1})")
 
 
 @dataclass(frozen=True)
@@ -118,6 +176,23 @@ class ConfidenceReading:
     entropy: float
     position: int
 
+    @classmethod
+    def from_logprobs(cls, logprobs, values, sampled: float, position: int) -> "ConfidenceReading":
+        """The reading from the log-probabilities of the scale's tokens (scale order) at the
+        confidence position, as an engine's `token_ids_logprob` returns them: the same
+        quantities the confidence kernel computes from the logits in process."""
+        raw = [math.exp(x) for x in logprobs]
+        mass = sum(raw)
+        probs = [p / mass for p in raw] if mass > 0 else [0.0] * len(raw)
+        return cls(
+            sampled=sampled,
+            expected=sum(q * v for q, v in zip(probs, values)),
+            probs=tuple(probs),
+            mass=mass,
+            entropy=-sum(q * math.log(q) for q in probs if q > 0),
+            position=position,
+        )
+
 
 @dataclass
 class Result:
@@ -133,6 +208,21 @@ class Result:
     latency_s: float = 0.0
     time_to_confidence_s: float | None = None
     token_ids: list[int] = field(default_factory=list)
+    matched_stop: int | str | None = None  # the stop token id or stop string that finished it
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Natural-log probabilities at one output position, from the raw log-softmax of the step's
+    logits (before temperature, top-p/top-k and the grammar mask).
+
+    logprob: of the emitted token; top: (token id, logprob) of the most likely tokens, most likely
+    first (Request.top_logprobs_num of them); selected: of each Request.logprob_token_ids, in order.
+    """
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    selected: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +230,7 @@ class TokenEvent:
     request_id: str
     token_id: int
     text: str  # the newly decoded text (may be "" until a multi-byte character completes)
+    logprobs: TokenLogprobs | None = None  # when the request asked for any
 
 
 @dataclass(frozen=True)
@@ -225,6 +316,10 @@ class Executor(ABC):
     @abstractmethod
     def abort(self, request_id: str) -> bool:
         """Stop a request; it finishes with finish_reason 'abort'. False if it is not running."""
+
+    @abstractmethod
+    def load(self) -> tuple[int, int]:
+        """(running, waiting): requests in the batch now and requests queued for it."""
 
     def close(self) -> None:
         """Release the model and threads; pending requests finish with 'abort'."""

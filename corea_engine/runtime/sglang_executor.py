@@ -108,6 +108,8 @@ class ChunkDecoder:
 
     def encode(self, request: Request) -> list[int]:
         """Prompt token ids, exactly as the torch executor encodes them."""
+        if request.input_ids is not None:
+            return list(request.input_ids)
         if request.messages is not None:
             ids = self.tokenizer.apply_chat_template(
                 request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -291,6 +293,11 @@ class SglangExecutor(Executor):
     # ------------------------------------------------------------------ public interface
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
+        if request.wants_logprobs:
+            # SGLang serves these itself: run it with --grpc-mode and reach it as a remote tier.
+            raise InvalidRequestError("token_ids_logprob / return_logprob are not served by the in-process sglang "
+                                      "executor; serve SGLang with --grpc-mode for them")
+        request.check_token_ids(len(self.tokenizer))
         seq = self.decoder.new_sequence(request)
         with self._lock:
             if self._closed:
@@ -309,6 +316,10 @@ class SglangExecutor(Executor):
             seq.abort_requested = True
         self._loop.call_soon_threadsafe(self.engine.tokenizer_manager.abort_request, seq.rid)
         return True
+
+    def load(self) -> tuple[int, int]:
+        with self._lock:
+            return sum(not seq.finished for seq in self._seqs.values()), 0  # SGLang queues internally
 
     def close(self) -> None:
         with self._lock:

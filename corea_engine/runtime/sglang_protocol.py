@@ -56,6 +56,15 @@ def build_sampling_params(request: Request, *, device_confidence_ids: list[int] 
     }
     if sp.seed is not None:
         params["sampling_seed"] = sp.seed
+    if sp.top_k != -1:
+        params["top_k"] = sp.top_k
+    if sp.stop:
+        params["stop"] = list(sp.stop)
+    if sp.stop_token_ids:
+        params["stop_token_ids"] = list(sp.stop_token_ids)
+    if request.constraint is not None:  # SGLang's names for the three grammar kinds
+        params[{"ebnf": "ebnf", "json_schema": "json_schema", "regex": "regex"}[request.constraint.kind]] = \
+            request.constraint.source
     fmt = request.format
     if fmt is not None:
         params["ebnf"] = fmt.ebnf()

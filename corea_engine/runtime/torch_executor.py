@@ -35,6 +35,7 @@ from .executor import (
     RequestStream,
     Result,
     TokenEvent,
+    TokenLogprobs,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class _Sequence:
     confidence_at: float | None = None
     finish_reason: str | None = None
     error: str | None = None
+    matched_stop: int | str | None = None
 
     @property
     def request_id(self) -> str:
@@ -111,9 +113,10 @@ class TorchExecutor(Executor):
         if model_and_tokenizer is not None:
             self.model, self.tokenizer = model_and_tokenizer
             self.model_name = getattr(self.model.config, "_name_or_path", "model") or "model"
+            self.model_path = None
         else:
             self.model, self.tokenizer, source = load_model(model, device=device, dtype=dtype)
-            self.model_name = source.name
+            self.model_name, self.model_path = source.name, source.path  # the folder: tokenizer files
         self.device = next(self.model.parameters()).device
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
@@ -148,6 +151,7 @@ class TorchExecutor(Executor):
     # ------------------------------------------------------------------ public interface
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
+        request.check_token_ids(self.vocab_size)
         prompt_ids = self._encode(request)
         if len(prompt_ids) > self.max_prompt_tokens:
             raise InvalidRequestError(
@@ -160,6 +164,12 @@ class TorchExecutor(Executor):
                 f"({request.max_new_tokens}) exceeds the model's {self.max_positions} positions"
             )
         fmt = request.format
+        matcher = self.grammars.matcher(fmt) if fmt is not None else None
+        if request.constraint is not None:
+            try:
+                matcher = self.grammars.grammar_matcher(request.constraint.kind, request.constraint.source)
+            except ValueError as err:
+                raise InvalidRequestError(str(err)) from None
         generator = None
         if request.sampling.temperature > 0:
             generator = torch.Generator(device=self.device)
@@ -170,7 +180,7 @@ class TorchExecutor(Executor):
             prompt_ids=prompt_ids,
             prefix_len=self._shared_prefix_len(request, prompt_ids) if self.prefix_cache else 0,
             fmt=fmt,
-            matcher=self.grammars.matcher(fmt) if fmt is not None else None,
+            matcher=matcher,
             generator=generator,
             started=time.perf_counter(),
         )
@@ -201,8 +211,18 @@ class TorchExecutor(Executor):
     def running(self) -> int:
         return len(self._rows)
 
+    def load(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._rows), len(self._waiting)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return sorted(self._eos)
+
     # ------------------------------------------------------------------ request preparation
     def _encode(self, request: Request) -> list[int]:
+        if request.input_ids is not None:
+            return list(request.input_ids)
         if request.messages is not None:
             ids = self.tokenizer.apply_chat_template(
                 request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -433,6 +453,9 @@ class TorchExecutor(Executor):
                 )
                 for j, i in enumerate(scale_rows):
                     readings[i] = stats, j
+        # Asked-for logprobs come from the raw logits too (a new tensor: the mask below is in place).
+        wanting = [i for i, s in enumerate(rows) if s.request.wants_logprobs]
+        logprobs = torch.log_softmax(logits[wanting], dim=-1) if wanting else None
         t2 = time.perf_counter()
         if constrained:
             xgr.apply_token_bitmask_inplace(
@@ -442,13 +465,23 @@ class TorchExecutor(Executor):
         tokens = self._sample(logits, rows)
         t4 = time.perf_counter()
         now = time.perf_counter()
+        asked = {i: self._token_logprobs(rows[i].request, logprobs[j], tokens[i]) for j, i in enumerate(wanting)}
         for i, (seq, token) in enumerate(zip(rows, tokens)):
-            self._advance(seq, token, first_row + i, readings.get(i), now)
+            self._advance(seq, token, first_row + i, readings.get(i), now, asked.get(i))
         t5 = time.perf_counter()
         self.stats.grammar_s += (t1 - t0) + (t3 - t2) + (t5 - t4)
         self.stats.confidence_s += t2 - t1
         self.stats.sample_s += t4 - t3
         self._drop_finished()
+
+    @staticmethod
+    def _token_logprobs(request: Request, logprobs: torch.Tensor, token: int) -> TokenLogprobs:
+        top = ()
+        if request.top_logprobs_num:
+            values, ids = logprobs.topk(request.top_logprobs_num)
+            top = tuple(zip(ids.tolist(), values.tolist()))
+        selected = tuple(logprobs[list(request.logprob_token_ids)].tolist()) if request.logprob_token_ids else ()
+        return TokenLogprobs(float(logprobs[token]), top, selected)
 
     def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> list[int]:
         tokens = logits.argmax(dim=-1).tolist()
@@ -456,7 +489,11 @@ class TorchExecutor(Executor):
             sp = seq.request.sampling
             if sp.temperature <= 0:
                 continue
-            probs = torch.softmax(logits[i] / sp.temperature, dim=-1)
+            scaled = logits[i] / sp.temperature
+            if sp.top_k > 0 and sp.top_k < scaled.numel():
+                kth = scaled.topk(sp.top_k).values[-1]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            probs = torch.softmax(scaled, dim=-1)
             if sp.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
                 keep = sorted_probs.cumsum(0) - sorted_probs < sp.top_p  # always keeps the top token
@@ -464,12 +501,14 @@ class TorchExecutor(Executor):
             tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
         return tokens
 
-    def _advance(self, seq: _Sequence, token: int, row: int, reading, now: float) -> None:
+    def _advance(self, seq: _Sequence, token: int, row: int, reading, now: float, logprobs=None) -> None:
         if seq.finish_reason is not None:
             return
         self.stats.tokens += 1
-        if token in self._eos and (seq.matcher is None or seq.matcher.is_terminated() or seq.matcher.accept_token(token)):
-            seq.finish_reason = "stop"
+        if token in seq.request.sampling.stop_token_ids or (
+            token in self._eos and (seq.matcher is None or seq.matcher.is_terminated() or seq.matcher.accept_token(token))
+        ):
+            seq.finish_reason, seq.matched_stop = "stop", token
             self._finish(seq)
             return
         if seq.matcher is not None and not seq.matcher.accept_token(token):
@@ -481,8 +520,14 @@ class TorchExecutor(Executor):
         text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
         delta = ""
         if not text.endswith("\ufffd"):  # hold back half a multi-byte character
+            cut = _find_stop(text, seq.request.sampling.stop, len(seq.text))
+            if cut is not None:
+                seq.finish_reason, seq.matched_stop, text = "stop", cut[1], text[: cut[0]]
             delta, seq.text = text[len(seq.text):], text
-        seq.stream.push(TokenEvent(seq.request_id, token, delta))
+        seq.stream.push(TokenEvent(seq.request_id, token, delta, logprobs))
+        if seq.finish_reason is not None:  # a stop string: the text ends before it
+            self._finish(seq)
+            return
 
         if reading is not None:
             stats, j = reading
@@ -537,6 +582,7 @@ class TorchExecutor(Executor):
             latency_s=time.perf_counter() - seq.started,
             time_to_confidence_s=None if seq.confidence_at is None else seq.confidence_at - seq.started,
             token_ids=list(seq.generated),
+            matched_stop=seq.matched_stop,
         )
         seq.stream.push(FinishedEvent(seq.request_id, result))
 
@@ -555,3 +601,14 @@ class TorchExecutor(Executor):
         first = int(self._mask.any(0).long().argmax())
         self._mask = self._mask[:, first:]
         self._kv = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:]) for k, v in self._kv]
+
+
+def _find_stop(text: str, stops: tuple[str, ...], old_len: int) -> tuple[int, str] | None:
+    """(where the earliest stop string starts, that string), looking only where new text can
+    complete one; None when no stop string occurs."""
+    hits = []
+    for stop in stops:
+        at = text.find(stop, max(0, old_len - len(stop) + 1))
+        if at >= 0:
+            hits.append((at, stop))
+    return min(hits) if hits else None

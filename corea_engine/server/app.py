@@ -1,9 +1,10 @@
 """Assemble and run the gRPC server: services, health, reflection, interceptors, metrics.
 
-    server = build_server(cascade=..., llm_executor=..., port=50051)   # inside the event loop
+    server = build_server(cascade=..., port=50051)   # or worker=WorkerService(executor); inside the event loop
     await serve(server, metrics_port=9090)                             # until SIGTERM / SIGINT
 
-Either service may be left out: `corea serve` has the cascade, `corea serve-llm` the LLM.
+`corea serve` has the cascade, `corea worker` the engines' protocol (sglang.grpc.scheduler.
+SglangScheduler, worker_service.py); one server may carry both.
 Shutdown: health turns NOT_SERVING, new calls are refused, in-flight ones get `grace_s` to finish.
 """
 
@@ -18,20 +19,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
 
 from ..cascade import Cascade
-from ..protos import corea_pb2, corea_pb2_grpc, llm_pb2, llm_pb2_grpc
+from ..protos import corea_pb2, corea_pb2_grpc
 from ..runtime.executor import Executor
 from .corea_service import CoreaService
 from .interceptors import ConcurrencyLimit
-from .llm_service import LLMService
 from .metrics import CoreaMetrics
 from .security import ServerSecurity
+from .worker_service import SERVICE_NAME as WORKER_SERVICE, WorkerService
 
 log = logging.getLogger(__name__)
 
 COREA_SERVICE = corea_pb2.DESCRIPTOR.services_by_name["Corea"].full_name
-LLM_SERVICE = llm_pb2.DESCRIPTOR.services_by_name["LLM"].full_name
 
 
 class ServerStartError(RuntimeError):
@@ -47,7 +48,7 @@ class Server:
     limit: ConcurrencyLimit
     metrics: CoreaMetrics | None = None
     corea: CoreaService | None = None
-    llm: LLMService | None = None
+    worker: WorkerService | None = None
     _http: object = field(default=None, repr=False)
 
     @property
@@ -74,7 +75,7 @@ class Server:
 def build_server(
     cascade: Cascade | None = None,
     *,
-    llm_executor: Executor | None = None,
+    worker: WorkerService | None = None,
     port: int = 0,
     host: str = "[::]",
     max_inflight: int = 64,
@@ -84,23 +85,22 @@ def build_server(
     security: ServerSecurity | None = None,  # TLS, bearer tokens, per-request limits (server/security.py)
 ) -> Server:
     """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop."""
-    if cascade is None and llm_executor is None:
-        raise ValueError("build_server needs a cascade, an llm_executor, or both")
+    if cascade is None and worker is None:
+        raise ValueError("build_server needs a cascade, a worker, or both")
     metrics = metrics or (CoreaMetrics() if cascade is not None else None)
     limit = ConcurrencyLimit(max_inflight, on_change=metrics.inflight.set if metrics else None)
     security = security or ServerSecurity()
     server = grpc.aio.server(interceptors=[*security.interceptors(), limit, *interceptors],
                              options=[*security.options(), *(options or [])])
     services = []
-    corea_service = llm_service = None
+    corea_service = None
     if cascade is not None:
         corea_service = CoreaService(cascade, metrics)
         corea_pb2_grpc.add_CoreaServicer_to_server(corea_service, server)
         services.append(COREA_SERVICE)
-    if llm_executor is not None:
-        llm_service = LLMService(llm_executor)
-        llm_pb2_grpc.add_LLMServicer_to_server(llm_service, server)
-        services.append(LLM_SERVICE)
+    if worker is not None:
+        pb_grpc.add_SglangSchedulerServicer_to_server(worker, server)
+        services.append(WORKER_SERVICE)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -108,7 +108,7 @@ def build_server(
     bound = security.bind(server, f"{host}:{port}")
     if bound == 0:
         raise ServerStartError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
-    return Server(server, bound, health, services, limit, metrics, corea_service, llm_service)
+    return Server(server, bound, health, services, limit, metrics, corea_service, worker)
 
 
 async def serve(server: Server, *, metrics_port: int | None = None, grace_s: float = 30.0, ready=None) -> None:

@@ -1,0 +1,60 @@
+"""`corea worker`: one model served as the engines' gRPC protocol (SglangScheduler).
+
+Any tier can then be this worker, an SGLang or vLLM engine in gRPC mode, or SMG in front of several
+of them. On the embedded default (SmolLM2-135M) it is a STAND-IN for a real LLM tier.
+"""
+
+from __future__ import annotations
+
+from .common import add_model_args, default_threads, make_executor
+from .security_args import add_security_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("worker", help="serve a model as sglang.grpc.scheduler.SglangScheduler (for SMG and the cascade)")
+    add_args(p)
+    p.set_defaults(func=run)
+
+
+def add_args(p) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="listen address ('[::]' for every interface)")
+    p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--max-inflight", type=int, default=64, help="concurrent calls before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (max_running_requests)")
+    p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
+    add_model_args(p)
+    add_security_args(p)
+
+
+def run(args) -> int:
+    import asyncio
+
+    from ..cli import CommandError
+    from .security_args import security_from_args
+
+    security = security_from_args(args)  # refuse bad settings before loading a model
+    from ..runtime.executor import MAX_NEW_TOKENS_LIMIT
+    from ..server.app import ServerStartError, build_server, serve
+    from ..server.worker_service import WorkerService
+
+    if args.max_batch_size < 1:
+        raise CommandError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
+    executor = make_executor(args, threads=default_threads(), max_batch_size=args.max_batch_size)
+
+    async def main():
+        worker = WorkerService(executor, model_path=getattr(executor, "model_path", None),
+                               max_new_tokens=security.max_new_tokens or MAX_NEW_TOKENS_LIMIT,
+                               max_running_requests=args.max_batch_size)
+        try:
+            server = build_server(worker=worker, port=args.port, host=args.host,
+                                  max_inflight=args.max_inflight, security=security)
+        except ServerStartError as err:
+            raise CommandError(str(err)) from None
+        stand_in = " (a stand-in LLM)" if executor.model_name == "smollm2-135m" else ""
+        await serve(server, grace_s=args.grace_s,
+                    ready=lambda s: print(f"corea worker: {executor.model_name}{stand_in} on port {s.port} of {args.host} "
+                                          f"({', '.join(s.services)}; {security.describe()})", flush=True))
+
+    with executor:
+        asyncio.run(main())
+    return 0
