@@ -439,19 +439,37 @@ class TorchExecutor(Executor):
         self.stats.sample_s += t4 - t3
         self._drop_finished()
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> list[int | None]:
+        """One token per row; None for a row whose sampling failed (it is finished with the error).
+
+        Each row samples alone, so one request's parameters can end only that request.
+        """
         tokens = logits.argmax(dim=-1).tolist()
         for i, seq in enumerate(rows):
             sp = seq.request.sampling
             if sp.temperature <= 0:
                 continue
-            probs = torch.softmax(logits[i] / sp.temperature, dim=-1)
-            if sp.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(0) - sorted_probs < sp.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-            tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
+            try:
+                tokens[i] = self._sample_row(logits[i], sp, seq.generator)
+            except (RuntimeError, ValueError) as err:
+                tokens[i] = None
+                seq.finish_reason, seq.error = "error", f"sampling failed: {err}"
+                self._finish(seq)
         return tokens
+
+    @staticmethod
+    def _sample_row(logits: torch.Tensor, sp, generator) -> int:
+        probs = torch.softmax(logits / sp.temperature, dim=-1)
+        if sp.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < sp.top_p
+            keep[0] = True  # the top token always stays, whatever the rounding
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        # Checked here: on CUDA, multinomial over inf/NaN is a device assert that kills the process.
+        total = probs.sum()
+        if not (torch.isfinite(probs).all() and total > 0):
+            raise ValueError(f"no finite distribution at temperature {sp.temperature!r}, top_p {sp.top_p!r}")
+        return int(torch.multinomial(probs, 1, generator=generator))
 
     def _advance(self, seq: _Sequence, token: int, row: int, reading, now: float) -> None:
         if seq.finish_reason is not None:
