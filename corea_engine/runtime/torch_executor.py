@@ -195,6 +195,11 @@ class TorchExecutor(Executor):
     def running(self) -> int:
         return len(self._rows)
 
+    @property
+    def prefix_cache_entries(self) -> int:
+        """Shared prompt prefixes whose KV is cached (at most PREFIX_CACHE_SIZE; keyed by system prompts)."""
+        return len(self._prefixes)
+
     # ------------------------------------------------------------------ request preparation
     def _encode(self, request: Request) -> list[int]:
         if request.messages is not None:
