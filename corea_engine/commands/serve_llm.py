@@ -11,8 +11,11 @@ from .security_args import add_security_args
 
 def register(sub) -> None:
     p = sub.add_parser("serve-llm", help="serve a model as the LLM tier over gRPC (corea.v1.LLM)")
-    p.add_argument("--host", default="[::]")
+    p.add_argument("--host", default="[::]", help="address every listener binds, gRPC and /metrics "
+                   "(default [::]: all interfaces; 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics over HTTP on this port, on --host (default: off)")
     p.add_argument("--max-inflight", type=int, default=64)
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--grace-s", type=float, default=30.0)
@@ -34,15 +37,16 @@ def run(args) -> int:
     executor = make_executor(args, threads=default_threads(), max_batch_size=args.max_batch_size)
 
     async def main():
+        stand_in = " (a stand-in LLM)" if executor.model_name == "smollm2-135m" else ""
+        metrics = "" if args.metrics_port is None else ", metrics on {}:{}/metrics"
+        ready = lambda s: print(f"corea serve-llm: {executor.model_name}{stand_in} on port {s.port} of {args.host} "  # noqa: E731
+                                f"({security.describe()})" + metrics.format(args.host, s.metrics_port), flush=True)
         try:
             server = build_server(llm_executor=executor, port=args.port, host=args.host, max_inflight=args.max_inflight,
                                   security=security)
+            await serve(server, metrics_port=args.metrics_port, grace_s=args.grace_s, ready=ready)
         except ServerStartError as err:
             raise CommandError(str(err)) from None
-        stand_in = " (a stand-in LLM)" if executor.model_name == "smollm2-135m" else ""
-        await serve(server, grace_s=args.grace_s,
-                    ready=lambda s: print(f"corea serve-llm: {executor.model_name}{stand_in} on port {s.port} "
-                                          f"({security.describe()})", flush=True))
 
     with executor:
         asyncio.run(main())
