@@ -13,6 +13,7 @@ from typing import AsyncIterator
 import grpc
 
 from ..protos import llm_pb2, llm_pb2_grpc
+from ..server.tls import client_channel
 from .base import Completion, EscalationClient, GenerationParams, LLMRequestError, LLMUnavailableError
 
 # Codes that mean "this request is wrong": retrying cannot help and the LLM is not unhealthy.
@@ -32,8 +33,10 @@ class GrpcLLM(EscalationClient):
     def __init__(self, address: str, *, channel_options=CHANNEL_OPTIONS, tls=None, token: str | None = None):
         self.address = address
         self.model_name = address  # replaced by the model the server reports
-        self._options = list(channel_options) + (tls.channel_options() if tls else [])
-        self._credentials = tls.credentials() if tls else None  # tls: server.tls.ClientTLS
+        self._options = list(channel_options)
+        self._tls = tls  # a server.tls.ClientTLS, or None: plaintext
+        if tls is not None:
+            tls.credentials()  # read the files now: a bad one fails at start-up, named
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel: grpc.aio.Channel | None = None
         self._loop = None
@@ -42,8 +45,7 @@ class GrpcLLM(EscalationClient):
         # An aio channel belongs to the event loop it was made in.
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
-            self._channel = (grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
-                             if self._credentials else grpc.aio.insecure_channel(self.address, options=self._options))
+            self._channel = client_channel(self.address, self._tls, aio=True, options=self._options)
             self._loop = loop
             self._stub_obj = llm_pb2_grpc.LLMStub(self._channel)
         return self._stub_obj
