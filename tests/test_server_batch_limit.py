@@ -57,13 +57,13 @@ def test_batch_items_count_toward_the_server_wide_limit(slm_executor):
                 next(stream)  # in flight: its first event has arrived
             assert server.server.limit.inflight == 2 and gauge(server) == 2
             err = refused(lambda: client.solve_batch([q(i) for i in range(3)], timeout_s=30))
-            assert "server has 2 request(s) in flight and this call asks for 3; its limit is 4" in err.details()
+            assert "server is at its limit of 4 requests in flight (2 now, this call asks for 3)" in err.details()
             with ThreadPoolExecutor(1) as pool:
                 batch = pool.submit(client.solve_batch, [q(7), q(8)], timeout_s=300)
                 wait_for(lambda: server.server.limit.inflight == LIMIT or batch.done())
                 assert gauge(server) == LIMIT, "the batch's two items hold two slots"
                 err = refused(lambda: client.solve(q(9), timeout_s=30))
-                assert "server has 4 request(s) in flight and this call asks for 1" in err.details()
+                assert "(4 now, this call asks for 1)" in err.details()
                 assert len(batch.result()) == 2
         finally:
             for stream in held:

@@ -39,8 +39,8 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
             if weight > self.max_inflight:
                 why = f"a batch of {weight} is more than this server's limit of {self.max_inflight} in flight; split it"
             else:
-                why = (f"server has {self.inflight} request(s) in flight and this call asks for {weight}; "
-                       f"its limit is {self.max_inflight}; retry later")
+                why = (f"server is at its limit of {self.max_inflight} requests in flight ({self.inflight} now, "
+                       f"this call asks for {weight}); retry later")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
         self._add(weight)
         return lambda: self._add(-weight)
