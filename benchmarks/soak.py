@@ -37,7 +37,9 @@ from pathlib import Path
 
 import grpc
 
-from corea_engine.protos import corea_pb2, corea_pb2_grpc
+from corea_engine.cascade import SolveRequest
+from corea_engine.client import CoreaClient
+from corea_engine.server.convert import from_response
 
 THRESHOLDS = (0.0, 0.5, 1.0)
 READY = re.compile(r"on port (\d+)")
@@ -153,8 +155,9 @@ def summarise(outcomes: list[Outcome], sent: int, *, clients: int, duration_s: f
 
 # ------------------------------------------------------------------------------------ clients
 def run_clients(address: str, questions: list[str], *, clients: int, duration_s: float, deadline_s: float,
-                max_new_tokens: int = 0, on_tick=None, credentials=None, metadata=None):
-    """Drive the Corea service; returns (outcomes, sent). on_tick(elapsed) runs on the caller's thread."""
+                max_new_tokens: int = 0, on_tick=None, tls=None, token: str | None = None):
+    """Drive the Corea service through corea_engine.client (tls: a ClientTLS, token: a bearer token);
+    returns (outcomes, sent). on_tick(elapsed) runs on the caller's thread."""
     t0 = time.monotonic()
     stop_at = t0 + duration_s
     outcomes: list[Outcome] = []
@@ -162,31 +165,29 @@ def run_clients(address: str, questions: list[str], *, clients: int, duration_s:
     lock = threading.Lock()
 
     def client(c: int):
-        channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
-        stub = corea_pb2_grpc.CoreaStub(channel)
+        corea = CoreaClient(address, tls=tls, token=token, timeout_s=deadline_s)
         k = 0
         while time.monotonic() < stop_at:
             n = c + clients * k
             streaming = (c + k) % 2 == 1
             threshold = THRESHOLDS[n % len(THRESHOLDS)]
-            request = corea_pb2.SolveRequest(question=questions[n % len(questions)], request_id=f"soak-{c}-{k}",
-                                             threshold=threshold, max_new_tokens=max_new_tokens)
+            request = SolveRequest(questions[n % len(questions)], request_id=f"soak-{c}-{k}",
+                                   threshold=threshold, max_new_tokens=max_new_tokens or None)
             with lock:
                 sent[0] += 1
             outcome = Outcome(time.monotonic() - t0, 0.0, streaming, threshold)
             try:
                 if streaming:
-                    results = [e.result for e in stub.SolveStream(request, timeout=deadline_s, metadata=metadata)
-                               if e.WhichOneof("event") == "result"]
+                    results = [from_response(e.result) for e in corea.stream(request) if e.WhichOneof("event") == "result"]
                     if len(results) != 1:
                         outcome.code, outcome.details = "NO_RESULT", f"stream ended with {len(results)} results"
                         response = None
                     else:
                         response = results[0]
                 else:
-                    response = stub.Solve(request, timeout=deadline_s, metadata=metadata)
+                    response = corea.solve(request)
                 if response is not None:
-                    outcome.answered_by = corea_pb2.Tier.Name(response.answered_by)
+                    outcome.answered_by = f"TIER_{(response.answered_by or 'unspecified').upper()}"  # corea.v1.Tier names
                     outcome.deferred, outcome.degraded = response.deferred, response.degraded
                     outcome.degraded_reason = response.degraded_reason
             except grpc.RpcError as err:
@@ -195,7 +196,7 @@ def run_clients(address: str, questions: list[str], *, clients: int, duration_s:
             with lock:
                 outcomes.append(outcome)
             k += 1
-        channel.close()
+        corea.close()
 
     threads = [threading.Thread(target=client, args=(c,), name=f"soak-client-{c}", daemon=True) for c in range(clients)]
     for t in threads:
@@ -325,9 +326,8 @@ def soak(rig: SimpleRig, questions: list[str], *, clients: int, duration_s: floa
          llm_down_at: float = 0.4, llm_down_s: float = 8.0, warmup: bool = True, max_new_tokens: int = 0,
          rss_every_s: float = 10.0, log=print) -> tuple[SoakReport, list[Outcome]]:
     if warmup:  # the first request pays one-time costs (grammar compile); RSS is taken after it
-        with grpc.insecure_channel(rig.address) as channel:
-            corea_pb2_grpc.CoreaStub(channel).Solve(corea_pb2.SolveRequest(question=questions[0], threshold=1.0),
-                                                    timeout=deadline_s)
+        with CoreaClient(rig.address) as corea:
+            corea.solve(SolveRequest(questions[0], threshold=1.0), timeout_s=deadline_s)
     rss_start = rig.rss()
     schedule = OutageSchedule(rig.stop_llm, rig.start_llm, llm_down_at * duration_s, llm_down_s, log)
     timeline: list = []
