@@ -115,3 +115,19 @@ def test_the_cascade_settings_take_the_same_ranges(name, value):
 
     with pytest.raises(ConfigError, match=f"{name}: temperature must be 0"):
         CascadeConfig(**{name: value}).validate()
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingParams(temperature=MIN_TEMPERATURE, top_p=MIN_TOP_P, seed=0),
+    SamplingParams(temperature=MAX_TEMPERATURE, top_p=1.0, seed=MAX_SEED),
+])
+def test_the_edges_of_our_ranges_pass_sglangs_own_checks(slm_executor, sampling):
+    """The SGLang runtime gets what the same validation admitted: SGLang must take it too."""
+    from corea_engine.runtime.sglang_protocol import build_sampling_params
+    from test_sglang_protocol import sglang_sampling_params
+
+    request = Request(prompt="What is 2 + 3?", contract=FMT, sampling=sampling)
+    request.validate(max_prompt_chars=100)
+    params = sglang_sampling_params(build_sampling_params(request, device_confidence_ids=list(range(10))),
+                                    slm_executor.tokenizer, slm_executor.vocab_size)
+    assert (params.temperature, params.top_p) == (sampling.temperature, sampling.top_p)

@@ -35,7 +35,7 @@ class InvalidRequestError(ValueError):
 # nucleus cut-off underflows the same way. Temperature 0 means greedy and needs neither.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0
 MIN_TOP_P = 0.01
-MAX_SEED = 2**64 - 1
+MAX_SEED = 2**63 - 1  # int64: what torch and SGLang both take
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SamplingParams:
     """How tokens are chosen. The one place their ranges are checked (every executor, every service):
 
     temperature: 0 (greedy) or in [MIN_TEMPERATURE, MAX_TEMPERATURE]; top_p in [MIN_TOP_P, 1];
-    seed in [0, 2**64 - 1] or None; max_new_tokens in [1, MAX_NEW_TOKENS_LIMIT] or None.
+    seed in [0, 2**63 - 1] or None; max_new_tokens in [1, MAX_NEW_TOKENS_LIMIT] or None.
     validate() raises InvalidRequestError naming the field.
     """
 
@@ -64,7 +64,7 @@ class SamplingParams:
         if not (_is_real(self.top_p) and MIN_TOP_P <= self.top_p <= 1.0):
             raise InvalidRequestError(f"top_p must be in [{MIN_TOP_P}, 1], got {self.top_p!r}")
         if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
-            raise InvalidRequestError(f"seed must be an integer in [0, 2**64 - 1], got {self.seed!r}")
+            raise InvalidRequestError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
 
 
 def _is_int(value) -> bool:
