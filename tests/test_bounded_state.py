@@ -12,7 +12,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import pytest
 
 from cascade_servers import SMALL, stand_in_llm
 from corea_engine.cascade import Cascade, CascadeConfig

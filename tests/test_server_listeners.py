@@ -48,3 +48,14 @@ def test_a_metrics_port_that_cannot_be_bound_is_a_start_error(slm_executor):
         with pytest.raises(ServerStartError, match=f"cannot serve /metrics on 127.0.0.1:{taken}"):
             second.start()
         second.close()
+
+
+@pytest.mark.parametrize("host, metrics_port, message", [
+    ("192.0.2.1", None, "cannot bind 192.0.2.1:0"),  # TEST-NET: not an address of this machine
+    ("127.0.0.1", 70000, "cannot serve /metrics on 127.0.0.1:70000"),
+])
+def test_an_address_that_cannot_be_bound_is_a_start_error(slm_executor, host, metrics_port, message):
+    server = ServerThread(lambda: build_server(llm_executor=slm_executor, host=host), metrics_port=metrics_port)
+    with pytest.raises(ServerStartError, match=message):
+        server.start()
+    server.close()

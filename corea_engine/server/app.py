@@ -66,9 +66,10 @@ class Server:
             host = self.host.strip("[]")
             try:
                 self._http = self.metrics.serve_http(metrics_port, host)
-            except OSError as err:
+            except (OSError, OverflowError) as err:  # in use, not an address here, not a port number
                 await self.grpc_server.stop(None)
-                raise ServerStartError(f"cannot serve /metrics on {self.host}:{metrics_port}: {err.strerror or err}") from None
+                reason = getattr(err, "strerror", None) or err
+                raise ServerStartError(f"cannot serve /metrics on {self.host}:{metrics_port}: {reason}") from None
 
     async def stop(self, grace_s: float | None = 30.0) -> None:
         """Refuse new calls, let in-flight ones finish for up to grace_s, then close."""
