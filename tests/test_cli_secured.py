@@ -113,3 +113,40 @@ def test_client_flags_without_an_address_are_refused():
     assert out.returncode == 2 and "give --address too" in out.stderr
     out = corea("bench", "--target", "grpc", "--spawn", "--tls-ca", str(Path(__file__)))
     assert out.returncode == 2 and "not with --spawn" in out.stderr
+
+
+def test_the_async_client_speaks_mtls_with_a_token(secured):
+    """AsyncCoreaClient (what eval and bench use) with every call kind; a wrong token is refused."""
+    import asyncio
+
+    import grpc
+
+    from corea_engine.cascade import SolveRequest
+    from corea_engine.client import AsyncCoreaClient
+    from corea_engine.server.tls import ClientTLS
+
+    *_, flags = secured
+    opt = dict(zip(flags[::2], flags[1::2]))
+    tls = ClientTLS(ca_file=opt["--tls-ca"], cert_file=opt["--tls-cert"], key_file=opt["--tls-key"])
+    token = Path(opt["--token-file"]).read_text().strip()
+    question = SolveRequest("What is 4 + 4?", mode="slm_only")
+
+    async def main():
+        async with AsyncCoreaClient(opt["--address"], tls=tls, token=token, timeout_s=300) as client:
+            await client.wait_ready(30)
+            one = await client.solve(question)
+            kinds = [event.WhichOneof("event") async for event in client.stream(question)]
+            batch = await client.solve_batch([question, SolveRequest("What is 5 + 5?", mode="slm_only")])
+        async with AsyncCoreaClient(opt["--address"], tls=tls, token="wrong", timeout_s=30) as client:
+            try:
+                await client.solve(question)
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+        return one, kinds, batch, code
+
+    one, kinds, batch, code = asyncio.run(main())
+    assert one.answer and one.mode == "slm_only"
+    assert kinds[0] == "slm_token" and kinds[-1] == "result"
+    assert len(batch) == 2 and all(r.answer for r in batch)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
