@@ -322,6 +322,7 @@ class GrammarCache:
         self._compiler = xgr.GrammarCompiler(self.tokenizer_info, cache_enabled=False)
         self.max_entries = max_entries
         self._compile = functools.lru_cache(maxsize=max_entries)(self._compile_uncached)
+        self._compile_lock = threading.Lock()  # one compile at a time, as before; look-ups stay free
 
     @classmethod
     def for_tokenizer(cls, tokenizer, vocab_size: int) -> "GrammarCache":
@@ -342,7 +343,8 @@ class GrammarCache:
         return self._compile.cache_info().currsize
 
     def _compile_uncached(self, fmt: Format):
-        return self._compiler.compile_grammar(fmt.ebnf())
+        with self._compile_lock:
+            return self._compiler.compile_grammar(fmt.ebnf())
 
     def compiled(self, fmt: Format | str):
         return self._compile(get_format(fmt))
