@@ -89,7 +89,7 @@ def echo_server(response) -> ServerThread:
         server = grpc.aio.server()
         corea_pb2_grpc.add_CoreaServicer_to_server(EchoCorea(response), server)
         port = server.add_insecure_port("127.0.0.1:0")
-        return Server(server, port, _NoHealth(), [], None)
+        return Server(server, "127.0.0.1", port, _NoHealth(), [], limit=None, metrics=None)
 
     return ServerThread(factory).start()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .contract import UnknownFormatError, get_format
+from .runtime.executor import InvalidRequestError, SamplingParams
 
 MODES = ("cascade", "slm_only", "llm_only")
 CONFIDENCE_SOURCES = ("expected", "sampled")
@@ -78,6 +79,11 @@ class CascadeConfig:
             get_format(self.contract)
         except UnknownFormatError as err:
             raise ConfigError(str(err)) from None
+        for name in ("slm_temperature", "llm_temperature"):  # the executors' own ranges
+            try:
+                SamplingParams(temperature=getattr(self, name)).validate()
+            except InvalidRequestError as err:
+                raise ConfigError(f"{name}: {err}") from None
         for name in ("llm_timeout_s", "breaker_cooldown_s", "retry_backoff_s", "retry_backoff_max_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")

@@ -8,7 +8,7 @@ Runtime, training and evaluation all speak through this module, so a format is d
 * `Format` is a syntax (JSON object or literature tags) and a field order (answer-first, or
   confidence-first for early deferral). It renders the prompt instructions, an xgrammar EBNF
   grammar with every free-text field bounded, and parses text back into `Parsed`.
-* `GrammarCache` compiles a format's grammar once per tokenizer.
+* `GrammarCache` compiles a format's grammar once per tokenizer (an LRU: bounds are client input).
 
 The parser is lenient about what models write when unconstrained (``90%``, ``100.``,
 ``I am 0.9 confident``), strict about structure, and names what is wrong when it refuses.
@@ -16,6 +16,7 @@ The parser is lenient about what models write when unconstrained (``90%``, ``100
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -300,18 +301,28 @@ def build_messages(question: str, fmt: Format | str | None = None) -> list[dict]
 # Compiled grammars, one compiler per tokenizer
 
 
+GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per tokenizer (~0.4 MB each for SmolLM2)
+
+
 class GrammarCache:
-    """Compiles each format's grammar once per tokenizer (xgrammar also caches internally)."""
+    """Compiles each format's grammar once per tokenizer, keeping the `max_entries` most recent.
+
+    Formats carry client-chosen bounds (max_answer_chars, ...), so the cache is an LRU: many
+    distinct values cost compiles, never unbounded memory. len() is its size (a metric).
+    """
 
     _per_tokenizer: "weakref.WeakKeyDictionary[object, GrammarCache]" = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
-    def __init__(self, tokenizer, vocab_size: int):
+    def __init__(self, tokenizer, vocab_size: int, max_entries: int = GRAMMAR_CACHE_SIZE):
         import xgrammar as xgr
 
         self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self._compiler = xgr.GrammarCompiler(self.tokenizer_info)
-        self._compiled: dict[Format, object] = {}
+        # This LRU is the one cache: xgrammar's own keeps every grammar ever compiled.
+        self._compiler = xgr.GrammarCompiler(self.tokenizer_info, cache_enabled=False)
+        self.max_entries = max_entries
+        self._compile = functools.lru_cache(maxsize=max_entries)(self._compile_uncached)
+        self._compile_lock = threading.Lock()  # one compile at a time, as before; look-ups stay free
 
     @classmethod
     def for_tokenizer(cls, tokenizer, vocab_size: int) -> "GrammarCache":
@@ -322,12 +333,21 @@ class GrammarCache:
                 cls._per_tokenizer[tokenizer] = cache
             return cache
 
+    @classmethod
+    def total_entries(cls) -> int:
+        """Compiled grammars held in this process, over every tokenizer."""
+        with cls._lock:
+            return sum(len(cache) for cache in cls._per_tokenizer.values())
+
+    def __len__(self) -> int:
+        return self._compile.cache_info().currsize
+
+    def _compile_uncached(self, fmt: Format):
+        with self._compile_lock:
+            return self._compiler.compile_grammar(fmt.ebnf())
+
     def compiled(self, fmt: Format | str):
-        fmt = get_format(fmt)
-        with self._lock:
-            if fmt not in self._compiled:
-                self._compiled[fmt] = self._compiler.compile_grammar(fmt.ebnf())
-            return self._compiled[fmt]
+        return self._compile(get_format(fmt))
 
     def matcher(self, fmt: Format | str):
         import xgrammar as xgr

@@ -37,13 +37,14 @@ class BenchSetup:
     llm_dtype: str = "float32"
     max_batch_size: int = 16
     threads: int = 1
+    client_security: dict = field(default_factory=dict)  # tls, token: reaching a secured --address
 
     def __post_init__(self):
         if self.requests is None and self.seconds is None:
             self.requests = DEFAULT_REQUESTS
 
     @classmethod
-    def from_args(cls, args, *, levels, questions, threads) -> "BenchSetup":
+    def from_args(cls, args, *, levels, questions, threads, client_security: dict | None = None) -> "BenchSetup":
         options = RequestOptions(contract=args.contract, max_new_tokens=args.max_new_tokens,
                                  threshold=args.threshold, mode=args.mode, timeout_s=args.timeout,
                                  max_reasoning_chars=args.max_reasoning_chars, max_answer_chars=args.max_answer_chars)
@@ -52,7 +53,7 @@ class BenchSetup:
                    address=args.address, spawn=args.spawn, spawn_llm_server=args.spawn_llm_server, cpp=args.cpp, cpp_build_dir=args.cpp_build_dir,
                    model=args.model, device=args.device, dtype=args.dtype, llm_model=args.llm_model,
                    llm_device=args.llm_device, llm_dtype=args.llm_dtype, max_batch_size=args.max_batch_size,
-                   threads=threads)
+                   threads=threads, client_security=client_security or {})
 
     def config(self) -> dict:
         o = self.options
@@ -134,7 +135,7 @@ def _grpc(setup: BenchSetup, progress) -> list[dict]:
             from .spawn import spawn_servers
 
             address = stack.enter_context(spawn_servers(setup, progress, separate_llm=setup.spawn_llm_server))
-        reports = [_sweep(lambda: GrpcTarget(address, setup.options), setup, progress, address=address)]
+        reports = [_sweep(lambda: GrpcTarget(address, setup.options, **setup.client_security), setup, progress, address=address)]
         if binary is not None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="corea-bench-")))
             question_file = write_question_file(setup.questions, folder / "questions.txt")

@@ -7,7 +7,7 @@
 ExecutorTarget: the bare executor (no routing): time to decision is the time to the confidence
 event, and "deferred" is what the threshold would decide on that confidence.
 CascadeTarget: the in-process Cascade (SLM executor + an LLM client), no gRPC.
-GrpcTarget: a running `corea serve` through grpc.aio SolveStream (time to the Decision event).
+GrpcTarget: a running `corea serve` through client.AsyncCoreaClient's SolveStream (time to the Decision event).
 """
 
 from __future__ import annotations
@@ -113,38 +113,30 @@ class CascadeTarget(Target):
         await self.cascade.close()
 
 
-_MODES = {None: 0, "cascade": 1, "slm_only": 2, "llm_only": 3}  # corea.v1.RoutingMode
-
-
 class GrpcTarget(Target):
     name = "grpc"
 
-    def __init__(self, address: str, options: RequestOptions):
-        import grpc
+    def __init__(self, address: str, options: RequestOptions, *, tls=None, token: str | None = None):
+        """tls (a server.tls.ClientTLS) and token: how to reach a secured server."""
+        from ..client import AsyncCoreaClient
 
-        from ..protos import corea_pb2_grpc
-
-        if options.mode not in _MODES:
+        if options.mode not in (None, "cascade", "slm_only", "llm_only"):
             raise ValueError(f"mode must be one of cascade, slm_only, llm_only, got {options.mode!r}")
         self.address, self.options = address, options
         # One channel (one HTTP/2 connection) multiplexes every in-flight call, as a service client would.
-        self.channel = grpc.aio.insecure_channel(address)
-        self.stub = corea_pb2_grpc.CoreaStub(self.channel)
+        self.client = AsyncCoreaClient(address, tls=tls, token=token, timeout_s=options.timeout_s)
 
     def request(self, question: str, request_id: str):
-        from ..protos import corea_pb2
+        from ..cascade import SolveRequest
 
         o = self.options
-        message = corea_pb2.SolveRequest(question=question, request_id=request_id, contract=o.contract,
-                                         max_new_tokens=o.max_new_tokens or 0, mode=_MODES[o.mode])
-        if o.threshold is not None:
-            message.threshold = o.threshold
-        return message
+        return SolveRequest(question, request_id=request_id, threshold=o.threshold, mode=o.mode,
+                            contract=o.contract, max_new_tokens=o.max_new_tokens)
 
     async def solve(self, question: str, request_id: str) -> Sample:
         start = time.perf_counter()
         decision_s = result = None
-        async for event in self.stub.SolveStream(self.request(question, request_id), timeout=self.options.timeout_s):
+        async for event in self.client.stream(self.request(question, request_id)):
             kind = event.WhichOneof("event")
             if kind == "decision" and decision_s is None:
                 decision_s = time.perf_counter() - start
@@ -162,9 +154,7 @@ class GrpcTarget(Target):
         return super().error_kind(err)
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        import asyncio
-
-        await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
+        await self.client.wait_ready(timeout_s)
 
     async def aclose(self) -> None:
-        await self.channel.close()
+        await self.client.close()

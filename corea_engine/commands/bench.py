@@ -3,6 +3,7 @@
     corea bench --target grpc --address 127.0.0.1:50051            # a running `corea serve`
     corea bench --target grpc --spawn --cpp                        # start servers, add the C++ client
     corea bench --target executor,cascade,grpc --spawn             # every layer, one report
+    corea bench --target grpc --address corea:50051 --tls-ca ca.pem --token-file t   # a secured server
 
 Writes <out>/<stem>.json (every figure), .md (tables) and .png (throughput and p99 against
 concurrency), and prints the tables.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import sys
 
 from .common import add_model_args, default_threads
+from .security_args import add_client_args, client_security, uses_client_security
 
 TARGETS = ("executor", "cascade", "grpc")
 
@@ -46,6 +48,7 @@ def register(sub) -> None:
     p.add_argument("--stem", default="bench", help="file name stem of the outputs")
     add_model_args(p)
     add_model_args(p, prefix="llm-")
+    add_client_args(p)
     p.set_defaults(func=run)
 
 
@@ -73,6 +76,9 @@ def run(args) -> int:
         raise CommandError(f"unknown --target {','.join(unknown) or args.target!r}; choose from {', '.join(TARGETS)}")
     if args.cpp and "grpc" not in targets:
         raise CommandError("--cpp drives a gRPC server: add grpc to --target")
+    if uses_client_security(args) and (args.spawn or args.cpp or "grpc" not in targets):
+        raise CommandError("--tls-* and --token-file reach a secured --address with the Python client: "
+                           "not with --spawn (loopback, plaintext), --cpp (plaintext, no token) or without grpc in --target")
     if args.requests is not None and args.requests < 1:
         raise CommandError(f"--requests must be at least 1, got {args.requests}")
     if args.seconds is not None and args.seconds <= 0:
@@ -89,7 +95,8 @@ def run(args) -> int:
     except QuestionSetError as err:
         raise CommandError(str(err)) from None
 
-    setup = BenchSetup.from_args(args, levels=levels, questions=questions, threads=default_threads())
+    setup = BenchSetup.from_args(args, levels=levels, questions=questions, threads=default_threads(),
+                                 client_security=client_security(args))
     # Written after each target too, so a long run that fails late keeps what it measured.
     reports = run_targets(targets, setup, progress=lambda line: print(line, file=sys.stderr, flush=True),
                           on_report=lambda so_far: report.write(so_far, args.out, args.stem))

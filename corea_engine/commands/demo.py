@@ -1,10 +1,12 @@
 """`corea demo`: a few GSM8K questions through the cascade over gRPC, printed as a table.
 
 Starts two servers on loopback in this process: the stand-in LLM tier (a worker serving
-sglang.grpc.scheduler.SglangScheduler over the embedded default model, sharing the SLM's weights) and the cascade (corea.v1.Corea) that
+sglang.grpc.scheduler.SglangScheduler over the embedded default model, sharing the SLM's weights)
+and the cascade (corea.v1.Corea) that
 escalates to it through the generated gRPC stub; then asks the questions concurrently with
 the gRPC client. The stand-in LLM is the same 135M model: the demo shows the machinery
-(confidence, deferral, tiers, tokens, latency), not a stronger second model.
+(confidence, deferral, tiers, tokens, latency), not a stronger second model. With --address it
+asks a running `corea serve` instead (--tls-ca, --tls-cert/--tls-key, --token-file when secured).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .common import add_model_args, default_threads
+from .security_args import add_client_args, connect, uses_client_security
 
 
 def register(sub) -> None:
@@ -20,8 +23,12 @@ def register(sub) -> None:
     p.add_argument("-n", type=int, default=5, help="how many questions")
     p.add_argument("--contract", default="json")
     p.add_argument("--threshold", type=float, default=0.65, help="defer when the SLM's confidence is below this")
-    p.add_argument("--max-reasoning-chars", type=int, default=160, help="bound on the reasoning field (speed)")
+    p.add_argument("--max-reasoning-chars", type=int, default=160,
+                   help="bound on the reasoning field (speed; the servers the demo starts)")
+    p.add_argument("--address", default=None,
+                   help="ask a running `corea serve` instead of starting servers here (it uses its own bounds)")
     add_model_args(p)
+    add_client_args(p)
     p.set_defaults(func=run)
 
 
@@ -29,24 +36,69 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..cascade import Cascade, CascadeConfig, SolveRequest
+    from ..cascade import CascadeConfig
     from ..cascade_config import ConfigError
     from ..cli import CommandError
-    from ..client import CoreaClient
-    from ..escalation.grpc_llm import GrpcLLM
     from ..evaluation.datasets import load_gsm8k
-    from ..runtime.torch_executor import TorchExecutor
-    from ..server.app import build_server
-    from ..models import resolve_model
-    from ..server.background import ServerThread
-    from ..server.worker_service import WorkerService
 
     try:
         config = CascadeConfig(threshold=args.threshold, contract=args.contract, max_reasoning_chars=args.max_reasoning_chars).validate()
     except ConfigError as err:
         raise CommandError(str(err)) from None
+    if uses_client_security(args) and not args.address:
+        raise CommandError("--tls-* and --token-file are for reaching a server: give --address too")
     examples = load_gsm8k("test", limit=args.n)
     console = Console()
+    if args.address:
+        with console.status(f"{len(examples)} questions -> corea.v1.Corea on {args.address}"), connect(args) as client:
+            results, elapsed = _ask(client, examples, config)
+        models = f"SLM: {results[0].slm_model or '-'}; LLM: {results[0].llm_model or '-'}" if results else ""
+        where = f"the server at {args.address}"
+    else:
+        results, elapsed, models = _run_local(args, examples, config, console)
+        where = "gRPC"
+
+    table = Table(title=f"GSM8K through the cascade over {where} ({config.contract} contract, threshold {config.threshold:g})")
+    for column in ("question", "answer", "reference", "confidence", "answered by", "tokens slm/llm", "latency"):
+        table.add_column(column, overflow="fold")
+    for example, r in zip(examples, results):
+        conf = f"{r.confidence_sampled:.1f} / {r.confidence_expected:.2f}" if r.confidence_expected is not None else "-"
+        tier = r.answered_by.upper() + (" (deferred)" if r.deferred else "")
+        if r.degraded:
+            tier += f" DEGRADED: {r.degraded_reason}"
+        table.add_row(example.question[:60], r.answer or "-", example.answer, conf, tier,
+                      f"{r.slm_completion_tokens}/{r.llm_completion_tokens}", f"{r.latency_ms / 1000:.1f}s")
+    console.print(table)
+    console.print(models)
+    deferred = sum(r.deferred for r in results)
+    cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
+    console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "
+                  f"cost {cost:.5f} vs {alone:.5f} for the LLM alone; confidence = sampled / expected")
+    return 0
+
+
+def _ask(client, examples, config):
+    """Every question at once through the client: (results in order, seconds)."""
+    from ..cascade import SolveRequest
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(examples) or 1) as pool:
+        results = list(pool.map(lambda e: client.solve(SolveRequest(e.question, threshold=config.threshold,
+                                                                    contract=config.contract)), examples))
+    return results, time.perf_counter() - t0
+
+
+def _run_local(args, examples, config, console):
+    """Start the stand-in LLM tier and the cascade on loopback here, ask, stop: (results, seconds, models line)."""
+    from ..cascade import Cascade
+    from ..client import CoreaClient
+    from ..escalation.grpc_llm import GrpcLLM
+    from ..models import resolve_model
+    from ..runtime.torch_executor import TorchExecutor
+    from ..server.app import build_server
+    from ..server.background import ServerThread
+    from ..server.worker_service import WorkerService
+
     with console.status("loading the model"):
         slm = TorchExecutor(args.model, device=args.device, dtype=args.dtype, threads=default_threads())
         llm = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer))  # the stand-in shares the weights
@@ -60,31 +112,11 @@ def run(args) -> int:
         corea_server = ServerThread(lambda: build_server(cascade, host="127.0.0.1")).start()
         servers.append(corea_server)
         with console.status(f"{len(examples)} questions -> corea.v1.Corea on {corea_server.address} "
-                            f"(LLM tier: corea worker on {llm_server.address})"):
-            t0 = time.perf_counter()
-            with CoreaClient(corea_server.address) as client, ThreadPoolExecutor(len(examples) or 1) as pool:
-                results = list(pool.map(lambda e: client.solve(SolveRequest(e.question)), examples))
-            elapsed = time.perf_counter() - t0
+                            f"(LLM tier: corea worker on {llm_server.address})"), CoreaClient(corea_server.address) as client:
+            results, elapsed = _ask(client, examples, config)
     finally:
         for server in reversed(servers):
             server.close()
         llm.close()
         slm.close()
-
-    table = Table(title=f"GSM8K through the cascade over gRPC ({config.contract} contract, threshold {config.threshold:g})")
-    for column in ("question", "answer", "reference", "confidence", "answered by", "tokens slm/llm", "latency"):
-        table.add_column(column, overflow="fold")
-    for example, r in zip(examples, results):
-        conf = f"{r.confidence_sampled:.1f} / {r.confidence_expected:.2f}" if r.confidence_expected is not None else "-"
-        tier = r.answered_by.upper() + (" (deferred)" if r.deferred else "")
-        if r.degraded:
-            tier += f" DEGRADED: {r.degraded_reason}"
-        table.add_row(example.question[:60], r.answer or "-", example.answer, conf, tier,
-                      f"{r.slm_completion_tokens}/{r.llm_completion_tokens}", f"{r.latency_ms / 1000:.1f}s")
-    console.print(table)
-    console.print(f"SLM: {slm.model_name}; LLM: {llm.model_name} over gRPC (sglang.grpc.scheduler.SglangScheduler)")
-    deferred = sum(r.deferred for r in results)
-    cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
-    console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "
-                  f"cost {cost:.5f} vs {alone:.5f} for the LLM alone; confidence = sampled / expected")
-    return 0
+    return results, elapsed, f"SLM: {slm.model_name}; LLM: {llm.model_name} over gRPC (sglang.grpc.scheduler.SglangScheduler)"

@@ -2,6 +2,7 @@
 
     corea eval --dataset gsm8k --limit 50 --llm-model smollm2-135m --out runs/gsm8k   (in process)
     corea eval --dataset gsm8k --address localhost:50051 --out runs/remote             (a server)
+    corea eval --dataset gsm8k --address corea:50051 --tls-ca ca.pem --token-file t --out runs/r   (secured)
     corea eval --offline --slm rlcr:math-500:RLCR --llm rlcr:math-500:Base --out runs/rlcr
     corea eval --offline --samples runs/gsm8k/samples.jsonl --out runs/again
     corea eval --suite rlcr --out runs/suite-rlcr            (a benchmark suite: see eval_suite.py)
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from .cascade_args import add_cascade_args
 from .eval_suite import add_suite_args
+from .security_args import add_client_args, connect, uses_client_security
 
 
 def register(sub) -> None:
@@ -39,6 +41,7 @@ def register(sub) -> None:
     g.add_argument("--llm-price", type=float, default=10.0, help="LLM price per completion token, when records carry no cost")
     add_cascade_args(p)
     add_suite_args(p)
+    add_client_args(p)
     p.set_defaults(func=run)
 
 
@@ -55,6 +58,8 @@ def run(args) -> int:
         raise CommandError("--slm, --llm and --samples need --offline")
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be >= 1, got {args.limit}")
+    if uses_client_security(args) and not args.address:
+        raise CommandError("--tls-* and --token-file are for reaching a server: give --address too")
     return run_online(args)
 
 
@@ -141,13 +146,13 @@ async def _online(args, examples) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..evaluation.runner import EvalSettings, RemoteSolver, run_eval
+    from ..evaluation.runner import EvalSettings, run_eval
     from .cascade_args import build_cascade, load_config
 
     console = Console(stderr=True)
     executors, solver = [], None
     if args.address:
-        solver = RemoteSolver(args.address)
+        solver = connect(args, aio=True, timeout_s=600.0)
         mode = args.mode or "cascade"
         title_where = f"server {args.address}"
     else:
@@ -178,10 +183,8 @@ async def _online(args, examples) -> int:
 
             rows = await run_eval(solver, examples, settings, on_done=done)
     finally:
-        if args.address:
-            await solver.close()
-        else:
-            await solver.close()
+        await solver.close()
+        if not args.address:
             for executor in executors:
                 executor.close()
     _write_online(args, rows, mode, title_where)

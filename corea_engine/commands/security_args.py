@@ -1,4 +1,5 @@
-"""Flags shared by `corea serve` and `corea worker`: TLS, bearer tokens, request limits.
+"""Flags shared by `corea serve` and `corea worker` (TLS, bearer tokens, request limits), and by
+the commands that call a server (`corea solve/eval/bench/demo --address`: how to reach it).
 
 Each flag's default comes from an environment variable (named in --help) so that a container
 can be configured without a command line; tokens may also come from $COREA_AUTH_TOKENS.
@@ -69,3 +70,44 @@ def security_from_args(args):
                               max_inflight_per_client=args.max_inflight_per_client)
     except (TLSConfigError, AuthConfigError, ValueError) as err:
         raise CommandError(str(err)) from None
+
+
+def add_client_args(p) -> None:
+    """How a client command reaches a secured `corea serve` (with --address)."""
+    g = p.add_argument_group("reaching a secured server (with --address)")
+    g.add_argument("--tls-ca", default=None, help="PEM CA to trust for the server's certificate (turns TLS on)")
+    g.add_argument("--tls-cert", default=None, help="PEM client certificate, for a server that requires mTLS")
+    g.add_argument("--tls-key", default=None, help="PEM client key, with --tls-cert")
+    g.add_argument("--tls-server-name", default=None, help="the name the server's certificate must carry, "
+                   "when it is not the address's host")
+    g.add_argument("--token-file", default=None, help="bearer token, its first line (else $COREA_TOKEN)")
+
+
+def client_security(args) -> dict:
+    """tls (a ClientTLS or None) and token (or None) from the flags; CommandError for unusable ones."""
+    from ..cascade_config import ConfigError
+    from ..cli import CommandError
+    from ..escalation.grpc_security import read_token
+    from ..server.tls import ClientTLS, TLSConfigError
+
+    try:
+        tls = None
+        if args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+            tls = ClientTLS(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key,
+                            server_name=args.tls_server_name)
+            tls.credentials()  # read the files now: a bad path is one line, named
+        return {"tls": tls, "token": read_token(args.token_file, "COREA_TOKEN")}
+    except (TLSConfigError, ConfigError) as err:
+        raise CommandError(str(err)) from None
+
+
+def connect(args, *, aio: bool = False, timeout_s: float | None = None):
+    """A CoreaClient (AsyncCoreaClient when aio: call inside the event loop) to args.address."""
+    from ..client import DEFAULT_TIMEOUT_S, AsyncCoreaClient, CoreaClient
+
+    kind = AsyncCoreaClient if aio else CoreaClient
+    return kind(args.address, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, **client_security(args))
+
+
+def uses_client_security(args) -> bool:
+    return any(getattr(args, name, None) for name in ("tls_ca", "tls_cert", "tls_key", "tls_server_name", "token_file"))

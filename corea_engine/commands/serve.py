@@ -8,9 +8,11 @@ from .security_args import add_llm_client_args, add_security_args
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the cascade over gRPC (corea.v1.Corea)")
-    p.add_argument("--host", default="[::]")
+    p.add_argument("--host", default="[::]", help="address every listener binds, gRPC and /metrics "
+                   "(default [::]: all interfaces; 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics HTTP port")
+    p.add_argument("--metrics-port", type=int, default=9464,
+                   help="Prometheus /metrics HTTP port, on --host (plaintext, no token: keep it off untrusted networks)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     p.add_argument("--max-inflight", type=int, default=64, help="concurrent requests before RESOURCE_EXHAUSTED")
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
@@ -34,14 +36,14 @@ def run(args) -> int:
     cascade, executors = build_cascade(args, config)
 
     async def main():
+        ready = lambda s: print(f"corea serve: {', '.join(s.services)} on port {s.port} of {args.host} ({security.describe()})"  # noqa: E731
+                                + ("" if args.no_metrics else f", metrics on {args.host}:{s.metrics_port}/metrics"), flush=True)
         try:
             server = build_server(cascade, port=args.port, host=args.host, max_inflight=args.max_inflight,
                                   security=security)
+            await serve(server, metrics_port=None if args.no_metrics else args.metrics_port, grace_s=args.grace_s, ready=ready)
         except ServerStartError as err:
             raise CommandError(str(err)) from None
-        ready = lambda s: print(f"corea serve: {', '.join(s.services)} on port {s.port} ({security.describe()})"  # noqa: E731
-                                + ("" if args.no_metrics else f", metrics on :{args.metrics_port}/metrics"), flush=True)
-        await serve(server, metrics_port=None if args.no_metrics else args.metrics_port, grace_s=args.grace_s, ready=ready)
         await cascade.close()
 
     try:

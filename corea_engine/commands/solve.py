@@ -1,6 +1,7 @@
 """`corea solve "question"`: answer one question through the cascade, print the result as JSON.
 
-With --address it asks a running `corea serve`; otherwise it runs the cascade in this process,
+With --address it asks a running `corea serve` (--tls-ca, --tls-cert/--tls-key, --token-file for
+a secured one); otherwise it runs the cascade in this process,
 with the LLM tier from --llm-address, --llm-openai-base-url + --llm-model, or --llm-model for an
 in-process one; with none of them the SLM's own model stands in (or use --mode slm_only).
 --stream prints the events as JSON lines as they happen.
@@ -13,6 +14,7 @@ import sys
 from dataclasses import asdict
 
 from .cascade_args import add_cascade_args
+from .security_args import add_client_args, connect, uses_client_security
 
 
 def register(sub) -> None:
@@ -22,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (the gRPC deadline)")
     p.add_argument("--stream", action="store_true", help="print every event as a JSON line")
     add_cascade_args(p)
+    add_client_args(p)
     p.set_defaults(func=run)
 
 
@@ -34,6 +37,10 @@ def _request(args):
 
 
 def run(args) -> int:
+    from ..cli import CommandError
+
+    if uses_client_security(args) and not args.address:
+        raise CommandError("--tls-* and --token-file are for reaching a server: give --address too")
     result = _remote(args) if args.address else _local(args)
     if not args.stream:
         json.dump(asdict(result), sys.stdout, indent=2)
@@ -46,10 +53,9 @@ def _remote(args):
     from google.protobuf.json_format import MessageToDict
 
     from ..cli import CommandError
-    from ..client import CoreaClient
     from ..server.convert import from_response
 
-    with CoreaClient(args.address, timeout_s=args.timeout) as client:
+    with connect(args, timeout_s=args.timeout) as client:
         try:
             if not args.stream:
                 return client.solve(_request(args))

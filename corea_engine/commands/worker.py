@@ -19,6 +19,8 @@ def register(sub) -> None:
 def add_args(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address ('[::]' for every interface)")
     p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics over HTTP on this port, on --host (default: off)")
     p.add_argument("--max-inflight", type=int, default=64, help="concurrent calls before RESOURCE_EXHAUSTED")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (max_running_requests)")
     p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
@@ -51,7 +53,7 @@ def run(args) -> int:
         except ServerStartError as err:
             raise CommandError(str(err)) from None
         stand_in = " (a stand-in LLM)" if executor.model_name == "smollm2-135m" else ""
-        await serve(server, grace_s=args.grace_s,
+        await serve(server, metrics_port=args.metrics_port, grace_s=args.grace_s,
                     ready=lambda s: print(f"corea worker: {executor.model_name}{stand_in} on port {s.port} of {args.host} "
                                           f"({', '.join(s.services)}; {security.describe()})", flush=True))
 

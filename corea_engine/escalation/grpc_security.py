@@ -23,10 +23,10 @@ def read_token(file: str | None, env_var: str | None, env: dict | None = None) -
     if file:
         path = Path(file)
         if not path.is_file():
-            raise ConfigError(f"llm_token_file {path} does not exist")
+            raise ConfigError(f"token file {path} does not exist")
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not lines:
-            raise ConfigError(f"llm_token_file {path} is empty")
+            raise ConfigError(f"token file {path} is empty")
         return lines[0]
     env = os.environ if env is None else env
     return (env.get(env_var) or "").strip() or None if env_var else None

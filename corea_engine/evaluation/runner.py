@@ -20,29 +20,9 @@ from .datasets import Example
 
 
 class Solver(Protocol):
+    """A Cascade in this process, or client.AsyncCoreaClient to a server."""
+
     async def solve(self, request: SolveRequest) -> SolveResult: ...
-
-
-class RemoteSolver:
-    """corea.v1.Corea on a running server (`corea serve`), through the generated stub."""
-
-    def __init__(self, address: str, timeout_s: float = 600.0):
-        import grpc
-
-        from ..protos import corea_pb2_grpc
-
-        self.address = address
-        self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(address)
-        self.stub = corea_pb2_grpc.CoreaStub(self.channel)
-
-    async def solve(self, request: SolveRequest) -> SolveResult:
-        from ..server.convert import from_response, from_solve_request
-
-        return from_response(await self.stub.Solve(from_solve_request(request), timeout=self.timeout_s))
-
-    async def close(self) -> None:
-        await self.channel.close()
 
 
 @dataclass(frozen=True)

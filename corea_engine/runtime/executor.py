@@ -50,8 +50,23 @@ class Constraint:
     source: str
 
 
+# Sampling ranges that are numerically safe in float32: below MIN_TEMPERATURE, logits / T overflow
+# to inf (a Python float like 1e-300 even becomes 0 in a float32 tensor); below MIN_TOP_P the
+# nucleus cut-off underflows the same way. Temperature 0 means greedy and needs neither.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0
+MIN_TOP_P = 0.01
+MAX_SEED = 2**63 - 1  # int64: what torch and SGLang both take
+
+
 @dataclass
 class SamplingParams:
+    """How tokens are chosen. The one place their ranges are checked (every executor, every service):
+
+    temperature: 0 (greedy) or in [MIN_TEMPERATURE, MAX_TEMPERATURE]; top_p in [MIN_TOP_P, 1];
+    seed in [0, 2**63 - 1] or None; max_new_tokens in [1, MAX_NEW_TOKENS_LIMIT] or None.
+    validate() raises InvalidRequestError naming the field.
+    """
+
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
@@ -62,18 +77,30 @@ class SamplingParams:
 
     def validate(self) -> None:
         if self.max_new_tokens is not None:
-            if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+            if not (_is_int(self.max_new_tokens) and self.max_new_tokens >= 1):
                 raise InvalidRequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
             if self.max_new_tokens > MAX_NEW_TOKENS_LIMIT:
                 raise OutOfRangeError(f"max_new_tokens is {self.max_new_tokens}; the limit is {MAX_NEW_TOKENS_LIMIT}")
-        if not (self.top_k == -1 or (isinstance(self.top_k, int) and self.top_k >= 1)):
+        if not (self.top_k == -1 or (_is_int(self.top_k) and self.top_k >= 1)):
             raise InvalidRequestError(f"top_k must be -1 (off) or >= 1, got {self.top_k!r}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidRequestError("stop strings must be non-empty")
-        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 10.0):
-            raise InvalidRequestError(f"temperature must be in [0, 10], got {self.temperature!r}")
-        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
-            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        t = self.temperature
+        if not (_is_real(t) and (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE)):
+            raise InvalidRequestError(
+                f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {t!r}")
+        if not (_is_real(self.top_p) and MIN_TOP_P <= self.top_p <= 1.0):
+            raise InvalidRequestError(f"top_p must be in [{MIN_TOP_P}, 1], got {self.top_p!r}")
+        if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+            raise InvalidRequestError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _ids = itertools.count()

@@ -219,6 +219,11 @@ class TorchExecutor(Executor):
     def eos_token_ids(self) -> list[int]:
         return sorted(self._eos)
 
+    @property
+    def prefix_cache_entries(self) -> int:
+        """Shared prompt prefixes whose KV is cached (at most PREFIX_CACHE_SIZE; keyed by system prompts)."""
+        return len(self._prefixes)
+
     # ------------------------------------------------------------------ request preparation
     def _encode(self, request: Request) -> list[int]:
         if request.input_ids is not None:
@@ -465,7 +470,8 @@ class TorchExecutor(Executor):
         tokens = self._sample(logits, rows)
         t4 = time.perf_counter()
         now = time.perf_counter()
-        asked = {i: self._token_logprobs(rows[i].request, logprobs[j], tokens[i]) for j, i in enumerate(wanting)}
+        asked = {i: self._token_logprobs(rows[i].request, logprobs[j], tokens[i])
+                 for j, i in enumerate(wanting) if tokens[i] is not None}  # None: sampling failed
         for i, (seq, token) in enumerate(zip(rows, tokens)):
             self._advance(seq, token, first_row + i, readings.get(i), now, asked.get(i))
         t5 = time.perf_counter()
@@ -483,23 +489,41 @@ class TorchExecutor(Executor):
         selected = tuple(logprobs[list(request.logprob_token_ids)].tolist()) if request.logprob_token_ids else ()
         return TokenLogprobs(float(logprobs[token]), top, selected)
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> list[int | None]:
+        """One token per row; None for a row whose sampling failed (it is finished with the error).
+
+        Each row samples alone, so one request's parameters can end only that request.
+        """
         tokens = logits.argmax(dim=-1).tolist()
         for i, seq in enumerate(rows):
             sp = seq.request.sampling
             if sp.temperature <= 0:
                 continue
-            scaled = logits[i] / sp.temperature
-            if sp.top_k > 0 and sp.top_k < scaled.numel():
-                kth = scaled.topk(sp.top_k).values[-1]
-                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            probs = torch.softmax(scaled, dim=-1)
-            if sp.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(0) - sorted_probs < sp.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-            tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
+            try:
+                tokens[i] = self._sample_row(logits[i], sp, seq.generator)
+            except (RuntimeError, ValueError) as err:
+                tokens[i] = None
+                seq.finish_reason, seq.error = "error", f"sampling failed: {err}"
+                self._finish(seq)
         return tokens
+
+    @staticmethod
+    def _sample_row(logits: torch.Tensor, sp, generator) -> int:
+        scaled = logits / sp.temperature
+        if 0 < sp.top_k < scaled.numel():
+            kth = scaled.topk(sp.top_k).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = torch.softmax(scaled, dim=-1)
+        if sp.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < sp.top_p
+            keep[0] = True  # the top token always stays, whatever the rounding
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        # Checked here: on CUDA, multinomial over inf/NaN is a device assert that kills the process.
+        total = probs.sum()
+        if not (torch.isfinite(probs).all() and total > 0):
+            raise ValueError(f"no finite distribution at temperature {sp.temperature!r}, top_p {sp.top_p!r}")
+        return int(torch.multinomial(probs, 1, generator=generator))
 
     def _advance(self, seq: _Sequence, token: int, row: int, reading, now: float, logprobs=None) -> None:
         if seq.finish_reason is not None:

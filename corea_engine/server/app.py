@@ -5,6 +5,7 @@
 
 `corea serve` has the cascade, `corea worker` the engines' protocol (sglang.grpc.scheduler.
 SglangScheduler, worker_service.py); one server may carry both.
+Every listener binds the server's one `host` (gRPC and /metrics alike): nothing listens elsewhere.
 Shutdown: health turns NOT_SERVING, new calls are refused, in-flight ones get `grace_s` to finish.
 """
 
@@ -36,17 +37,18 @@ COREA_SERVICE = corea_pb2.DESCRIPTOR.services_by_name["Corea"].full_name
 
 
 class ServerStartError(RuntimeError):
-    """The port could not be bound."""
+    """A port (gRPC or /metrics) could not be bound."""
 
 
 @dataclass
 class Server:
     grpc_server: grpc.aio.Server
+    host: str  # as given to build_server ("127.0.0.1", "[::]", a name)
     port: int
     health: health_aio.HealthServicer
     services: list[str]
     limit: ConcurrencyLimit
-    metrics: CoreaMetrics | None = None
+    metrics: CoreaMetrics
     corea: CoreaService | None = None
     worker: WorkerService | None = None
     _http: object = field(default=None, repr=False)
@@ -56,12 +58,19 @@ class Server:
         """The bound /metrics port (useful when started with port 0)."""
         return self._http.server_port if self._http is not None else None
 
-    async def start(self, metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
+    async def start(self, metrics_port: int | None = None) -> None:
+        """Start serving; with metrics_port, /metrics over HTTP on the same host as gRPC."""
         await self.grpc_server.start()
         for name in ["", *self.services]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if metrics_port is not None and self.metrics is not None:
-            self._http = self.metrics.serve_http(metrics_port, metrics_host)
+        if metrics_port is not None:
+            host = self.host.strip("[]")
+            try:
+                self._http = self.metrics.serve_http(metrics_port, host)
+            except (OSError, OverflowError) as err:  # in use, not an address here, not a port number
+                await self.grpc_server.stop(None)
+                reason = getattr(err, "strerror", None) or err
+                raise ServerStartError(f"cannot serve /metrics on {self.host}:{metrics_port}: {reason}") from None
 
     async def stop(self, grace_s: float | None = 30.0) -> None:
         """Refuse new calls, let in-flight ones finish for up to grace_s, then close."""
@@ -87,9 +96,14 @@ def build_server(
     """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop."""
     if cascade is None and worker is None:
         raise ValueError("build_server needs a cascade, a worker, or both")
-    metrics = metrics or (CoreaMetrics() if cascade is not None else None)
-    limit = ConcurrencyLimit(max_inflight, on_change=metrics.inflight.set if metrics else None)
+    metrics = metrics or CoreaMetrics()
+    limit = ConcurrencyLimit(max_inflight, on_change=metrics.inflight.set)
     security = security or ServerSecurity()
+    if security.limits is not None:
+        metrics.track_cache("clients_in_flight", lambda: len(security.limits.inflight))
+    for role, executor in (("slm", cascade.slm if cascade else None), ("llm", worker.executor if worker else None)):
+        if hasattr(executor, "prefix_cache_entries"):
+            metrics.track_cache(f"{role}_prefix_kv", lambda e=executor: e.prefix_cache_entries)
     server = grpc.aio.server(interceptors=[*security.interceptors(), limit, *interceptors],
                              options=[*security.options(), *(options or [])])
     services = []
@@ -108,7 +122,7 @@ def build_server(
     bound = security.bind(server, f"{host}:{port}")
     if bound == 0:
         raise ServerStartError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
-    return Server(server, bound, health, services, limit, metrics, corea_service, worker)
+    return Server(server, host, bound, health, services, limit, metrics, corea_service, worker)
 
 
 async def serve(server: Server, *, metrics_port: int | None = None, grace_s: float = 30.0, ready=None) -> None:

@@ -1,13 +1,21 @@
 """Server interceptors. The chain is a list passed to build_server: add auth, tracing, ...
 
-ConcurrencyLimit refuses calls beyond max_inflight with RESOURCE_EXHAUSTED at once (rather than
-queueing them behind a model that is already full); it applies to the methods under `prefix`
-only, so health checks and reflection always answer.
+ConcurrencyLimit refuses work beyond max_inflight with RESOURCE_EXHAUSTED at once (rather than
+queueing it behind a model that is already full). It counts work, not calls: a SolveBatch holds
+one slot per item (`work_items`), as the per-client limit does. It applies to the methods under
+`prefix` only, so health checks and reflection always answer.
 """
 
 from __future__ import annotations
 
 import grpc
+
+from ._handlers import guarded
+
+
+def work_items(request) -> int:
+    """How many solves or generations a request asks for: a batch's items, else 1."""
+    return len(getattr(request, "requests", None) or [request])
 
 
 class ConcurrencyLimit(grpc.aio.ServerInterceptor):
@@ -16,56 +24,28 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self.max_inflight = max_inflight
         self.prefix = prefix
-        self.inflight = 0
+        self.inflight = 0  # work items in flight (all on the server's one event loop)
         self._on_change = on_change  # e.g. a gauge's set
-
-    def _enter(self) -> bool:
-        if self.inflight >= self.max_inflight:
-            return False
-        self.inflight += 1
-        self._changed()
-        return True
-
-    def _leave(self) -> None:
-        self.inflight -= 1
-        self._changed()
-
-    def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self.inflight)
-
-    def _refusal(self) -> str:
-        return f"server is at its limit of {self.max_inflight} requests in flight; retry later"
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.prefix):
             return handler
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
+        return guarded(handler, self._admit)
 
-            async def unary(request, context):
-                if not self._enter():
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal())
-                try:
-                    return await inner(request, context)
-                finally:
-                    self._leave()
+    async def _admit(self, request, context):
+        weight = work_items(request)
+        if self.inflight + weight > self.max_inflight:
+            if weight > self.max_inflight:
+                why = f"a batch of {weight} is more than this server's limit of {self.max_inflight} in flight; split it"
+            else:
+                why = (f"server is at its limit of {self.max_inflight} requests in flight ({self.inflight} now, "
+                       f"this call asks for {weight}); retry later")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+        self._add(weight)
+        return lambda: self._add(-weight)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request, context):
-                if not self._enter():
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal())
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                finally:
-                    self._leave()
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-        return handler
+    def _add(self, weight: int) -> None:
+        self.inflight += weight
+        if self._on_change is not None:
+            self._on_change(self.inflight)

@@ -20,6 +20,7 @@ import grpc
 
 from ._handlers import guarded
 from .auth import TokenTable, client_identity
+from .interceptors import work_items
 
 
 class RequestLimits(grpc.aio.ServerInterceptor):
@@ -54,7 +55,7 @@ class RequestLimits(grpc.aio.ServerInterceptor):
         if self.max_inflight_per_client is None:
             return None
         client = client_identity(context, self.tokens)
-        weight = len(items)
+        weight = work_items(request)
         if self.inflight[client] + weight > self.max_inflight_per_client:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"client {client} has {self.inflight[client]} request(s) in flight and asked for "

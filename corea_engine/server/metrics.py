@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from ..cascade import SolveResult
+from ..contract import GrammarCache
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -29,7 +30,14 @@ class CoreaMetrics:
         self.tokens = Counter("corea_tokens", "Tokens per tier", ["tier", "kind"], registry=r)
         self.cost = Counter("corea_cost", "Cost per tier in the configured unit", ["tier"], registry=r)
         self.llm_only_cost = Counter("corea_llm_only_cost", "What the LLM alone would have cost", registry=r)
-        self.inflight = Gauge("corea_inflight_requests", "Solve requests in flight", registry=r)
+        self.inflight = Gauge("corea_inflight_requests", "Requests in flight (a batch counts its items)", registry=r)
+        self.cache_entries = Gauge("corea_cache_entries", "Entries in a bounded cache or table keyed by client input",
+                                   ["cache"], registry=r)
+        self.track_cache("grammar", GrammarCache.total_entries)
+
+    def track_cache(self, name: str, size) -> None:
+        """Report size() (entries, read at scrape time) as corea_cache_entries{cache=name}."""
+        self.cache_entries.labels(name).set_function(size)
 
     def observe(self, method: str, result: SolveResult, cost_split: tuple[float, float]) -> None:
         outcome = "degraded" if result.degraded else ("deferred" if result.deferred else "accepted")
@@ -58,7 +66,8 @@ class CoreaMetrics:
         """invalid | error | cancelled | deadline"""
         self.requests.labels(method, outcome).inc()
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0"):
-        """Expose /metrics; returns the HTTP server (call .shutdown() to stop it)."""
+    def serve_http(self, port: int, addr: str):
+        """Expose /metrics on addr:port (a host name or IP, no brackets); returns the HTTP server
+        (call .shutdown() to stop it)."""
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         return server

@@ -59,9 +59,12 @@ class ServerSecurity:
 
     def bind(self, server: grpc.aio.Server, address: str) -> int:
         """Add the listening port (TLS when configured); the bound port, 0 when it could not bind."""
-        if self.tls is not None:
-            return server.add_secure_port(address, self.tls.credentials())
-        return server.add_insecure_port(address)
+        try:
+            if self.tls is not None:
+                return server.add_secure_port(address, self.tls.credentials())
+            return server.add_insecure_port(address)
+        except RuntimeError:  # grpc.aio raises where grpc returns 0 ("Failed to bind to address")
+            return 0
 
     def describe(self) -> str:
         """One line for the start-up banner."""

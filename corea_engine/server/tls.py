@@ -4,6 +4,7 @@
     ServerTLS("server.pem", "server.key", client_ca_file="ca.pem")        # mTLS: client certs required
     ClientTLS(ca_file="ca.pem").credentials()                             # trust this CA
     ClientTLS(ca_file="ca.pem", cert_file="client.pem", key_file="client.key")  # present a client cert
+    client_channel("host:50051", ClientTLS(ca_file="ca.pem"), aio=True)   # a channel, TLS or plaintext
 
 Files are read and checked when credentials are made, so a wrong path or a non-PEM file is
 refused at start-up with the file named, not on the first handshake.
@@ -65,3 +66,15 @@ class ClientTLS:
 
     def channel_options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def client_channel(address: str, tls: ClientTLS | None = None, *, aio: bool = False, options=()):
+    """A channel to address (grpc.aio when aio): TLS (or mTLS) with `tls`, plaintext without.
+
+    Raises TLSConfigError naming a missing or non-PEM file.
+    """
+    module = grpc.aio if aio else grpc
+    options = [*options, *(tls.channel_options() if tls else [])]
+    if tls is None:
+        return module.insecure_channel(address, options=options)
+    return module.secure_channel(address, tls.credentials(), options=options)

@@ -1,0 +1,61 @@
+"""Every listener takes its address from the configuration (issue #20, item 4), checked from the
+socket table: gRPC and /metrics of both services bind the server's host and nothing else."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import psutil
+import pytest
+
+from cascade_servers import SMALL
+from corea_engine.cascade import Cascade, CascadeConfig
+from corea_engine.server.app import ServerStartError, build_server
+from corea_engine.server.background import ServerThread
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def listening(ports: set[int] | None = None, pid: int | None = None) -> set[tuple[str, int]]:
+    """(ip, port) of the LISTEN sockets of process `pid` (this one by default), on `ports` (None: all).
+    An IPv4-mapped IPv6 address (gRPC binds 127.0.0.1 that way) is written as the IPv4 one."""
+    def ip(text: str) -> str:
+        address = ipaddress.ip_address(text)
+        return str(getattr(address, "ipv4_mapped", None) or address)
+
+    return {(ip(c.laddr.ip), c.laddr.port) for c in psutil.Process(pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and (ports is None or c.laddr.port in ports)}
+
+
+@pytest.mark.parametrize("service", ["corea", "llm"])
+@pytest.mark.parametrize("host, where", [("127.0.0.1", {"127.0.0.1"}), ("[::1]", {"::1"}), ("localhost", LOOPBACK)])
+def test_grpc_and_metrics_listen_only_on_the_configured_host(slm_executor, service, host, where):
+    cascade = Cascade(slm_executor, None, CascadeConfig(**SMALL, mode="slm_only")) if service == "corea" else None
+    llm = slm_executor if service == "llm" else None
+    server = ServerThread(lambda: build_server(cascade, llm_executor=llm, host=host), metrics_port=0)
+    with server:
+        ports = {server.server.port, server.server.metrics_port}
+        sockets = listening(ports)
+        assert {port for _, port in sockets} == ports, sockets  # both listen...
+        assert {ip for ip, _ in sockets} <= where, sockets  # ...only where configured
+
+
+def test_a_metrics_port_that_cannot_be_bound_is_a_start_error(slm_executor):
+    cascade = Cascade(slm_executor, None, CascadeConfig(**SMALL, mode="slm_only"))
+    with ServerThread(lambda: build_server(cascade, host="127.0.0.1"), metrics_port=0) as first:
+        taken = first.server.metrics_port
+        second = ServerThread(lambda: build_server(cascade, host="127.0.0.1"), metrics_port=taken)
+        with pytest.raises(ServerStartError, match=f"cannot serve /metrics on 127.0.0.1:{taken}"):
+            second.start()
+        second.close()
+
+
+@pytest.mark.parametrize("host, metrics_port, message", [
+    ("192.0.2.1", None, "cannot bind 192.0.2.1:0"),  # TEST-NET: not an address of this machine
+    ("127.0.0.1", 70000, "cannot serve /metrics on 127.0.0.1:70000"),
+])
+def test_an_address_that_cannot_be_bound_is_a_start_error(slm_executor, host, metrics_port, message):
+    server = ServerThread(lambda: build_server(llm_executor=slm_executor, host=host), metrics_port=metrics_port)
+    with pytest.raises(ServerStartError, match=message):
+        server.start()
+    server.close()
