@@ -80,17 +80,51 @@ class ConfidenceScale:
 
 SCALE = ConfidenceScale()
 
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)\s*(%?)")
+_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = re.compile(rf"[-+]?{_NUM}\s*(%?)")
+# "on a scale of 0-10", "(1-5 scale)", "scale from 0 to 10": the form states its own scale.
+_SCALE = re.compile(
+    rf"(?:\bscale\s+(?:of\s+|from\s+)?\(?({_NUM})\s*(?:-|–|to)\s*({_NUM})\)?"
+    rf"|\(?({_NUM})\s*(?:-|–|to)\s*({_NUM})\)?\s*(?:-\s*point\s+)?scale\b"
+    rf"|\(\s*({_NUM})\s*(?:-|–|to)\s*({_NUM})\s*\))",
+    re.IGNORECASE,
+)
+_FRACTION = re.compile(rf"({_NUM})\s*(?:/|\bout\s+of\b)\s*({_NUM})", re.IGNORECASE)
+_RANGE = re.compile(rf"{_NUM}\s*%?\s*(?:-|–|\bto\b|\bor\b|/)\s*{_NUM}\s*%?\s*(?:/|\bout\s+of\b)\s*{_NUM}"
+                    rf"|{_NUM}\s*%?\s*(?:-|–|\bto\b|\bor\b)\s*{_NUM}|\bbetween\s+{_NUM}", re.IGNORECASE)
 
 
 def parse_confidence(text: str) -> float:
-    """A verbalized confidence to [0, 1]: '0.85', '85%', '100.', 'I am 0.9 confident'.
+    """A verbalized confidence to [0, 1]; refuses (ContractError naming the form) what it cannot read surely.
 
-    The first number counts; a percent sign or a value above 1 is read as a percentage.
+    Forms read: a number in [0, 1] ('0.85', 'I am 0.9 confident'); a percentage ('85%', and a bare
+    number above 1: '100.', '90'); a fraction ('9/10', '3 out of 5'); a value on a scale the text
+    states ('8 on a scale of 0-10', '4 (1-5)'), worth value / top of the scale. Refused: ranges and
+    alternatives ('0.7-0.8', '7 or 8 out of 10'), fractions or scale values out of range.
     """
-    match = _NUMBER.search(text)
+    body = text.strip()
+    scale = _SCALE.search(body)
+    if scale is not None:
+        low, high = (float(g) for g in scale.groups() if g is not None)
+        rest = body[: scale.start()] + " " + body[scale.end():]
+        match = _NUMBER.search(rest)
+        if match is None:
+            raise ContractError(f"no value besides the scale in confidence {body[:40]!r}")
+        value = float(match.group(0).rstrip("% \t\n"))
+        if not (0 <= low < high and low <= value <= high) or match.group(1):
+            raise ContractError(f"confidence {match.group(0).strip()!r} does not fit its scale {low:g}-{high:g} in {body[:40]!r}")
+        return value / high
+    if (rng := _RANGE.search(body)) is not None:
+        raise ContractError(f"confidence {rng.group(0)!r} is a range or alternatives, not one value")
+    fraction = _FRACTION.search(body)
+    if fraction is not None:
+        part, whole = float(fraction.group(1)), float(fraction.group(2))
+        if not 0 <= part <= whole or whole == 0:
+            raise ContractError(f"confidence fraction {fraction.group(0)!r} is outside [0, 1]")
+        return part / whole
+    match = _NUMBER.search(body)
     if match is None:
-        raise ContractError(f"no number in confidence {text.strip()[:40]!r}")
+        raise ContractError(f"no number in confidence {body[:40]!r}")
     value = float(match.group(0).rstrip("% \t\n"))
     if match.group(1) or value > 1.0:
         value /= 100.0

@@ -89,6 +89,31 @@ def test_parse_confidence_reads_verbalized_forms(text, value):
 
 
 @pytest.mark.parametrize(
+    "text, value",
+    [("9/10", 0.9), ("3 out of 5", 0.6), ("Confidence: 7/10", 0.7), ("80/100", 0.8), ("0.8/1", 0.8),
+     ("8 on a scale of 0-10", 0.8), ("4 on a 1-5 scale", 0.8), ("4 (1-5)", 0.8), ("scale from 0 to 10: 6", 0.6),
+     ("10/10", 1.0)],
+)
+def test_parse_confidence_reads_fractions_and_stated_scales(text, value):
+    assert parse_confidence(text) == pytest.approx(value)
+    assert parse_tags(f"<answer>4</answer><confidence>{text}</confidence>").confidence == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("0.7-0.8", "range or alternatives"), ("7 or 8 out of 10", "range or alternatives"),
+     ("between 0.6 and 0.8", "range or alternatives"), ("70% - 80%", "range or alternatives"),
+     ("11/10", "fraction '11/10' is outside"), ("3 out of 0", "outside"),
+     ("12 on a scale of 0-10", "does not fit its scale 0-10"), ("on a scale of 1-5", "no value besides the scale")],
+)
+def test_parse_confidence_refuses_ambiguous_forms_naming_them(text, message):
+    with pytest.raises(ContractError, match=message):
+        parse_confidence(text)
+    with pytest.raises(ContractError, match=message):
+        FORMATS["json"].parse(f'{{"reasoning": "r", "answer": "a", "confidence": "{text}"}}')
+
+
+@pytest.mark.parametrize(
     "text, message",
     [
         ("<answer>4</answer>", "missing <confidence>"),
