@@ -5,17 +5,17 @@ On the embedded default (SmolLM2-135M) this is a STAND-IN for a real LLM tier.
 
 from __future__ import annotations
 
-from .common import add_model_args, default_threads, make_executor
+from .common import COUNT, PORT, SECONDS, add_model_args, bounded, default_threads, make_executor
 from .security_args import add_security_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("serve-llm", help="serve a model as the LLM tier over gRPC (corea.v1.LLM)")
     p.add_argument("--host", default="[::]")
-    p.add_argument("--port", type=int, default=50052)
-    p.add_argument("--max-inflight", type=int, default=64)
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--grace-s", type=float, default=30.0)
+    p.add_argument("--port", type=PORT, default=50052)
+    p.add_argument("--max-inflight", type=COUNT, default=64)
+    p.add_argument("--max-batch-size", type=bounded(int, 1, 4096), default=16)
+    p.add_argument("--grace-s", type=SECONDS, default=30.0)
     add_model_args(p)
     add_security_args(p)
     p.set_defaults(func=run)
