@@ -52,3 +52,46 @@ def test_a_client_that_goes_away_aborts_its_slm_request(cascade, slm_executor, g
 
     assert isinstance(asyncio.run(run()), SlmToken)
     assert wait_idle(slm_executor) == 0
+
+
+class IgnoresTheFormat(ExecutorLLM):
+    """A real model behind an endpoint that drops the contract: it answers in free text."""
+
+    async def stream(self, messages, params):
+        from dataclasses import replace
+
+        async for item in super().stream(messages[-1:], replace(params, contract=None, max_new_tokens=24)):
+            yield item
+
+
+@pytest.mark.parametrize("mode,max_new,llm_finish", [
+    ("llm_only", 4, "length"), ("llm_only", 9, "length"), ("cascade", 6, "length"), ("llm_only", None, "free"),
+])
+def test_output_outside_the_contract_is_never_served_as_an_answer(cascade, slm_executor, gsm8k_questions, mode, max_new, llm_finish):
+    """Cut at the token cap or free text, from any tier: degraded with the reason and the finish
+    reason, and the metrics count it degraded, not accepted."""
+    from corea_engine.server.metrics import CoreaMetrics
+
+    c = cascade
+    if llm_finish == "free":
+        c = Cascade(slm_executor, IgnoresTheFormat(cascade.llm.executor), cascade.config)
+    question = "What is 17 * 23?" if max_new == 4 else gsm8k_questions[18]
+    result = asyncio.run(c.solve(SolveRequest(question, mode=mode, max_new_tokens=max_new, threshold=1.0)))
+    assert result.degraded and "does not satisfy the json contract" in result.degraded_reason, result
+    assert result.llm_completion_tokens > 0 and result.llm_finish_reason in (("stop", "length") if llm_finish == "free" else ("length",))
+    assert f"finish_reason {result.llm_finish_reason}" in result.degraded_reason and result.answered_by == "slm"
+    if max_new is not None:  # the SLM, cut by the same cap, has no answer either
+        assert result.answer == "" and result.slm_finish_reason == "length" and "no usable answer either" in result.degraded_reason
+    else:  # the SLM's answer under the contract is kept, never the LLM's free text
+        assert "kept the SLM answer" in result.degraded_reason and result.answer and result.slm_finish_reason == "confidence"
+    metrics = CoreaMetrics()
+    metrics.observe("Solve", result, (0.0, 0.0))
+    assert metrics.requests.labels("Solve", "degraded")._value.get() == 1
+    assert metrics.requests.labels("Solve", "accepted")._value.get() == 0
+
+
+@pytest.mark.parametrize("max_new", [5, 12])
+def test_slm_only_output_cut_at_the_cap_is_degraded(cascade, gsm8k_questions, max_new):
+    result = asyncio.run(cascade.solve(SolveRequest(gsm8k_questions[19], mode="slm_only", max_new_tokens=max_new)))
+    assert result.degraded and result.answer == "" and result.slm_finish_reason == "length"
+    assert "SLM output unusable" in result.degraded_reason and "finish_reason length" in result.degraded_reason
