@@ -39,6 +39,9 @@ from .executor import (
 
 log = logging.getLogger(__name__)
 PREFIX_CACHE_SIZE = 16
+# Prompts are prefilled this many tokens at a time; between chunks aborts are applied, so a
+# cancel or deadline that lands during a long prefill stops it within one chunk.
+PREFILL_CHUNK_TOKENS = 128
 
 
 @dataclass
@@ -47,6 +50,7 @@ class StepStats:
 
     decode_steps: int = 0
     prefills: int = 0
+    prefill_chunks: int = 0  # forward passes over prompt tokens (a long prompt takes several)
     tokens: int = 0
     forward_s: float = 0.0
     grammar_s: float = 0.0  # fill + apply the bitmask, accept tokens
@@ -128,6 +132,7 @@ class TorchExecutor(Executor):
 
         self._lock = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
+        self._joining: list[_Sequence] = []  # taken from the queue, being prefilled
         self._aborted: set[str] = set()
         self._closed = False
         # Batch state, owned by the engine thread.
@@ -177,9 +182,8 @@ class TorchExecutor(Executor):
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
-            known = any(s.request_id == request_id for s in self._waiting) or any(
-                s.request_id == request_id for s in self._rows
-            )
+            known = any(s.request_id == request_id and s.finish_reason is None
+                        for s in (*self._waiting, *self._joining, *self._rows))
             if known:
                 self._aborted.add(request_id)
                 self._lock.notify()
@@ -251,12 +255,15 @@ class TorchExecutor(Executor):
                     break
                 room = self.max_batch_size - len(self._rows)
                 joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self._joining = joining
                 aborted, self._aborted = self._aborted, set()
             try:
                 self._apply_aborts(aborted, joining)
                 joining = [s for s in joining if s.finish_reason is None]
                 if joining:
                     self._prefill(joining)
+                with self._lock:
+                    self._joining = []
                 if self._rows:
                     self._decode_step()
             except Exception as err:  # a failed forward pass fails the batch, not the engine
@@ -266,6 +273,8 @@ class TorchExecutor(Executor):
                         seq.finish_reason, seq.error = "error", f"{type(err).__name__}: {err}"
                         self._finish(seq)
                 self._reset_batch()
+                with self._lock:
+                    self._joining = []
         with self._lock:
             leftovers = list(self._waiting) + self._rows
             self._waiting.clear()
@@ -320,7 +329,8 @@ class TorchExecutor(Executor):
     def _prefill_group(self, prefix: tuple[int, ...], seqs: list[_Sequence]) -> None:
         # Row layout: [prefix | padding | prompt suffix]. Every row ends on the same column, so
         # later steps append one column for all; the padding is masked out and positions count
-        # real tokens only, so each row computes exactly what it would alone.
+        # real tokens only, so each row computes exactly what it would alone. Columns go through
+        # the model PREFILL_CHUNK_TOKENS at a time; rows aborted meanwhile leave between chunks.
         n, p = len(seqs), len(prefix)
         suffixes = [seq.prompt_ids[p:] for seq in seqs]
         width = max(len(x) for x in suffixes)
@@ -331,15 +341,42 @@ class TorchExecutor(Executor):
             mask[i, width - len(suffix):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = p + (mask.cumsum(1) - 1).clamp(min=0)
-        past = None
+        kv = None
         if p:
-            past = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
+            kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
             mask = torch.cat([torch.ones((n, p), dtype=torch.long, device=self.device), mask], 1)
-        logits, kv = self._forward(ids, mask, positions, past)
+        done = p  # mask columns already in the KV cache
+        while True:
+            end = min(done + PREFILL_CHUNK_TOKENS, mask.shape[1])
+            logits, kv = self._forward(ids[:, done - p:end - p], mask[:, :end], positions[:, done - p:end - p], kv)
+            self.stats.prefill_chunks += 1
+            done = end
+            keep = self._still_wanted(seqs)
+            if not keep:
+                return
+            if len(keep) < len(seqs):
+                index = torch.tensor(keep, device=self.device)
+                seqs = [seqs[i] for i in keep]
+                ids, mask, positions, logits = (t.index_select(0, index) for t in (ids, mask, positions, logits))
+                kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
+            if done == mask.shape[1]:
+                break
+        n = len(seqs)
         self.stats.prefills += 1
         self._merge(seqs, kv, mask)
         # The prompt's last logits give each joiner its first token.
         self._process(logits, first_row=len(self._rows) - n)
+
+    def _still_wanted(self, seqs: list[_Sequence]) -> list[int]:
+        """Indices of the prefilling rows not aborted meanwhile; the aborted ones finish now."""
+        with self._lock:
+            hit = self._aborted & {s.request_id for s in seqs}
+            self._aborted -= hit
+        for seq in seqs:
+            if seq.request_id in hit:
+                seq.finish_reason = "abort"
+                self._finish(seq)
+        return [i for i, s in enumerate(seqs) if s.request_id not in hit]
 
     def _prefix_kv(self, prefix: tuple[int, ...]):
         """KV of a shared prompt prefix, computed once (LRU of PREFIX_CACHE_SIZE entries)."""
