@@ -24,6 +24,7 @@ import torch
 
 from ..contract import Format, GrammarCache
 from ..models import load_model
+from ..tokenization import ChatTemplateError, encode_chat
 from .executor import (
     ConfidenceEvent,
     ConfidenceReading,
@@ -201,13 +202,11 @@ class TorchExecutor(Executor):
 
     # ------------------------------------------------------------------ request preparation
     def _encode(self, request: Request) -> list[int]:
-        if request.messages is not None:
-            ids = self.tokenizer.apply_chat_template(
-                request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
+        if request.messages is not None:  # message text is text, even "<|im_end|>" (tokenization.py)
+            try:
+                return encode_chat(self.tokenizer, request.messages)
+            except ChatTemplateError as err:
+                raise InvalidRequestError(str(err)) from None
         return self.tokenizer.encode(request.prompt, add_special_tokens=False)
 
     def _shared_prefix_len(self, request: Request, prompt_ids: list[int]) -> int:
@@ -218,10 +217,10 @@ class TorchExecutor(Executor):
         """
         if request.messages is None or len(request.messages) < 2:
             return 0
-        head = self.tokenizer.apply_chat_template(request.messages[:-1], tokenize=True, return_dict=False)
-        if isinstance(head, dict) or hasattr(head, "input_ids"):
-            head = head["input_ids"]
-        head = list(head)
+        try:
+            head = encode_chat(self.tokenizer, request.messages[:-1], add_generation_prompt=False)
+        except ChatTemplateError:
+            return 0
         if 0 < len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head:
             return len(head)
         return 0
