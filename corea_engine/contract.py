@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 FIELDS = ("reasoning", "answer", "confidence")
+MAX_TOKENS_PER_CHAR = 4  # UTF-8 bytes in a character, at most; a byte-level token holds >= 1 byte
 
 
 class ContractError(ValueError):
@@ -194,8 +195,16 @@ class Format:
 
     @property
     def max_tokens(self) -> int:
-        """Worst-case completion length: every token carries at least one character."""
-        return len(self.render("", "", 0.5)) + self.max_reasoning_chars + self.max_answer_chars + 1
+        """Worst-case completion length in tokens, for any script and any byte-level tokenizer.
+
+        The free-text fields are bounded in characters (the grammar counts characters). A
+        character is at most 4 UTF-8 bytes and a byte-level BPE token (or a byte-fallback
+        SentencePiece token) holds at least one byte, so a field of N characters is at most
+        4N tokens: emoji and rare CJK cost 2-4 tokens each. The scaffold is ASCII (one token
+        per character at most); +1 for the end-of-sequence token.
+        """
+        free_text = self.max_reasoning_chars + self.max_answer_chars
+        return len(self.render("", "", 0.5)) + MAX_TOKENS_PER_CHAR * free_text + 1
 
     def render(self, reasoning: str, answer: str, confidence: float) -> str:
         """Well-formed text for given fields (training targets, tests, documentation)."""
@@ -204,7 +213,7 @@ class Format:
         for i, field in enumerate(self.order):
             value = values[field]
             if self.syntax == "json" and field != "confidence":
-                value = json.dumps(value)[1:-1]
+                value = json.dumps(value, ensure_ascii=False)[1:-1]  # raw UTF-8, as the grammar writes it
             parts.append(self._opening(field, i) + value + self._closing(field, i))
         return "".join(parts)
 

@@ -260,3 +260,25 @@ def test_abort_during_prefill_stops_the_prompt_within_a_chunk(slm_executor, gsm8
     assert slm_executor.stats.prefill_chunks - before < total_chunks
     assert_same_or_near_tie(slm_executor, other, solo, other_stream.wait(timeout=300))
     assert not slm_executor.abort(victim.request_id)
+
+
+SCRIPT_QUESTIONS = [
+    "सीता के पास 5 आम हैं। उसने 3 खा लिए। कितने बचे? हिंदी में उत्तर दें।",
+    "小明有3个苹果，又买了2个。他现在有几个苹果？请用中文回答。",
+    "Reply with emoji only: 🍎🍎🍎 + 🍎🍎 = ? Write your reasoning using only emoji like 🍎🍏🍐🍊.",
+]
+
+
+def test_contract_output_in_any_script_ends_within_the_budget(slm_executor):
+    """Reasoning in Devanagari, CJK and emoji on the real model, greedy and sampled: every run
+    ends by the grammar within fmt.max_tokens (never 'length'), even where characters cost
+    more than one token each."""
+    fmt = FORMATS["json"].bounded(max_reasoning_chars=60, max_answer_chars=16)
+    requests = [request(q, fmt, temperature=t, seed=seed) for q in SCRIPT_QUESTIONS for t, seed in ((0.0, None), (1.0, 1), (1.0, 2))]
+    results = [s.wait(timeout=600) for s in [slm_executor.submit(r) for r in requests]]
+    for r in results:
+        assert r.finish_reason == "confidence" and r.parsed is not None, r.text
+        assert r.completion_tokens <= fmt.max_tokens
+    tok = slm_executor.tokenizer
+    ratios = [len(tok.encode(r.parsed.reasoning, add_special_tokens=False)) / max(len(r.parsed.reasoning), 1) for r in results]
+    assert max(ratios) > 1.0, ratios  # some reasoning cost more than a token a character
