@@ -50,6 +50,10 @@ class CascadeConfig:
     llm_openai_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"
+    # OpenAI-compatible endpoints: send JSON contracts as response_format json_schema; the tier's
+    # tokenizer (a model spec or folder) counts tokens when the endpoint reports no usage.
+    llm_response_format: bool = True
+    llm_tokenizer: str | None = None
     # Securing the gRPC LLM call (escalation/grpc_security.py): TLS when a CA file or a client
     # certificate is set; a bearer token from a file, else from the variable llm_token_env.
     llm_tls_ca_file: str | None = None
@@ -170,6 +174,13 @@ def _coerce(name: str, value):
     kind = _TYPES[name]
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none") and "None" in kind):
         return None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+        if str(value).strip().lower() in words:
+            return words[str(value).strip().lower()]
+        raise ConfigError(f"cascade setting {name} must be true or false, got {value!r}")
     try:
         if kind.startswith("float"):
             return float(value)

@@ -244,6 +244,25 @@ class Format:
             seq += [json.dumps(self._opening(field, i)), bodies[field], json.dumps(self._closing(field, i))]
         return "root ::= " + " ".join(s for s in seq if s != '""')
 
+    def json_schema(self) -> dict | None:
+        """The format as a JSON Schema for endpoints that take structured output
+        (OpenAI `response_format` json_schema; vLLM, SGLang and llama.cpp accept it); None for
+        tag formats, which JSON Schema cannot describe. Properties in the format's field order;
+        the bounds are the grammar's, so the worst case stays within max_tokens."""
+        if self.syntax != "json":
+            return None
+        properties = {
+            "reasoning": {"type": "string", "maxLength": self.max_reasoning_chars},
+            "answer": {"type": "string", "minLength": 1, "maxLength": self.max_answer_chars},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        }
+        return {
+            "type": "object",
+            "properties": {field: properties[field] for field in self.order},
+            "required": list(self.order),
+            "additionalProperties": False,
+        }
+
     # -- parsing ------------------------------------------------------------------------
     def parse(self, text: str) -> Parsed:
         return _parse_json(text) if self.syntax == "json" else parse_tags(text)

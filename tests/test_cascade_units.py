@@ -174,3 +174,17 @@ def test_protos_generate_into_a_fresh_folder(tmp_path):
     assert not _protogen.is_stale(out_dir=tmp_path)
     (tmp_path / "llm_pb2.py").unlink()
     assert _protogen.is_stale(out_dir=tmp_path)
+
+
+def test_openai_escalation_settings_reach_the_client():
+    from corea_engine.escalation.factory import make_client
+
+    env = {"COREA_LLM_OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "COREA_LLM_MODEL": "m",
+           "COREA_LLM_RESPONSE_FORMAT": "off", "COREA_LLM_TOKENIZER": "smollm2-135m"}
+    client = make_client(CascadeConfig.load(env=env))
+    assert client.response_format is False and client.tokenizer is not None
+    assert make_client(CascadeConfig.load(env={**env, "COREA_LLM_TOKENIZER": ""})).tokenizer is None
+    with pytest.raises(ConfigError, match="llm_response_format must be true or false, got 'maybe'"):
+        CascadeConfig.load(env={**env, "COREA_LLM_RESPONSE_FORMAT": "maybe"})
+    with pytest.raises(ConfigError, match="llm_tokenizer '/nonexistent'"):
+        make_client(CascadeConfig.load(env={**env, "COREA_LLM_TOKENIZER": "/nonexistent"}))

@@ -18,6 +18,11 @@ def add_cascade_args(p) -> None:
     g.add_argument("--llm-model", default=None,
                    help="with --llm-openai-base-url: the endpoint's model name; alone: a model run in this "
                         "process as the LLM tier (the embedded default makes it a stand-in)")
+    g.add_argument("--llm-tokenizer", default=None,
+                   help="with --llm-openai-base-url: the endpoint model's tokenizer (model name or folder), to "
+                        "count tokens when the endpoint reports no usage (else estimated at 4 characters a token)")
+    g.add_argument("--no-llm-response-format", action="store_true",
+                   help="with --llm-openai-base-url: do not send the contract as response_format json_schema")
     add_model_args(p)
 
 
@@ -31,7 +36,9 @@ def load_config(args):
                        contract=args.contract, max_new_tokens=args.max_new_tokens,
                        llm_address=args.llm_address, llm_openai_base_url=args.llm_openai_base_url)
         if args.llm_openai_base_url:
-            changes["llm_model"] = args.llm_model
+            changes.update(llm_model=args.llm_model, llm_tokenizer=args.llm_tokenizer)
+            if args.no_llm_response_format:
+                changes["llm_response_format"] = False
         return config.replace(**changes)
     except ConfigError as err:
         raise CommandError(str(err)) from None

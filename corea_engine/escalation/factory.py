@@ -18,5 +18,16 @@ def make_client(config: CascadeConfig) -> EscalationClient | None:
             raise ConfigError("llm_openai_base_url needs llm_model (the endpoint's model name)")
         from .openai_llm import OpenAILLM
 
-        return OpenAILLM(config.llm_openai_base_url, config.llm_model, api_key_env=config.llm_api_key_env)
+        tokenizer = None
+        if config.llm_tokenizer:
+            from transformers import AutoTokenizer
+
+            from ..models import ModelNotFoundError, resolve_model
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.llm_tokenizer).path)
+            except (ModelNotFoundError, OSError, ValueError) as err:
+                raise ConfigError(f"llm_tokenizer {config.llm_tokenizer!r}: {err}") from None
+        return OpenAILLM(config.llm_openai_base_url, config.llm_model, api_key_env=config.llm_api_key_env,
+                         response_format=config.llm_response_format, tokenizer=tokenizer)
     return None
