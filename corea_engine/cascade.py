@@ -62,13 +62,17 @@ from .runtime.executor import (
 )
 
 __all__ = [
-    "Cascade", "CascadeConfig", "ConfigError", "SolveRequest", "SolveResult", "InvalidSolveRequest",
+    "Cascade", "CascadeConfig", "ConfigError", "SolveRequest", "SolveResult", "InvalidSolveRequest", "DeadlineExceeded",
     "SlmToken", "ConfidenceKnown", "Decision", "LlmToken", "Finished", "SolveEvent",
 ]
 
 
 class InvalidSolveRequest(InvalidRequestError):
     """A solve request refused before any model runs; the message names the field."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's timeout_s passed before its answer; whatever still ran has been stopped."""
 
 
 # ------------------------------------------------------------------------------ messages
@@ -191,11 +195,17 @@ class Cascade:
 
     # -- public API ----------------------------------------------------------------------
     async def solve(self, req: SolveRequest) -> SolveResult:
-        # Close the generator here: left to the loop's finaliser it costs milliseconds per request.
-        async with contextlib.aclosing(self.stream(req)) as events:
-            async for event in events:
-                if isinstance(event, Finished):
-                    return event.result
+        """The result; DeadlineExceeded when req.timeout_s passes first (the SLM and the LLM
+        call are stopped wherever they are, prefill included)."""
+        try:
+            async with asyncio.timeout(req.timeout_s):
+                # Close the generator here: left to the loop's finaliser it costs milliseconds per request.
+                async with contextlib.aclosing(self.stream(req)) as events:
+                    async for event in events:
+                        if isinstance(event, Finished):
+                            return event.result
+        except TimeoutError:
+            raise DeadlineExceeded(f"the request's deadline ({req.timeout_s:g} s) passed before its answer") from None
         raise RuntimeError("the cascade stream ended without a result")  # pragma: no cover
 
     def plan(self, req: SolveRequest) -> _Plan:

@@ -95,3 +95,20 @@ def test_slm_only_output_cut_at_the_cap_is_degraded(cascade, gsm8k_questions, ma
     result = asyncio.run(cascade.solve(SolveRequest(gsm8k_questions[19], mode="slm_only", max_new_tokens=max_new)))
     assert result.degraded and result.answer == "" and result.slm_finish_reason == "length"
     assert "SLM output unusable" in result.degraded_reason and "finish_reason length" in result.degraded_reason
+
+
+@pytest.mark.parametrize("mode,timeout_s", [("slm_only", 0.8), ("cascade", 2.0), ("llm_only", 1.5)])
+def test_a_deadline_stops_every_tier_wherever_the_request_is(cascade, slm_executor, mode, timeout_s):
+    """timeout_s passes during a long prefill (SLM, or the in-process LLM): DeadlineExceeded, and
+    the executors stop within a chunk instead of running to the end."""
+    from corea_engine.cascade import DeadlineExceeded
+    from corea_engine.runtime import torch_executor
+
+    question = "A farmer counts the sheep that jump over the fence by the river before dusk. " * 85
+    executors = [slm_executor, cascade.llm.executor]
+    total_chunks = len(slm_executor.tokenizer.encode(question)) // torch_executor.PREFILL_CHUNK_TOKENS
+    chunks = [e.stats.prefill_chunks for e in executors]
+    with pytest.raises(DeadlineExceeded, match="deadline"):
+        asyncio.run(cascade.solve(SolveRequest(question, mode=mode, threshold=1.0, timeout_s=timeout_s)))
+    for executor, before in zip(executors, chunks):
+        assert wait_idle(executor) == 0 and executor.stats.prefill_chunks - before < total_chunks

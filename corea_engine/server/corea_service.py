@@ -14,7 +14,7 @@ import logging
 
 import grpc
 
-from ..cascade import Cascade, Finished, InvalidSolveRequest
+from ..cascade import Cascade, DeadlineExceeded, Finished, InvalidSolveRequest
 from ..protos import corea_pb2, corea_pb2_grpc
 from ..runtime.executor import ExecutorError, InvalidRequestError
 from .convert import to_event, to_response, to_solve_request
@@ -81,6 +81,9 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
         if isinstance(err, (InvalidSolveRequest, InvalidRequestError)):
             self.metrics.failed(method, "invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if isinstance(err, DeadlineExceeded):
+            self.metrics.failed(method, "deadline")
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
         self.metrics.failed(method, "error")
         if isinstance(err, ExecutorError):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
