@@ -59,7 +59,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "hypothesis>=6", "triton>=3.0", "psutil>=5.9"],
+        # fastapi + uvicorn: the OpenAI-compatible test server (tests/openai_compat_server.py)
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "hypothesis>=6", "triton>=3.0", "psutil>=5.9",
+                "fastapi>=0.110", "uvicorn>=0.29"],
         "train": ["trl>=0.20", "datasets>=3"],
         # GPU serving (corea_engine/runtime/sglang_executor.py). On a CPU machine use
         # scripts/install_sglang_cpu.sh instead: a plain install replaces torch with a CUDA build.

@@ -13,6 +13,12 @@ circuit breaker stops calling a dead LLM. Whenever the LLM cannot answer, the re
 the SLM's answer with degraded=True and the reason (running the SLM to completion if it had
 been aborted early), never silently.
 
+The contract is checked here, once, for every tier and every escalation client: whatever text
+a tier returns is parsed with the request's contract (`check_contract`). Text that does not
+satisfy it (cut at the token cap, malformed, free text) is never served as an answer: the SLM's
+defers (or degrades in slm_only), the LLM's counts as an LLM failure (the SLM answer is kept,
+degraded), and the reason names the problem and the tier's finish reason.
+
 Cost = tokens x per-1k prices of each tier. llm_only_cost is what the LLM alone would have
 cost: exact when the LLM answered (the same call is what llm_only would make); otherwise an
 estimate that prices the SLM's prompt and completion token counts at LLM rates (same messages
@@ -33,7 +39,15 @@ from typing import AsyncIterator
 
 from .cascade_config import CONFIDENCE_SOURCES, MODES, CascadeConfig, ConfigError
 from .contract import ContractError, Format, Parsed, UnknownFormatError, build_messages, get_format
-from .escalation.base import Completion, EscalationClient, GenerationParams, LLMError, LLMRequestError, LLMUnavailableError
+from .escalation.base import (
+    Completion,
+    EscalationClient,
+    GenerationParams,
+    LLMContractError,
+    LLMError,
+    LLMRequestError,
+    LLMUnavailableError,
+)
 from .escalation.breaker import CircuitBreaker
 from .runtime.executor import (
     MAX_NEW_TOKENS_LIMIT,
@@ -48,13 +62,17 @@ from .runtime.executor import (
 )
 
 __all__ = [
-    "Cascade", "CascadeConfig", "ConfigError", "SolveRequest", "SolveResult", "InvalidSolveRequest",
+    "Cascade", "CascadeConfig", "ConfigError", "SolveRequest", "SolveResult", "InvalidSolveRequest", "DeadlineExceeded",
     "SlmToken", "ConfidenceKnown", "Decision", "LlmToken", "Finished", "SolveEvent",
 ]
 
 
 class InvalidSolveRequest(InvalidRequestError):
     """A solve request refused before any model runs; the message names the field."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's timeout_s passed before its answer; whatever still ran has been stopped."""
 
 
 # ------------------------------------------------------------------------------ messages
@@ -101,6 +119,9 @@ class SolveResult:
     slm_model: str = ""
     llm_model: str = ""
     text: str = ""
+    slm_finish_reason: str = ""  # the last SLM run's: confidence | stop | length | abort | error
+    llm_finish_reason: str = ""  # as the escalation client reported it
+    llm_tokens_estimated: bool = False  # the LLM's token counts were counted here, not reported by it
 
     @property
     def confidence(self) -> float | None:
@@ -174,11 +195,17 @@ class Cascade:
 
     # -- public API ----------------------------------------------------------------------
     async def solve(self, req: SolveRequest) -> SolveResult:
-        # Close the generator here: left to the loop's finaliser it costs milliseconds per request.
-        async with contextlib.aclosing(self.stream(req)) as events:
-            async for event in events:
-                if isinstance(event, Finished):
-                    return event.result
+        """The result; DeadlineExceeded when req.timeout_s passes first (the SLM and the LLM
+        call are stopped wherever they are, prefill included)."""
+        try:
+            async with asyncio.timeout(req.timeout_s):
+                # Close the generator here: left to the loop's finaliser it costs milliseconds per request.
+                async with contextlib.aclosing(self.stream(req)) as events:
+                    async for event in events:
+                        if isinstance(event, Finished):
+                            return event.result
+        except TimeoutError:
+            raise DeadlineExceeded(f"the request's deadline ({req.timeout_s:g} s) passed before its answer") from None
         raise RuntimeError("the cascade stream ended without a result")  # pragma: no cover
 
     def plan(self, req: SolveRequest) -> _Plan:
@@ -260,7 +287,10 @@ class _Run:
         self.llm_task: asyncio.Task | None = None
         self.llm_queue: asyncio.Queue = asyncio.Queue()
         self.llm_completion: Completion | None = None
+        self.llm_parsed: Parsed | None = None  # the LLM's answer when its text satisfies the contract
         self.llm_error: LLMError | None = None
+        self.slm_parsed: Parsed | None = None
+        self.slm_problem = "the SLM did not run"
         self.llm_started = 0.0
         self.llm_elapsed = 0.0
         self.result = SolveResult(
@@ -292,7 +322,7 @@ class _Run:
                 self._start_llm()
                 async for event in self._llm_events():
                     yield event
-                if self.llm_completion is not None:
+                if self.llm_parsed is not None:
                     yield Finished(self._finish())
                     return
                 why = f"LLM failed: {self.llm_error}"
@@ -341,7 +371,7 @@ class _Run:
             yield event
         if self.slm_drain is not None:
             await self.slm_drain
-        if self.llm_completion is not None:
+        if self.llm_parsed is not None:
             yield Finished(self._finish())
             return
         if self.slm_result is None or self.slm_result.finish_reason == "abort":
@@ -354,10 +384,8 @@ class _Run:
     def _decide_after_slm(self) -> tuple[Decision, str]:
         """The decision once the SLM has finished (no early deferral happened)."""
         plan, conf = self.plan, self.confidence()
-        parsed = self.slm_result.parsed if self.slm_result else None
-        if parsed is None or conf is None:
-            r = self.slm_result
-            problem = r.parse_error or r.error or f"finish_reason {r.finish_reason}" if r else "no SLM result"
+        if self.slm_parsed is None or conf is None:
+            problem = self.slm_problem if self.slm_parsed is None else "no confidence was read"
             reason = f"SLM output unusable ({problem})"
             if plan.mode == "slm_only":
                 return Decision("slm", False, reason, plan.threshold, conf), f"{reason}; mode slm_only forbids the LLM"
@@ -376,6 +404,10 @@ class _Run:
         self.slm_result = result
         self.slm_runs.append(result)
         self.slm_finished = True
+        if result.finish_reason == "abort":  # stopped on purpose (early deferral): not a contract matter
+            self.slm_parsed, self.slm_problem = None, "aborted"
+        else:
+            self.slm_parsed, self.slm_problem = check_contract(self.plan.fmt, result.text, result.finish_reason, result.error)
 
     async def _drain(self, iterator) -> None:
         """Consume an aborted SLM stream up to its FinishedEvent (for the token count)."""
@@ -446,7 +478,11 @@ class _Run:
                             self.llm_queue.put_nowait(item)
                     if self.llm_completion is None:
                         raise LLMUnavailableError("the LLM stream ended without a result")
-                    breaker.record_success()
+                    breaker.record_success()  # it answered; whether the answer is usable is the contract's matter
+                    done = self.llm_completion
+                    self.llm_parsed, problem = check_contract(plan.fmt, done.text, done.finish_reason)
+                    if self.llm_parsed is None:
+                        self.llm_error = LLMContractError(problem)
                     return
                 except LLMRequestError as err:
                     breaker.release()
@@ -490,14 +526,15 @@ class _Run:
         if completion is not None:
             res.llm_prompt_tokens, res.llm_completion_tokens = completion.prompt_tokens, completion.completion_tokens
             res.llm_model = completion.model or res.llm_model
+            res.llm_finish_reason, res.llm_tokens_estimated = completion.finish_reason, completion.estimated
+        if self.slm_result is not None:
+            res.slm_finish_reason = self.slm_result.finish_reason
 
-        if completion is not None and not degraded_reason:
+        if self.llm_parsed is not None and not degraded_reason:
             res.answered_by, res.text = "llm", completion.text
-            parsed = _parse_lenient(plan.fmt, completion.text)
-            res.answer, res.reasoning = (parsed.answer, parsed.reasoning) if parsed else (completion.text.strip(), "")
+            res.answer, res.reasoning = self.llm_parsed.answer, self.llm_parsed.reasoning
         else:
-            slm = self.slm_result
-            parsed = slm.parsed if slm else None
+            slm, parsed = self.slm_result, self.slm_parsed
             res.answered_by, res.text = "slm", slm.text if slm else ""
             res.answer, res.reasoning = (parsed.answer, parsed.reasoning) if parsed else ("", "")
             if degraded_reason:
@@ -505,8 +542,7 @@ class _Run:
                 if parsed:
                     res.degraded_reason = f"{degraded_reason}; kept the SLM answer"
                 else:
-                    problem = (slm.parse_error or slm.error or f"finish_reason {slm.finish_reason}") if slm else "it did not run"
-                    res.degraded_reason = f"{degraded_reason}; the SLM has no usable answer either ({problem})"
+                    res.degraded_reason = f"{degraded_reason}; the SLM has no usable answer either ({self.slm_problem})"
 
         slm_cost, llm_cost = cfg.tier_costs(res.slm_prompt_tokens, res.slm_completion_tokens,
                                             res.llm_prompt_tokens, res.llm_completion_tokens)
@@ -532,13 +568,22 @@ class _Run:
                     pass
 
 
-def _parse_lenient(fmt: Format, text: str) -> Parsed | None:
-    """The LLM's answer under the contract; tags as a fallback (endpoints without a grammar)."""
+def check_contract(fmt: Format, text: str, finish_reason: str, error: str | None = None) -> tuple[Parsed | None, str]:
+    """(the answer, "") when a tier's text satisfies the contract, else (None, what is wrong).
+
+    The one place where any tier's output becomes an answer. Tags are accepted as well as the
+    requested syntax (an endpoint without a grammar may answer in the literature's form); the
+    problem names the parser's complaint and the tier's finish reason ("length": cut at the cap).
+    """
     from .contract import parse_tags
 
+    if finish_reason == "error":
+        return None, f"the tier failed: {error or 'unknown error'}"
+    errors = []
     for parse in (fmt.parse, parse_tags):
         try:
-            return parse(text)
-        except ContractError:
-            continue
-    return None
+            return parse(text), ""
+        except ContractError as err:
+            errors.append(str(err))
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return None, f"output does not satisfy the {fmt.name} contract: {errors[0]}; finish_reason {finish_reason}; text {shown!r}"

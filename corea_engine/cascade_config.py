@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .contract import UnknownFormatError, get_format
-from .runtime.executor import InvalidRequestError, SamplingParams
+from .models import DEFAULT_MODEL
+from .runtime.executor import MAX_NEW_TOKENS_LIMIT, InvalidRequestError, SamplingParams
 
 MODES = ("cascade", "slm_only", "llm_only")
 CONFIDENCE_SOURCES = ("expected", "sampled")
@@ -46,12 +47,15 @@ class CascadeConfig:
     llm_prompt_price: float = 0.0025
     llm_completion_price: float = 0.01
     # Escalation: where the LLM is (address: an engine speaking sglang.grpc.scheduler.SglangScheduler;
-    # base_url: OpenAI-compatible). llm_tokenizer: a local folder instead of the engine's GetTokenizer.
+    # base_url: OpenAI-compatible). llm_tokenizer (a model spec or folder): the tier's tokenizer, instead
+    # of the engine's GetTokenizer, or to count tokens when an OpenAI endpoint reports no usage.
     llm_address: str | None = None
-    llm_tokenizer: str | None = None
     llm_openai_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"
+    # OpenAI-compatible endpoints: send JSON contracts as response_format json_schema.
+    llm_response_format: bool = True
+    llm_tokenizer: str | None = None
     # Securing the gRPC LLM call (escalation/grpc_security.py): TLS when a CA file or a client
     # certificate is set; a bearer token from a file, else from the variable llm_token_env.
     llm_tls_ca_file: str | None = None
@@ -69,8 +73,8 @@ class CascadeConfig:
     breaker_cooldown_s: float = 10.0
 
     def validate(self) -> "CascadeConfig":
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and 0 <= self.threshold <= 1):
-            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold!r}")
+        for name, (low, high, optional) in NUMERIC_RANGES.items():
+            _check_number(name, getattr(self, name), low, high, optional, _TYPES[name].startswith("int"))
         if self.confidence_source not in CONFIDENCE_SOURCES:
             raise ConfigError(f"confidence_source must be one of {CONFIDENCE_SOURCES}, got {self.confidence_source!r}")
         if self.mode not in MODES:
@@ -79,22 +83,17 @@ class CascadeConfig:
             get_format(self.contract)
         except UnknownFormatError as err:
             raise ConfigError(str(err)) from None
-        for name in ("slm_temperature", "llm_temperature"):  # the executors' own ranges
+        for name in ("slm_temperature", "llm_temperature"):  # also the executors' own safe ranges
             try:
                 SamplingParams(temperature=getattr(self, name)).validate()
             except InvalidRequestError as err:
                 raise ConfigError(f"{name}: {err}") from None
-        for name in ("llm_timeout_s", "breaker_cooldown_s", "retry_backoff_s", "retry_backoff_max_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.llm_retries < 0 or self.breaker_failures < 1:
-            raise ConfigError("llm_retries must be >= 0 and breaker_failures >= 1")
         if (self.llm_tls_cert_file is None) != (self.llm_tls_key_file is None):
             raise ConfigError("llm_tls_cert_file and llm_tls_key_file go together (a client certificate for mTLS)")
         if self.llm_address and self.llm_openai_base_url:
             raise ConfigError("give llm_address or llm_openai_base_url, not both")
-        if self.llm_tokenizer and not Path(self.llm_tokenizer).is_dir():
-            raise ConfigError(f"llm_tokenizer {self.llm_tokenizer} is not a folder")
+        if self.llm_tokenizer and self.llm_tokenizer != DEFAULT_MODEL and not Path(self.llm_tokenizer).is_dir():
+            raise ConfigError(f"llm_tokenizer {self.llm_tokenizer!r} is not '{DEFAULT_MODEL}' or a folder")
         return self
 
     def tier_costs(self, slm_prompt: int, slm_completion: int, llm_prompt: int, llm_completion: int) -> tuple[float, float]:
@@ -144,6 +143,39 @@ def _read_file(path: Path) -> dict:
 
 
 _TYPES = {f.name: f.type for f in fields(CascadeConfig)}
+_OPEN = 1e-9  # a lower bound just above zero: "must be > 0"
+
+# Every numeric setting: (lowest, highest, None allowed). A setting outside its range would start
+# a server that cannot serve (a NaN timeout degrades every deferral, 0 tokens refuse every request).
+NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
+    "threshold": (0.0, 1.0, False),
+    "max_reasoning_chars": (1, 100_000, True),
+    "max_answer_chars": (1, 10_000, True),
+    "max_new_tokens": (1, MAX_NEW_TOKENS_LIMIT, True),
+    "max_question_chars": (1, 1_000_000, False),
+    "slm_temperature": (0.0, 10.0, False),
+    "llm_temperature": (0.0, 10.0, False),
+    "slm_prompt_price": (0.0, 1e6, False),
+    "slm_completion_price": (0.0, 1e6, False),
+    "llm_prompt_price": (0.0, 1e6, False),
+    "llm_completion_price": (0.0, 1e6, False),
+    "llm_timeout_s": (_OPEN, 86_400.0, False),
+    "llm_retries": (0, 100, False),
+    "retry_backoff_s": (0.0, 3600.0, False),
+    "retry_backoff_max_s": (0.0, 3600.0, False),
+    "breaker_failures": (1, 1_000_000, False),
+    "breaker_cooldown_s": (0.0, 86_400.0, False),
+}
+
+
+def _check_number(name: str, value, low: float, high: float, optional: bool, integer: bool) -> None:
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not low <= value <= high:
+        bound = f"> 0 and <= {high:.10g}" if low == _OPEN else f"in [{low:.10g}, {high:.10g}]"
+        raise ConfigError(f"cascade setting {name} must be {kind} {bound}{' or unset' if optional else ''}, got {value!r}")
 
 
 def _coerce(name: str, value):
@@ -151,6 +183,13 @@ def _coerce(name: str, value):
     kind = _TYPES[name]
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none") and "None" in kind):
         return None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+        if str(value).strip().lower() in words:
+            return words[str(value).strip().lower()]
+        raise ConfigError(f"cascade setting {name} must be true or false, got {value!r}")
     try:
         if kind.startswith("float"):
             return float(value)

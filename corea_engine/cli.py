@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (CommandError, InvalidRequestError, ExecutorError, UnknownFormatError, ModelNotFoundError,
-            FileNotFoundError) as err:
+            FileNotFoundError, TimeoutError) as err:
         print(f"corea {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 FIELDS = ("reasoning", "answer", "confidence")
+MAX_TOKENS_PER_CHAR = 4  # UTF-8 bytes in a character, at most; a byte-level token holds >= 1 byte
 
 
 class ContractError(ValueError):
@@ -81,17 +82,51 @@ class ConfidenceScale:
 
 SCALE = ConfidenceScale()
 
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)\s*(%?)")
+_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = re.compile(rf"[-+]?{_NUM}\s*(%?)")
+# "on a scale of 0-10", "(1-5 scale)", "scale from 0 to 10": the form states its own scale.
+_SCALE = re.compile(
+    rf"(?:\bscale\s+(?:of\s+|from\s+)?\(?({_NUM})\s*(?:-|–|to)\s*({_NUM})\)?"
+    rf"|\(?({_NUM})\s*(?:-|–|to)\s*({_NUM})\)?\s*(?:-\s*point\s+)?scale\b"
+    rf"|\(\s*({_NUM})\s*(?:-|–|to)\s*({_NUM})\s*\))",
+    re.IGNORECASE,
+)
+_FRACTION = re.compile(rf"({_NUM})\s*(?:/|\bout\s+of\b)\s*({_NUM})", re.IGNORECASE)
+_RANGE = re.compile(rf"{_NUM}\s*%?\s*(?:-|–|\bto\b|\bor\b|/)\s*{_NUM}\s*%?\s*(?:/|\bout\s+of\b)\s*{_NUM}"
+                    rf"|{_NUM}\s*%?\s*(?:-|–|\bto\b|\bor\b)\s*{_NUM}|\bbetween\s+{_NUM}", re.IGNORECASE)
 
 
 def parse_confidence(text: str) -> float:
-    """A verbalized confidence to [0, 1]: '0.85', '85%', '100.', 'I am 0.9 confident'.
+    """A verbalized confidence to [0, 1]; refuses (ContractError naming the form) what it cannot read surely.
 
-    The first number counts; a percent sign or a value above 1 is read as a percentage.
+    Forms read: a number in [0, 1] ('0.85', 'I am 0.9 confident'); a percentage ('85%', and a bare
+    number above 1: '100.', '90'); a fraction ('9/10', '3 out of 5'); a value on a scale the text
+    states ('8 on a scale of 0-10', '4 (1-5)'), worth value / top of the scale. Refused: ranges and
+    alternatives ('0.7-0.8', '7 or 8 out of 10'), fractions or scale values out of range.
     """
-    match = _NUMBER.search(text)
+    body = text.strip()
+    scale = _SCALE.search(body)
+    if scale is not None:
+        low, high = (float(g) for g in scale.groups() if g is not None)
+        rest = body[: scale.start()] + " " + body[scale.end():]
+        match = _NUMBER.search(rest)
+        if match is None:
+            raise ContractError(f"no value besides the scale in confidence {body[:40]!r}")
+        value = float(match.group(0).rstrip("% \t\n"))
+        if not (0 <= low < high and low <= value <= high) or match.group(1):
+            raise ContractError(f"confidence {match.group(0).strip()!r} does not fit its scale {low:g}-{high:g} in {body[:40]!r}")
+        return value / high
+    if (rng := _RANGE.search(body)) is not None:
+        raise ContractError(f"confidence {rng.group(0)!r} is a range or alternatives, not one value")
+    fraction = _FRACTION.search(body)
+    if fraction is not None:
+        part, whole = float(fraction.group(1)), float(fraction.group(2))
+        if not 0 <= part <= whole or whole == 0:
+            raise ContractError(f"confidence fraction {fraction.group(0)!r} is outside [0, 1]")
+        return part / whole
+    match = _NUMBER.search(body)
     if match is None:
-        raise ContractError(f"no number in confidence {text.strip()[:40]!r}")
+        raise ContractError(f"no number in confidence {body[:40]!r}")
     value = float(match.group(0).rstrip("% \t\n"))
     if match.group(1) or value > 1.0:
         value /= 100.0
@@ -161,8 +196,16 @@ class Format:
 
     @property
     def max_tokens(self) -> int:
-        """Worst-case completion length: every token carries at least one character."""
-        return len(self.render("", "", 0.5)) + self.max_reasoning_chars + self.max_answer_chars + 1
+        """Worst-case completion length in tokens, for any script and any byte-level tokenizer.
+
+        The free-text fields are bounded in characters (the grammar counts characters). A
+        character is at most 4 UTF-8 bytes and a byte-level BPE token (or a byte-fallback
+        SentencePiece token) holds at least one byte, so a field of N characters is at most
+        4N tokens: emoji and rare CJK cost 2-4 tokens each. The scaffold is ASCII (one token
+        per character at most); +1 for the end-of-sequence token.
+        """
+        free_text = self.max_reasoning_chars + self.max_answer_chars
+        return len(self.render("", "", 0.5)) + MAX_TOKENS_PER_CHAR * free_text + 1
 
     def render(self, reasoning: str, answer: str, confidence: float) -> str:
         """Well-formed text for given fields (training targets, tests, documentation)."""
@@ -171,7 +214,7 @@ class Format:
         for i, field in enumerate(self.order):
             value = values[field]
             if self.syntax == "json" and field != "confidence":
-                value = json.dumps(value)[1:-1]
+                value = json.dumps(value, ensure_ascii=False)[1:-1]  # raw UTF-8, as the grammar writes it
             parts.append(self._opening(field, i) + value + self._closing(field, i))
         return "".join(parts)
 
@@ -201,6 +244,25 @@ class Format:
         for i, field in enumerate(self.order):
             seq += [json.dumps(self._opening(field, i)), bodies[field], json.dumps(self._closing(field, i))]
         return "root ::= " + " ".join(s for s in seq if s != '""')
+
+    def json_schema(self) -> dict | None:
+        """The format as a JSON Schema for endpoints that take structured output
+        (OpenAI `response_format` json_schema; vLLM, SGLang and llama.cpp accept it); None for
+        tag formats, which JSON Schema cannot describe. Properties in the format's field order;
+        the bounds are the grammar's, so the worst case stays within max_tokens."""
+        if self.syntax != "json":
+            return None
+        properties = {
+            "reasoning": {"type": "string", "maxLength": self.max_reasoning_chars},
+            "answer": {"type": "string", "minLength": 1, "maxLength": self.max_answer_chars},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        }
+        return {
+            "type": "object",
+            "properties": {field: properties[field] for field in self.order},
+            "required": list(self.order),
+            "additionalProperties": False,
+        }
 
     # -- parsing ------------------------------------------------------------------------
     def parse(self, text: str) -> Parsed:

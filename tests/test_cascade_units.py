@@ -26,8 +26,19 @@ def test_config_file_then_environment(tmp_path):
 
 
 @pytest.mark.parametrize("env,message", [
-    ({"COREA_THRESHOLD": "1.5"}, "threshold must be in [0, 1]"),
-    ({"COREA_THRESHOLD": "nan"}, "threshold must be in [0, 1]"),
+    ({"COREA_THRESHOLD": "1.5"}, "threshold must be a number in [0, 1]"),
+    ({"COREA_THRESHOLD": "nan"}, "threshold must be a number in [0, 1]"),
+    ({"COREA_LLM_TIMEOUT_S": "nan"}, "llm_timeout_s must be a number > 0"),
+    ({"COREA_LLM_TIMEOUT_S": "0"}, "llm_timeout_s must be a number > 0"),
+    ({"COREA_MAX_NEW_TOKENS": "0"}, "max_new_tokens must be an integer in [1, 4096] or unset"),
+    ({"COREA_MAX_NEW_TOKENS": "100000"}, "max_new_tokens must be an integer in [1, 4096]"),
+    ({"COREA_LLM_PROMPT_PRICE": "inf"}, "llm_prompt_price must be a number in [0, 1000000]"),
+    ({"COREA_SLM_COMPLETION_PRICE": "-1"}, "slm_completion_price must be a number in [0"),
+    ({"COREA_RETRY_BACKOFF_S": "-inf"}, "retry_backoff_s must be a number in [0"),
+    ({"COREA_BREAKER_FAILURES": "0"}, "breaker_failures must be an integer in [1"),
+    ({"COREA_LLM_TEMPERATURE": "nan"}, "llm_temperature must be a number in [0, 10]"),
+    ({"COREA_MAX_REASONING_CHARS": "0"}, "max_reasoning_chars must be an integer in [1"),
+    ({"COREA_MAX_QUESTION_CHARS": "-5"}, "max_question_chars must be an integer in [1"),
     ({"COREA_THRESHOLD": "high"}, "threshold must be float"),
     ({"COREA_MODE": "llm_first"}, "mode must be one of"),
     ({"COREA_CONTRACT": "yaml"}, "unknown contract 'yaml'"),
@@ -36,6 +47,59 @@ def test_config_file_then_environment(tmp_path):
 def test_config_names_the_bad_setting(env, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         CascadeConfig.load(env=env)
+
+
+def test_every_numeric_setting_has_a_range_and_a_file_is_checked_too(tmp_path):
+    from dataclasses import fields
+
+    from corea_engine.cascade_config import NUMERIC_RANGES
+
+    numeric = {f.name for f in fields(CascadeConfig) if f.type.split(" ")[0] in ("int", "float")}
+    assert numeric == set(NUMERIC_RANGES)
+    path = tmp_path / "c.json"
+    path.write_text('{"breaker_cooldown_s": 1e400, "threshold": 0.5}')  # JSON reads 1e400 as inf
+    with pytest.raises(ConfigError, match="breaker_cooldown_s must be a number in"):
+        CascadeConfig.load(path, env={})
+    with pytest.raises(ConfigError, match="llm_retries must be an integer"):
+        CascadeConfig(llm_retries=True).validate()
+
+
+@pytest.mark.parametrize("flags,env,message", [
+    (["--grace-s", "nan"], {}, "argument --grace-s: must be in [0, 86400], got 'nan'"),
+    (["--port", "70000"], {}, "argument --port: must be in [0, 65535]"),
+    (["--max-inflight", "0"], {}, "argument --max-inflight: must be in [1"),
+    (["--metrics-port", "-1"], {}, "argument --metrics-port: must be in [0, 65535]"),
+    (["--max-new-tokens", "0"], {}, "max_new_tokens must be an integer in [1, 4096]"),
+    (["--threshold", "inf"], {}, "threshold must be a number in [0, 1]"),
+    ([], {"COREA_LLM_TIMEOUT_S": "nan"}, "llm_timeout_s must be a number > 0"),
+    ([], {"COREA_MAX_NEW_TOKENS": "0"}, "max_new_tokens must be an integer in [1, 4096]"),
+    ([], {"COREA_MAX_REQUEST_TOKENS": "0"}, "argument --max-request-tokens: must be in [1, 4096]"),
+    ([], {"COREA_MAX_MESSAGE_BYTES": "-1"}, "argument --max-message-bytes: must be in [1"),
+    ([], {"COREA_THREADS": "0"}, "COREA_THREADS must be in [1"),
+    (["--tp-size", "0"], {}, "argument --tp-size: must be in [1"),
+])
+def test_serve_refuses_bad_numeric_settings_at_start_up_naming_them(flags, env, message):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve", "--mode", "slm_only", "--no-metrics", *flags],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-batch-size", "0"], "argument --max-batch-size: must be in [1"),
+    (["--grace-s", "-1"], "argument --grace-s: must be in [0"),
+    (["--mem-fraction-static", "nan"], "argument --mem-fraction-static: must be in [0.01, 1]"),
+])
+def test_serve_llm_refuses_bad_numeric_flags(flags, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve-llm", *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
 def test_config_refuses_unknown_keys(tmp_path):
@@ -110,3 +174,17 @@ def test_protos_generate_into_a_fresh_folder(tmp_path):
     assert not _protogen.is_stale(out_dir=tmp_path)
     (tmp_path / "corea_pb2.py").unlink()
     assert _protogen.is_stale(out_dir=tmp_path)
+
+
+def test_openai_escalation_settings_reach_the_client():
+    from corea_engine.escalation.factory import make_client
+
+    env = {"COREA_LLM_OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "COREA_LLM_MODEL": "m",
+           "COREA_LLM_RESPONSE_FORMAT": "off", "COREA_LLM_TOKENIZER": "smollm2-135m"}
+    client = make_client(CascadeConfig.load(env=env))
+    assert client.response_format is False and client.tokenizer is not None
+    assert make_client(CascadeConfig.load(env={**env, "COREA_LLM_TOKENIZER": ""})).tokenizer is None
+    with pytest.raises(ConfigError, match="llm_response_format must be true or false, got 'maybe'"):
+        CascadeConfig.load(env={**env, "COREA_LLM_RESPONSE_FORMAT": "maybe"})
+    with pytest.raises(ConfigError, match="llm_tokenizer '/nonexistent'"):
+        make_client(CascadeConfig.load(env={**env, "COREA_LLM_TOKENIZER": "/nonexistent"}))

@@ -66,6 +66,30 @@ def test_grammar_cache_compiles_once_per_tokenizer(tokenizer):
     assert cache.compiled("json") is cache.compiled(FORMATS["json"])
 
 
+SCRIPTS = {  # first code point of a run of distinct characters, from 1 to 4 UTF-8 bytes each
+    "ascii": 0x61, "hebrew": 0x5D0, "devanagari": 0x915, "cjk": 0x4E00, "emoji": 0x1F980,
+    "cjk_extension_b": 0x20000, "hieroglyphs": 0x13000,
+}
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+@pytest.mark.parametrize("name", ["json", "tags_confidence_first"])
+def test_the_token_budget_holds_for_fields_full_of_any_script(name, script, tokenizer, grammars):
+    """Both free-text fields at their character bound, in scripts of 1 to 4 bytes a character:
+    the grammar admits the text and it fits fmt.max_tokens, which one token a character did not."""
+    fmt = FORMATS[name].bounded(max_reasoning_chars=48, max_answer_chars=12)
+    first = SCRIPTS[script]
+    chars = "".join(chr(first + i % 26 if script == "ascii" else first + i) for i in range(fmt.max_reasoning_chars + fmt.max_answer_chars))
+    text = fmt.render(chars[: fmt.max_reasoning_chars], chars[fmt.max_reasoning_chars:], 0.7)
+    ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    matcher = grammars.matcher(fmt)
+    assert all(matcher.accept_token(t) for t in ids) and matcher.is_terminated()
+    assert len(ids) <= fmt.max_tokens
+    one_per_char = len(fmt.render("", "", 0.5)) + fmt.max_reasoning_chars + fmt.max_answer_chars + 1
+    if script in ("emoji", "cjk_extension_b", "hieroglyphs"):
+        assert len(ids) > one_per_char  # the old budget would have cut it
+
+
 def test_confidence_first_formats_put_confidence_before_reasoning():
     for name, fmt in FORMATS.items():
         text = fmt.render("because", "42", 0.3)
@@ -86,6 +110,31 @@ def test_scale_symbols_are_single_tokens_with_their_values(tokenizer):
 )
 def test_parse_confidence_reads_verbalized_forms(text, value):
     assert parse_confidence(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("9/10", 0.9), ("3 out of 5", 0.6), ("Confidence: 7/10", 0.7), ("80/100", 0.8), ("0.8/1", 0.8),
+     ("8 on a scale of 0-10", 0.8), ("4 on a 1-5 scale", 0.8), ("4 (1-5)", 0.8), ("scale from 0 to 10: 6", 0.6),
+     ("10/10", 1.0)],
+)
+def test_parse_confidence_reads_fractions_and_stated_scales(text, value):
+    assert parse_confidence(text) == pytest.approx(value)
+    assert parse_tags(f"<answer>4</answer><confidence>{text}</confidence>").confidence == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("0.7-0.8", "range or alternatives"), ("7 or 8 out of 10", "range or alternatives"),
+     ("between 0.6 and 0.8", "range or alternatives"), ("70% - 80%", "range or alternatives"),
+     ("11/10", "fraction '11/10' is outside"), ("3 out of 0", "outside"),
+     ("12 on a scale of 0-10", "does not fit its scale 0-10"), ("on a scale of 1-5", "no value besides the scale")],
+)
+def test_parse_confidence_refuses_ambiguous_forms_naming_them(text, message):
+    with pytest.raises(ContractError, match=message):
+        parse_confidence(text)
+    with pytest.raises(ContractError, match=message):
+        FORMATS["json"].parse(f'{{"reasoning": "r", "answer": "a", "confidence": "{text}"}}')
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,22 @@ def test_multiple_choice_by_letter_or_option_text():
         assert not question.check(refused), refused
 
 
+@pytest.mark.parametrize("prediction, letter", [
+    ("(b)", "B"), ("b)", "B"), ("The answer is B", "B"), ("**B**", "B"), ("The answer is **(B) library**.", "B"),
+    ("$\\boxed{B}$", "B"), ("Final answer: b.", "B"), ("I choose B", "B"), ("B is correct", "B"), ("[B]", "B"),
+    ("(a)", "A"), ("a)", "A"), ("The answer is a bank", "A"), ("A bank", "A"), ("a", "A"),
+    ("a library", "B"), ("A library", "B"), ("The answer is: department store", "C"),
+    ("a mall", "D"), ("I think", None), ("F", None), ("(f)", None), ("a museum", None),
+])
+def test_multiple_choice_in_the_forms_models_write(prediction, letter):
+    """Ordinary ways of naming an option are read; the article "a" never reads as option A."""
+    from corea_engine.evaluation.checking import chosen_letter
+
+    question = load_dataset("commonsenseqa", limit=1)[0]
+    assert chosen_letter(prediction, question.options) == letter
+    assert question.check(prediction) is (letter == "A")
+
+
 def test_trivia_alias_normalisation():
     sumo = load_dataset("triviaqa", limit=2)[1]
     assert sumo.aliases == ("SUMO WRESTLER", "Rikishi", "Sumo wrestler")

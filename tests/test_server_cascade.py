@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import urllib.request
@@ -85,6 +86,24 @@ def test_llm_only_answers_from_the_llm_and_slm_only_never_calls_it(servers, gsm8
         assert r.answered_by == corea_pb2.TIER_SLM and not r.deferred, r
         assert r.llm_tokens.completion_tokens == 0
     assert llm_calls(llm) == before + 2
+
+
+def test_llm_output_cut_at_the_cap_over_grpc_is_degraded_with_finish_reasons(servers, gsm8k_questions):
+    """The gRPC escalation client's text goes through the same contract check: a cut answer is
+    never served, and the response says which tier ended how."""
+    corea, _, stub = servers
+
+    def outcomes() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{corea.server.metrics_port}/metrics", timeout=10).read().decode()
+        found = re.findall(r'corea_requests_total\{method="Solve",outcome="(\w+)"\} (\S+)', text)
+        return {outcome: float(value) for outcome, value in found}
+
+    before = outcomes()
+    for r in solve_all(stub, ["What is 17 * 23?", gsm8k_questions[10]], mode=corea_pb2.ROUTING_MODE_LLM_ONLY, max_new_tokens=6):
+        assert r.degraded and r.answer == "" and "does not satisfy the json contract" in r.degraded_reason, r
+        assert r.llm_finish_reason == "length" and r.slm_finish_reason == "length" and r.llm_tokens.completion_tokens == 6
+    after = outcomes()
+    assert after["degraded"] - before.get("degraded", 0) == 2 and after.get("accepted", 0) == before.get("accepted", 0)
 
 
 def test_stream_decides_before_the_llm_and_confidence_first_defers_early(servers, gsm8k_questions):

@@ -160,3 +160,69 @@ def test_sigterm_drains_the_in_flight_request_then_the_process_exits(tmp_path, g
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+LONG_QUESTION = "A farmer counts the sheep that jump over the fence by the river before dusk. " * 85
+
+
+def _idle(executor, limit_s=300.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while executor.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return executor.running == 0
+
+
+@pytest.mark.parametrize("timeout_s", [1.0, 2.5])
+def test_a_deadline_during_prefill_stops_the_work_and_counts_as_a_deadline(rig, slm_executor, timeout_s):
+    """A long prompt with a short deadline: the SLM stops within a prefill chunk of it, and the
+    metrics say deadline, not cancelled; a caller that cancels is counted as cancelled."""
+    from corea_engine.runtime import torch_executor
+
+    corea, llm = rig
+    requests = corea.server.metrics.requests
+    def counts():
+        return requests.labels("Solve", "deadline")._value.get(), requests.labels("Solve", "cancelled")._value.get()
+
+    total_chunks = len(slm_executor.tokenizer.encode(LONG_QUESTION)) // torch_executor.PREFILL_CHUNK_TOKENS
+    before, chunks = counts(), slm_executor.stats.prefill_chunks
+    with grpc.insecure_channel(corea.address) as channel:
+        stub = corea_pb2_grpc.CoreaStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Solve(corea_pb2.SolveRequest(question=LONG_QUESTION, mode=corea_pb2.ROUTING_MODE_SLM_ONLY), timeout=timeout_s)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert _idle(slm_executor) and slm_executor.stats.prefill_chunks - chunks < total_chunks
+        assert _settled(counts, (before[0] + 1, before[1]))
+        call = stub.Solve.future(corea_pb2.SolveRequest(question=LONG_QUESTION, mode=corea_pb2.ROUTING_MODE_SLM_ONLY), timeout=600)
+        chunks = slm_executor.stats.prefill_chunks
+        while slm_executor.stats.prefill_chunks == chunks:  # until the prefill is under way
+            threading.Event().wait(0.002)
+        call.cancel()
+        assert _idle(slm_executor) and slm_executor.stats.prefill_chunks - chunks < total_chunks
+    assert _settled(counts, (before[0] + 1, before[1] + 1))
+
+
+def _settled(read, expected, limit_s=10.0) -> bool:
+    """The server records a call's outcome asynchronously, just after the client sees it end."""
+    for _ in range(int(limit_s / 0.05)):
+        if read() == expected:
+            return True
+        threading.Event().wait(0.05)
+    return read() == expected
+
+
+def test_llm_service_deadline_during_prefill_stops_the_work(rig):
+    from corea_engine.protos import llm_pb2, llm_pb2_grpc
+    from corea_engine.runtime import torch_executor
+
+    _, llm = rig
+    executor = llm.server.llm.executor
+    total_chunks = len(executor.tokenizer.encode(LONG_QUESTION)) // torch_executor.PREFILL_CHUNK_TOKENS
+    for deadline_ms in (800, 2000):
+        chunks = executor.stats.prefill_chunks
+        with grpc.insecure_channel(llm.address) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                llm_pb2_grpc.LLMStub(channel).Generate(llm_pb2.GenerateRequest(
+                    messages=[llm_pb2.ChatMessage(role="user", content=LONG_QUESTION)], max_new_tokens=64,
+                    deadline_ms=deadline_ms), timeout=600)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert _idle(executor) and executor.stats.prefill_chunks - chunks < total_chunks

@@ -246,3 +246,61 @@ def test_cli_reports_bad_input_with_exit_code_2(args, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert proc.stderr.strip().count("\n") == 0  # one line, no traceback
+
+
+LONG_TEXT = "The quick brown fox jumps over the lazy dog while the farmer counts his sheep. " * 80
+
+
+def wait_for(condition, limit_s=300.0):
+    deadline = time.monotonic() + limit_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return condition()
+
+
+@pytest.mark.parametrize("words", [900, 1400])
+def test_abort_during_prefill_stops_the_prompt_within_a_chunk(slm_executor, gsm8k_questions, words):
+    """An abort that lands while a long prompt is being prefilled is not lost: it is refused no
+    more, the prompt stops after the chunk in flight, and a prompt prefilled beside it goes on."""
+    from corea_engine.runtime import torch_executor
+
+    text = " ".join(LONG_TEXT.split()[:words])
+    victim = Request(messages=[{"role": "user", "content": text}], sampling=SamplingParams(max_new_tokens=50))
+    total_chunks = -(-len(slm_executor._encode(victim)) // torch_executor.PREFILL_CHUNK_TOKENS)
+    assert total_chunks >= 8
+    # Prefilled in the same forward passes (no shared system prompt): it must lose nothing.
+    other = Request(messages=[{"role": "user", "content": gsm8k_questions[32] + " " + text[: len(text) // 2]}],
+                    sampling=SamplingParams(max_new_tokens=6))
+    solo = slm_executor.generate(other)
+    before = slm_executor.stats.prefill_chunks
+    with slm_executor._lock:  # re-entrant: both join the batch in one prefill
+        stream, other_stream = slm_executor.submit(victim), slm_executor.submit(other)
+    assert wait_for(lambda: slm_executor.stats.prefill_chunks > before)  # the long prefill is under way
+    assert slm_executor.abort(victim.request_id)
+    result = stream.wait(timeout=300)
+    assert result.finish_reason == "abort" and result.completion_tokens == 0
+    assert slm_executor.stats.prefill_chunks - before < total_chunks
+    assert_same_or_near_tie(slm_executor, other, solo, other_stream.wait(timeout=300))
+    assert not slm_executor.abort(victim.request_id)
+
+
+SCRIPT_QUESTIONS = [
+    "सीता के पास 5 आम हैं। उसने 3 खा लिए। कितने बचे? हिंदी में उत्तर दें।",
+    "小明有3个苹果，又买了2个。他现在有几个苹果？请用中文回答。",
+    "Reply with emoji only: 🍎🍎🍎 + 🍎🍎 = ? Write your reasoning using only emoji like 🍎🍏🍐🍊.",
+]
+
+
+def test_contract_output_in_any_script_ends_within_the_budget(slm_executor):
+    """Reasoning in Devanagari, CJK and emoji on the real model, greedy and sampled: every run
+    ends by the grammar within fmt.max_tokens (never 'length'), even where characters cost
+    more than one token each."""
+    fmt = FORMATS["json"].bounded(max_reasoning_chars=60, max_answer_chars=16)
+    requests = [request(q, fmt, temperature=t, seed=seed) for q in SCRIPT_QUESTIONS for t, seed in ((0.0, None), (1.0, 1), (1.0, 2))]
+    results = [s.wait(timeout=600) for s in [slm_executor.submit(r) for r in requests]]
+    for r in results:
+        assert r.finish_reason == "confidence" and r.parsed is not None, r.text
+        assert r.completion_tokens <= fmt.max_tokens
+    tok = slm_executor.tokenizer
+    ratios = [len(tok.encode(r.parsed.reasoning, add_special_tokens=False)) / max(len(r.parsed.reasoning), 1) for r in results]
+    assert max(ratios) > 1.0, ratios  # some reasoning cost more than a token a character

@@ -16,12 +16,16 @@ def add_cascade_args(p) -> None:
     g.add_argument("--llm-address", default=None,
                    help="host:port of an engine speaking the SglangScheduler gRPC protocol (`corea worker`, "
                         "`sglang serve --grpc-mode`, `vllm serve --grpc`)")
-    g.add_argument("--llm-tokenizer", default=None,
-                   help="with --llm-address: the LLM's tokenizer folder (default: fetched with GetTokenizer)")
     g.add_argument("--llm-openai-base-url", default=None, help="an OpenAI-compatible endpoint (key from $OPENAI_API_KEY)")
     g.add_argument("--llm-model", default=None,
                    help="with --llm-openai-base-url: the endpoint's model name; alone: a model run in this "
                         "process as the LLM tier (the embedded default makes it a stand-in)")
+    g.add_argument("--llm-tokenizer", default=None,
+                   help="the LLM tier's tokenizer (model spec or folder): with --llm-address instead of GetTokenizer; with "
+                        "--llm-openai-base-url to count tokens when the endpoint reports no usage (else estimated "
+                        "at 4 characters a token)")
+    g.add_argument("--no-llm-response-format", action="store_true",
+                   help="with --llm-openai-base-url: do not send the contract as response_format json_schema")
     g = p.add_argument_group("SLM tier in another process (instead of --model)")
     g.add_argument("--slm-address", default=None,
                    help="host:port of an engine speaking the SglangScheduler gRPC protocol that runs the SLM")
@@ -42,6 +46,8 @@ def load_config(args):
                        llm_openai_base_url=args.llm_openai_base_url)
         if args.llm_openai_base_url:
             changes["llm_model"] = args.llm_model
+            if args.no_llm_response_format:
+                changes["llm_response_format"] = False
         return config.replace(**changes)
     except ConfigError as err:
         raise CommandError(str(err)) from None

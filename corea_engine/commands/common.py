@@ -7,6 +7,32 @@ import os
 BACKENDS = ("torch", "sglang")
 
 
+def bounded(kind: type, low: float, high: float):
+    """An argparse type: a finite `kind` (int or float) in [low, high], refused at start-up with the flag's name.
+
+    Also applied to flag defaults that come from the environment (argparse converts string defaults).
+    """
+    import argparse
+    import math
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be in [{low:.10g}, {high:.10g}], got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+PORT = bounded(int, 0, 65535)  # 0: any free port
+COUNT = bounded(int, 1, 1_000_000)
+SECONDS = bounded(float, 0, 86_400)
+
+
 def add_model_args(parser, *, prefix: str = "", default_model: str | None = None) -> None:
     p = f"--{prefix}" if prefix else "--"
     parser.add_argument(f"{p}model", default=default_model, help="model: 'smollm2-135m' (embedded default) or a local folder")
@@ -15,10 +41,11 @@ def add_model_args(parser, *, prefix: str = "", default_model: str | None = None
     parser.add_argument(f"{p}backend", default="torch", choices=BACKENDS,
                         help="runtime: torch (embedded, CPU or CUDA) or sglang (GPU; needs the sglang extra)")
     # SGLang engine options, passed through to sglang.Engine (ignored by the torch backend).
-    parser.add_argument(f"{p}tp-size", type=int, default=None, help="sglang: tensor-parallel GPUs")
-    parser.add_argument(f"{p}dp-size", type=int, default=None, help="sglang: data-parallel replicas")
-    parser.add_argument(f"{p}mem-fraction-static", type=float, default=None, help="sglang: GPU memory share for weights + KV cache")
-    parser.add_argument(f"{p}max-running-requests", type=int, default=None, help="sglang: concurrent requests cap")
+    parser.add_argument(f"{p}tp-size", type=bounded(int, 1, 1024), default=None, help="sglang: tensor-parallel GPUs")
+    parser.add_argument(f"{p}dp-size", type=bounded(int, 1, 1024), default=None, help="sglang: data-parallel replicas")
+    parser.add_argument(f"{p}mem-fraction-static", type=bounded(float, 0.01, 1.0), default=None,
+                        help="sglang: GPU memory share for weights + KV cache")
+    parser.add_argument(f"{p}max-running-requests", type=COUNT, default=None, help="sglang: concurrent requests cap")
     parser.add_argument(f"{p}load-format", default=None, help="sglang: weight loading, e.g. 'dummy' (random weights, benchmarks)")
 
 
@@ -46,4 +73,11 @@ def make_executor(args, *, prefix: str = "", **torch_options):
 
 def default_threads() -> int:
     """Torch intra-op threads: COREA_THREADS, else every core (one engine per process)."""
-    return int(os.environ.get("COREA_THREADS", os.cpu_count() or 1))
+    import argparse
+
+    from ..cli import CommandError
+
+    try:
+        return bounded(int, 1, 4096)(os.environ.get("COREA_THREADS", os.cpu_count() or 1))
+    except argparse.ArgumentTypeError as err:
+        raise CommandError(f"COREA_THREADS {err}") from None

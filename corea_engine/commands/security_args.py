@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+from ..runtime.executor import MAX_NEW_TOKENS_LIMIT
+from .common import COUNT, bounded
+
 
 def add_security_args(p) -> None:
     g = p.add_argument_group("security and limits")
@@ -19,11 +22,11 @@ def add_security_args(p) -> None:
     g.add_argument("--auth-tokens-file", default=os.environ.get("COREA_AUTH_TOKENS_FILE"),
                    help="bearer tokens, one 'name:token' per line ($COREA_AUTH_TOKENS_FILE); tokens in "
                         "$COREA_AUTH_TOKENS (comma-separated) are accepted too; either turns authentication on")
-    g.add_argument("--max-message-bytes", type=int, default=os.environ.get("COREA_MAX_MESSAGE_BYTES"),
+    g.add_argument("--max-message-bytes", type=bounded(int, 1, 1 << 31), default=os.environ.get("COREA_MAX_MESSAGE_BYTES"),
                    help="largest request message accepted (gRPC default: 4 MiB) ($COREA_MAX_MESSAGE_BYTES)")
-    g.add_argument("--max-request-tokens", type=int, default=os.environ.get("COREA_MAX_REQUEST_TOKENS"),
+    g.add_argument("--max-request-tokens", type=bounded(int, 1, MAX_NEW_TOKENS_LIMIT), default=os.environ.get("COREA_MAX_REQUEST_TOKENS"),
                    help="cap on a request's max_new_tokens; above it: OUT_OF_RANGE ($COREA_MAX_REQUEST_TOKENS)")
-    g.add_argument("--max-inflight-per-client", type=int, default=os.environ.get("COREA_MAX_INFLIGHT_PER_CLIENT"),
+    g.add_argument("--max-inflight-per-client", type=COUNT, default=os.environ.get("COREA_MAX_INFLIGHT_PER_CLIENT"),
                    help="calls in flight per client (token, certificate or host); above it: RESOURCE_EXHAUSTED "
                         "($COREA_MAX_INFLIGHT_PER_CLIENT)")
 

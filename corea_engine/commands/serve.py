@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cascade_args import add_cascade_args
+from .common import COUNT, PORT, SECONDS
 from .security_args import add_llm_client_args, add_security_args
 
 
@@ -10,12 +11,12 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the cascade over gRPC (corea.v1.Corea)")
     p.add_argument("--host", default="[::]", help="address every listener binds, gRPC and /metrics "
                    "(default [::]: all interfaces; 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=50051)
-    p.add_argument("--metrics-port", type=int, default=9464,
+    p.add_argument("--port", type=PORT, default=50051)
+    p.add_argument("--metrics-port", type=PORT, default=9464,
                    help="Prometheus /metrics HTTP port, on --host (plaintext, no token: keep it off untrusted networks)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
-    p.add_argument("--max-inflight", type=int, default=64, help="concurrent requests before RESOURCE_EXHAUSTED")
-    p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
+    p.add_argument("--max-inflight", type=COUNT, default=64, help="concurrent requests before RESOURCE_EXHAUSTED")
+    p.add_argument("--grace-s", type=SECONDS, default=30.0, help="how long shutdown waits for in-flight requests")
     add_cascade_args(p)
     add_security_args(p)
     add_llm_client_args(p)

@@ -26,6 +26,10 @@ class LLMRequestError(LLMError):
     """The LLM refused this request (invalid argument): retrying would not help."""
 
 
+class LLMContractError(LLMError):
+    """The LLM answered, but its text does not satisfy the contract (set by the cascade)."""
+
+
 @dataclass
 class Completion:
     text: str
@@ -34,6 +38,7 @@ class Completion:
     model: str
     finish_reason: str = "stop"
     latency_s: float = 0.0
+    estimated: bool = False  # token counts counted by the client: the endpoint reported none
 
 
 @dataclass(frozen=True)

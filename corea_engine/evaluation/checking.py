@@ -3,8 +3,9 @@
 Three kinds, one per benchmark family:
 
 * ``math``: numeric and symbolic equivalence via math-verify ("1/2" == "0.5" == "\\frac12").
-* ``choice``: a multiple-choice option letter. "A", "A) bank", "(A)", "Option A", and the option
-  text itself ("bank") all select A.
+* ``choice``: a multiple-choice option letter. "A", "A) bank", "(A)", "(a)", "Option A", "The
+  answer is A", "**A**", and the option text itself ("bank") all select A; the article in "a
+  library" does not.
 * ``alias``: free text matched against any alias after SQuAD-style normalisation (lowercase,
   punctuation and the articles a/an/the removed, whitespace collapsed).
 """
@@ -69,12 +70,18 @@ def check_math(prediction: str, reference: str) -> bool:
 # multiple choice
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\)\s*(.+?)\s*$", re.MULTILINE)
-# A letter standing alone at the start, optionally after "Option"/"Answer:"/"(": "A", "A) bank",
-# "(B)", "Option C which is : x", "answer: D". The letter must be upper case so that the
-# article "a" in "a bank" is not read as option A.
-_LEADING_LETTER = re.compile(
-    r"^\s*(?:(?i:option|answer|choice)\s*(?:is)?\s*[:\-]?\s*)?[(\[]?([A-Z])(?:[)\].:,]|\s|$)"
+# Markup models wrap an answer in: **B**, `B`, $\boxed{B}$, \text{B}.
+_MARKUP = re.compile(r"\\(?:boxed|text|mathrm|textbf)\s*\{([^{}]*)\}")
+# What may stand before the letter: "The answer is", "Final answer:", "Option", "I choose".
+_LEAD_IN = re.compile(
+    r"^\s*(?:(?:so|thus|therefore|hence)\s*,?\s*)?"
+    r"(?:(?:the\s+)?(?:final\s+|correct\s+|best\s+|right\s+)?(?:answer|option|choice)(?:\s+is|\s+would\s+be)?"
+    r"|i\s+(?:choose|pick|select|go\s+with))\s*[:\-]?\s*",
+    re.IGNORECASE,
 )
+# A letter that cannot be a word: bracketed "(b)" "[B]", or ending the text or followed by ) . : ,
+_LETTER_MARKED = re.compile(r"^[(\[]\s*([A-Za-z])\s*[)\]]|^([A-Za-z])\s*(?:[).:,]|$)")
+_LETTER_WORD = re.compile(r"^([A-Za-z])\s+(.+)$", re.DOTALL)
 
 
 def parse_options(question: str) -> dict[str, str]:
@@ -82,14 +89,45 @@ def parse_options(question: str) -> dict[str, str]:
     return {letter: text for letter, text in _OPTION_LINE.findall(question)}
 
 
+def _strip_markup(text: str) -> str:
+    text = _MARKUP.sub(r"\1", text)
+    return text.replace("**", "").replace("__", "").strip(" \t\n*_`$")
+
+
+def _by_option_text(text: str, options: dict[str, str]) -> str | None:
+    wanted = normalize_text(_strip_markup(text))
+    by_text = [letter for letter, option in options.items() if normalize_text(option) == wanted]
+    return by_text[0] if wanted and len(by_text) == 1 else None
+
+
 def chosen_letter(prediction: str, options: dict[str, str]) -> str | None:
-    """The option a prediction selects, by letter or by the option's text; None if unclear."""
-    match = _LEADING_LETTER.match(prediction)
-    if match and (not options or match.group(1) in options):
-        return match.group(1)
-    wanted = normalize_text(prediction)
-    by_text = [letter for letter, text in options.items() if normalize_text(text) == wanted]
-    return by_text[0] if len(by_text) == 1 else None
+    """The option a prediction selects, by letter or by the option's text; None if unclear.
+
+    Letters are read in any case where they cannot be a word ("(b)", "b)", "b.", "**B**", "The
+    answer is B"); a letter followed by words ("A bank", "a library") counts only when those words
+    are that option's text, or the letter cannot be an article ("B shoe", "B is correct", "Option A
+    which is bank").
+    """
+    text = _strip_markup(prediction)
+    stripped = _LEAD_IN.sub("", text, count=1)
+    led = stripped != text  # after "Option"/"The answer is", "A which is bank" is option A
+    text = _strip_markup(stripped)
+    by_text = _by_option_text(prediction, options) or _by_option_text(text, options)
+    if by_text is not None:
+        return by_text
+    letter = None
+    if (marked := _LETTER_MARKED.match(text)) is not None:
+        letter = (marked.group(1) or marked.group(2)).upper()
+    elif (worded := _LETTER_WORD.match(text)) is not None:
+        head, rest = worded.group(1), worded.group(2)
+        option = options.get(head.upper())
+        if option is not None and normalize_text(rest) == normalize_text(option):
+            letter = head.upper()
+        elif head.isupper() and (led or head not in "AI" or re.match(r"(?i)(is|would be)\b", rest)):
+            letter = head
+    if letter is None or (options and letter not in options):
+        return None
+    return letter
 
 
 def check_choice(prediction: str, answer_key: str, options: dict[str, str]) -> bool:

@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..contract import Format
+from ..tokenization import ChatTemplateError, encode_chat
 from .executor import (
     ConfidenceEvent,
     ConfidenceReading,
@@ -111,12 +112,10 @@ class ChunkDecoder:
         if request.input_ids is not None:
             return list(request.input_ids)
         if request.messages is not None:
-            ids = self.tokenizer.apply_chat_template(
-                request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
+            try:
+                return encode_chat(self.tokenizer, request.messages)
+            except ChatTemplateError as err:
+                raise InvalidRequestError(str(err)) from None
         return self.tokenizer.encode(request.prompt, add_special_tokens=False)
 
     def new_sequence(self, request: Request) -> _Seq:

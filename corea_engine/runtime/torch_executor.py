@@ -24,6 +24,7 @@ import torch
 
 from ..contract import Format, GrammarCache
 from ..models import load_model
+from ..tokenization import ChatTemplateError, encode_chat
 from .executor import (
     ConfidenceEvent,
     ConfidenceReading,
@@ -40,6 +41,9 @@ from .executor import (
 
 log = logging.getLogger(__name__)
 PREFIX_CACHE_SIZE = 16
+# Prompts are prefilled this many tokens at a time; between chunks aborts are applied, so a
+# cancel or deadline that lands during a long prefill stops it within one chunk.
+PREFILL_CHUNK_TOKENS = 128
 
 
 @dataclass
@@ -51,6 +55,7 @@ class StepStats:
     prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix is not)
     prefill_s: float = 0.0  # whole prefills: cached-prefix lookups, prompt forward passes, first tokens
     prefix_hits: int = 0  # prefills that reused a cached shared prefix
+    prefill_chunks: int = 0  # forward passes over prompt tokens (a long prompt takes several)
     tokens: int = 0
     forward_s: float = 0.0
     grammar_s: float = 0.0  # fill + apply the bitmask, accept tokens
@@ -137,6 +142,7 @@ class TorchExecutor(Executor):
 
         self._lock = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
+        self._joining: list[_Sequence] = []  # taken from the queue, being prefilled
         self._aborted: set[str] = set()
         self._closed = False
         # Batch state, owned by the engine thread.
@@ -193,9 +199,8 @@ class TorchExecutor(Executor):
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
-            known = any(s.request_id == request_id for s in self._waiting) or any(
-                s.request_id == request_id for s in self._rows
-            )
+            known = any(s.request_id == request_id and s.finish_reason is None
+                        for s in (*self._waiting, *self._joining, *self._rows))
             if known:
                 self._aborted.add(request_id)
                 self._lock.notify()
@@ -228,13 +233,11 @@ class TorchExecutor(Executor):
     def _encode(self, request: Request) -> list[int]:
         if request.input_ids is not None:
             return list(request.input_ids)
-        if request.messages is not None:
-            ids = self.tokenizer.apply_chat_template(
-                request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
+        if request.messages is not None:  # message text is text, even "<|im_end|>" (tokenization.py)
+            try:
+                return encode_chat(self.tokenizer, request.messages)
+            except ChatTemplateError as err:
+                raise InvalidRequestError(str(err)) from None
         return self.tokenizer.encode(request.prompt, add_special_tokens=False)
 
     def _shared_prefix_len(self, request: Request, prompt_ids: list[int]) -> int:
@@ -245,10 +248,10 @@ class TorchExecutor(Executor):
         """
         if request.messages is None or len(request.messages) < 2:
             return 0
-        head = self.tokenizer.apply_chat_template(request.messages[:-1], tokenize=True, return_dict=False)
-        if isinstance(head, dict) or hasattr(head, "input_ids"):
-            head = head["input_ids"]
-        head = list(head)
+        try:
+            head = encode_chat(self.tokenizer, request.messages[:-1], add_generation_prompt=False)
+        except ChatTemplateError:
+            return 0
         if 0 < len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head:
             return len(head)
         return 0
@@ -282,12 +285,15 @@ class TorchExecutor(Executor):
                     break
                 room = self.max_batch_size - len(self._rows)
                 joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self._joining = joining
                 aborted, self._aborted = self._aborted, set()
             try:
                 self._apply_aborts(aborted, joining)
                 joining = [s for s in joining if s.finish_reason is None]
                 if joining:
                     self._prefill(joining)
+                with self._lock:
+                    self._joining = []
                 if self._rows:
                     self._decode_step()
             except Exception as err:  # a failed forward pass fails the batch, not the engine
@@ -297,6 +303,8 @@ class TorchExecutor(Executor):
                         seq.finish_reason, seq.error = "error", f"{type(err).__name__}: {err}"
                         self._finish(seq)
                 self._reset_batch()
+                with self._lock:
+                    self._joining = []
         with self._lock:
             leftovers = list(self._waiting) + self._rows
             self._waiting.clear()
@@ -353,7 +361,8 @@ class TorchExecutor(Executor):
     def _prefill_group(self, prefix: tuple[int, ...], seqs: list[_Sequence]) -> None:
         # Row layout: [prefix | padding | prompt suffix]. Every row ends on the same column, so
         # later steps append one column for all; the padding is masked out and positions count
-        # real tokens only, so each row computes exactly what it would alone.
+        # real tokens only, so each row computes exactly what it would alone. Columns go through
+        # the model PREFILL_CHUNK_TOKENS at a time; rows aborted meanwhile leave between chunks.
         n, p = len(seqs), len(prefix)
         suffixes = [seq.prompt_ids[p:] for seq in seqs]
         width = max(len(x) for x in suffixes)
@@ -365,15 +374,42 @@ class TorchExecutor(Executor):
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = p + (mask.cumsum(1) - 1).clamp(min=0)
         self.stats.prefill_tokens += sum(len(x) for x in suffixes)
-        past = None
+        kv = None
         if p:
-            past = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
+            kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
             mask = torch.cat([torch.ones((n, p), dtype=torch.long, device=self.device), mask], 1)
-        logits, kv = self._forward(ids, mask, positions, past)
+        done = p  # mask columns already in the KV cache
+        while True:
+            end = min(done + PREFILL_CHUNK_TOKENS, mask.shape[1])
+            logits, kv = self._forward(ids[:, done - p:end - p], mask[:, :end], positions[:, done - p:end - p], kv)
+            self.stats.prefill_chunks += 1
+            done = end
+            keep = self._still_wanted(seqs)
+            if not keep:
+                return
+            if len(keep) < len(seqs):
+                index = torch.tensor(keep, device=self.device)
+                seqs = [seqs[i] for i in keep]
+                ids, mask, positions, logits = (t.index_select(0, index) for t in (ids, mask, positions, logits))
+                kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
+            if done == mask.shape[1]:
+                break
+        n = len(seqs)
         self.stats.prefills += 1
         self._merge(seqs, kv, mask)
         # The prompt's last logits give each joiner its first token.
         self._process(logits, first_row=len(self._rows) - n)
+
+    def _still_wanted(self, seqs: list[_Sequence]) -> list[int]:
+        """Indices of the prefilling rows not aborted meanwhile; the aborted ones finish now."""
+        with self._lock:
+            hit = self._aborted & {s.request_id for s in seqs}
+            self._aborted -= hit
+        for seq in seqs:
+            if seq.request_id in hit:
+                seq.finish_reason = "abort"
+                self._finish(seq)
+        return [i for i, s in enumerate(seqs) if s.request_id not in hit]
 
     def _prefix_kv(self, prefix: tuple[int, ...]):
         """KV of a shared prompt prefix, computed once (LRU of PREFIX_CACHE_SIZE entries)."""

@@ -50,10 +50,11 @@ def to_response(r: SolveResult) -> pb.SolveResponse:
         answered_by=_TIER_ENUM.get(r.answered_by, pb.TIER_UNSPECIFIED), deferred=r.deferred,
         deferral_reason=r.deferral_reason, degraded=r.degraded, degraded_reason=r.degraded_reason,
         slm_tokens=pb.TokenUsage(prompt_tokens=r.slm_prompt_tokens, completion_tokens=r.slm_completion_tokens),
-        llm_tokens=pb.TokenUsage(prompt_tokens=r.llm_prompt_tokens, completion_tokens=r.llm_completion_tokens),
+        llm_tokens=pb.TokenUsage(prompt_tokens=r.llm_prompt_tokens, completion_tokens=r.llm_completion_tokens,
+                                 estimated=r.llm_tokens_estimated),
         cost=r.cost, llm_only_cost=r.llm_only_cost, slm_latency_ms=r.slm_latency_ms,
         llm_latency_ms=r.llm_latency_ms, latency_ms=r.latency_ms, slm_model=r.slm_model,
-        llm_model=r.llm_model, text=r.text,
+        llm_model=r.llm_model, text=r.text, slm_finish_reason=r.slm_finish_reason, llm_finish_reason=r.llm_finish_reason,
     )
     if r.confidence_sampled is not None:
         msg.confidence_sampled = r.confidence_sampled
@@ -75,7 +76,8 @@ def from_response(msg: pb.SolveResponse) -> SolveResult:
         slm_completion_tokens=msg.slm_tokens.completion_tokens, llm_prompt_tokens=msg.llm_tokens.prompt_tokens,
         llm_completion_tokens=msg.llm_tokens.completion_tokens, cost=msg.cost, llm_only_cost=msg.llm_only_cost,
         slm_latency_ms=msg.slm_latency_ms, llm_latency_ms=msg.llm_latency_ms, latency_ms=msg.latency_ms,
-        slm_model=msg.slm_model, llm_model=msg.llm_model, text=msg.text,
+        slm_model=msg.slm_model, llm_model=msg.llm_model, text=msg.text, slm_finish_reason=msg.slm_finish_reason,
+        llm_finish_reason=msg.llm_finish_reason, llm_tokens_estimated=msg.llm_tokens.estimated,
     )
 
 

@@ -14,7 +14,7 @@ import logging
 
 import grpc
 
-from ..cascade import Cascade, Finished, InvalidSolveRequest
+from ..cascade import Cascade, DeadlineExceeded, Finished, InvalidSolveRequest
 from ..protos import corea_pb2, corea_pb2_grpc
 from ..runtime.executor import ExecutorError, InvalidRequestError
 from .convert import to_event, to_response, to_solve_request
@@ -44,7 +44,7 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
                         self._observe(method, event.result)
                     yield to_event(event)
         except asyncio.CancelledError:
-            self.metrics.failed(method, "cancelled")
+            self.metrics.failed(method, _why_cancelled(context))
             raise
         except Exception as err:
             await self._abort_for(context, method, err)
@@ -81,6 +81,9 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
         if isinstance(err, (InvalidSolveRequest, InvalidRequestError)):
             self.metrics.failed(method, "invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if isinstance(err, DeadlineExceeded):
+            self.metrics.failed(method, "deadline")
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
         self.metrics.failed(method, "error")
         if isinstance(err, ExecutorError):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
@@ -91,7 +94,7 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
         try:
             result = await work
         except asyncio.CancelledError:
-            self.metrics.failed(method, "cancelled")
+            self.metrics.failed(method, _why_cancelled(context))
             raise
         except Exception as err:
             await self._abort_for(context, method, err)
@@ -103,3 +106,9 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
         split = self.cascade.config.tier_costs(result.slm_prompt_tokens, result.slm_completion_tokens,
                                                result.llm_prompt_tokens, result.llm_completion_tokens)
         self.metrics.observe(method, result, split)
+
+
+def _why_cancelled(context) -> str:
+    """grpc cancels the handler both when the caller goes away and when its deadline passes."""
+    remaining = context.time_remaining()
+    return "deadline" if remaining is not None and remaining <= 0 else "cancelled"
