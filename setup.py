@@ -51,6 +51,10 @@ setup(
         "protobuf>=5.27",
         "prometheus-client>=0.20",
         "openai>=1.40",
+        # the OpenAI-compatible HTTP front (corea serve --http-port)
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "pydantic>=2.7",
         "math-verify>=0.7",
         "matplotlib>=3.8",
         "tqdm",

@@ -1,4 +1,5 @@
-"""`corea serve`: the cascade as a corea.v1.Corea gRPC server, with health, reflection, metrics."""
+"""`corea serve`: the cascade as a corea.v1.Corea gRPC server, with health, reflection, metrics;
+with --http-port also as OpenAI's chat-completions API in the same process (server/http_app.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the cascade over gRPC (corea.v1.Corea)")
     p.add_argument("--host", default="[::]")
     p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--http-port", type=int, default=None,
+                   help="also serve OpenAI's HTTP API (/v1/chat/completions, /v1/models, /health, /ready) here")
+    p.add_argument("--http-host", default=None, help="the HTTP front's address (default: --host)")
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics HTTP port")
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     p.add_argument("--max-inflight", type=int, default=64, help="concurrent requests before RESOURCE_EXHAUSTED")
@@ -36,10 +40,11 @@ def run(args) -> int:
     async def main():
         try:
             server = build_server(cascade, port=args.port, host=args.host, max_inflight=args.max_inflight,
-                                  security=security)
+                                  security=security, http_port=args.http_port, http_host=args.http_host)
         except ServerStartError as err:
             raise CommandError(str(err)) from None
         ready = lambda s: print(f"corea serve: {', '.join(s.services)} on port {s.port} ({security.describe()})"  # noqa: E731
+                                + ("" if s.http is None else f", OpenAI HTTP API on port {s.http_port}")
                                 + ("" if args.no_metrics else f", metrics on :{args.metrics_port}/metrics"), flush=True)
         await serve(server, metrics_port=None if args.no_metrics else args.metrics_port, grace_s=args.grace_s, ready=ready)
         await cascade.close()

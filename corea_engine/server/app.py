@@ -3,7 +3,9 @@
     server = build_server(cascade=..., llm_executor=..., port=50051)   # inside the event loop
     await serve(server, metrics_port=9090)                             # until SIGTERM / SIGINT
 
-Either service may be left out: `corea serve` has the cascade, `corea serve-llm` the LLM.
+Either service may be left out: `corea serve` has the cascade, `corea serve-llm` the LLM. With
+http_port the cascade is also served as OpenAI's chat-completions API (http_app.py) in the same
+loop, with the same limits, tokens and metrics.
 Shutdown: health turns NOT_SERVING, new calls are refused, in-flight ones get `grace_s` to finish.
 """
 
@@ -23,6 +25,7 @@ from ..cascade import Cascade
 from ..protos import corea_pb2, corea_pb2_grpc, llm_pb2, llm_pb2_grpc
 from ..runtime.executor import Executor
 from .corea_service import CoreaService
+from .http_app import HttpFront, bind_http
 from .interceptors import ConcurrencyLimit
 from .llm_service import LLMService
 from .metrics import CoreaMetrics
@@ -48,6 +51,7 @@ class Server:
     metrics: CoreaMetrics | None = None
     corea: CoreaService | None = None
     llm: LLMService | None = None
+    http: HttpFront | None = None  # the OpenAI-compatible front, when asked for
     _http: object = field(default=None, repr=False)
 
     @property
@@ -59,13 +63,19 @@ class Server:
         await self.grpc_server.start()
         for name in ["", *self.services]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.http is not None:
+            await self.http.start()
         if metrics_port is not None and self.metrics is not None:
             self._http = self.metrics.serve_http(metrics_port, metrics_host)
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def stop(self, grace_s: float | None = 30.0) -> None:
         """Refuse new calls, let in-flight ones finish for up to grace_s, then close."""
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace_s)
+        await asyncio.gather(self.grpc_server.stop(grace_s), *([self.http.stop(grace_s)] if self.http else []))
         if self._http is not None:
             self._http.shutdown()
             self._http = None
@@ -82,8 +92,15 @@ def build_server(
     metrics: CoreaMetrics | None = None,
     options: list[tuple] | None = None,
     security: ServerSecurity | None = None,  # TLS, bearer tokens, per-request limits (server/security.py)
+    http_port: int | None = None,  # also serve the cascade over OpenAI's HTTP API here (0: a free port)
+    http_host: str | None = None,  # None: the gRPC host
 ) -> Server:
-    """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop."""
+    """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop.
+
+    ServerStartError when a port cannot be bound; ValueError for http_port without a cascade.
+    """
+    if http_port is not None and cascade is None:
+        raise ValueError("http_port serves the cascade: it needs a cascade")
     if cascade is None and llm_executor is None:
         raise ValueError("build_server needs a cascade, an llm_executor, or both")
     metrics = metrics or (CoreaMetrics() if cascade is not None else None)
@@ -108,7 +125,14 @@ def build_server(
     bound = security.bind(server, f"{host}:{port}")
     if bound == 0:
         raise ServerStartError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
-    return Server(server, bound, health, services, limit, metrics, corea_service, llm_service)
+    http = None
+    if http_port is not None:
+        try:
+            sock = bind_http(http_host or host, http_port)
+        except OSError as err:
+            raise ServerStartError(f"cannot bind HTTP {http_host or host}:{http_port} ({err.strerror or err})") from None
+        http = HttpFront(cascade, sock, metrics=metrics, limit=limit, security=security)
+    return Server(server, bound, health, services, limit, metrics, corea_service, llm_service, http)
 
 
 async def serve(server: Server, *, metrics_port: int | None = None, grace_s: float = 30.0, ready=None) -> None:

@@ -2,7 +2,8 @@
 
 ConcurrencyLimit refuses calls beyond max_inflight with RESOURCE_EXHAUSTED at once (rather than
 queueing them behind a model that is already full); it applies to the methods under `prefix`
-only, so health checks and reflection always answer.
+only, so health checks and reflection always answer. The HTTP front takes its slots from the same
+counter (enter/leave), so the limit holds for both transports together.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
         self.inflight = 0
         self._on_change = on_change  # e.g. a gauge's set
 
-    def _enter(self) -> bool:
+    def enter(self) -> bool:
+        """Take a slot; False when all max_inflight are taken."""
         if self.inflight >= self.max_inflight:
             return False
         self.inflight += 1
         self._changed()
         return True
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         self.inflight -= 1
         self._changed()
 
@@ -34,7 +36,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
         if self._on_change is not None:
             self._on_change(self.inflight)
 
-    def _refusal(self) -> str:
+    def refusal(self) -> str:
         return f"server is at its limit of {self.max_inflight} requests in flight; retry later"
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -45,12 +47,12 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request, context):
-                if not self._enter():
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal())
+                if not self.enter():
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.refusal())
                 try:
                     return await inner(request, context)
                 finally:
-                    self._leave()
+                    self.leave()
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
@@ -58,13 +60,13 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def stream(request, context):
-                if not self._enter():
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal())
+                if not self.enter():
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.refusal())
                 try:
                     async for item in inner_stream(request, context):
                         yield item
                 finally:
-                    self._leave()
+                    self.leave()
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
