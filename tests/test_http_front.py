@@ -82,7 +82,7 @@ def test_sdk_sync_threshold_zero_is_answered_by_the_slm_with_the_grpc_result(liv
     assert ext["answered_by"] == "slm" and not ext["deferred"] and ext["threshold"] == 0.0
     assert reply.choices[0].message.content == ext["answer"] != ""
     assert reply.usage.completion_tokens == ext["slm_completion_tokens"] > 0 and ext["llm_completion_tokens"] == 0
-    assert ext["time_to_decision_ms"] <= ext["latency_ms"]
+    assert 0 < ext["time_to_decision_ms"] < ext["latency_ms"] + 50  # timed by the front, from just before the cascade
     headers = raw.headers
     assert headers["x-corea-tier"] == "slm" and headers["x-corea-deferred"] == "false"
     assert float(headers["x-corea-confidence"]) == pytest.approx(ext["confidence_expected"], abs=1e-4)
