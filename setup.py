@@ -54,6 +54,7 @@ setup(
         # the OpenAI-compatible HTTP front (corea serve --http-port)
         "starlette>=0.40",
         "uvicorn>=0.30",
+        "httptools>=0.6",  # uvicorn's C HTTP/1.1 parser (uvicorn picks it over h11 when installed)
         "pydantic>=2.7",
         "math-verify>=0.7",
         "matplotlib>=3.8",
