@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ from corea_engine.server.auth import TokenTable
 from corea_engine.server.background import ServerThread
 from corea_engine.server.convert import from_response
 from corea_engine.server.security import ServerSecurity
+from corea_engine.server.tls import ServerTLS
+from tls_certs import make_certs
 
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have?"
 ASK = [{"role": "user", "content": QUESTION}]
@@ -307,3 +310,17 @@ def test_a_client_that_gives_up_on_a_whole_response_aborts_it(secured, slm_execu
     assert wait_for(lambda: slm_executor.aborts == aborts + 1)
     assert wait_for(lambda: count(server, "ChatCompletions", "cancelled") == cancelled + 1)
     assert wait_for(lambda: server.server.limit.inflight == 0)
+
+
+def test_the_http_front_speaks_tls_with_the_grpc_service_s_files(slm_executor, tmp_path):
+    certs = make_certs(tmp_path)
+    security = ServerSecurity(tls=ServerTLS(certs.server_cert, certs.server_key))
+    cascade = Cascade(slm_executor, None, CascadeConfig(mode="slm_only", **SMALL))
+    with ServerThread(lambda: build_server(cascade, host="127.0.0.1", security=security, http_port=0)) as server:
+        port = server.server.http_port
+        assert httpx.get(f"https://127.0.0.1:{port}/ready", verify=ssl.create_default_context(cafile=certs.ca)).json()[
+            "slm"]["loaded"]
+        with pytest.raises(httpx.HTTPError):  # plaintext is not served, nor a server the client cannot verify
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://127.0.0.1:{port}/health", verify=ssl.create_default_context(cafile=certs.other_ca))

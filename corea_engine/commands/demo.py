@@ -3,7 +3,8 @@
 Starts two servers on loopback in this process: the stand-in LLM tier (corea.v1.LLM over the
 embedded default model, sharing the SLM's weights) and the cascade (corea.v1.Corea) that
 escalates to it through the generated gRPC stub; then asks the questions concurrently with
-the gRPC client. The stand-in LLM is the same 135M model: the demo shows the machinery
+the gRPC client, and the first one once more through the same server's OpenAI-compatible HTTP API
+(the openai SDK). The stand-in LLM is the same 135M model: the demo shows the machinery
 (confidence, deferral, tiers, tokens, latency), not a stronger second model.
 """
 
@@ -26,6 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from openai import OpenAI
     from rich.console import Console
     from rich.table import Table
 
@@ -54,7 +56,7 @@ def run(args) -> int:
         llm_server = ServerThread(lambda: build_server(llm_executor=llm, host="127.0.0.1")).start()
         servers.append(llm_server)
         cascade = Cascade(slm, GrpcLLM(llm_server.address), config)
-        corea_server = ServerThread(lambda: build_server(cascade, host="127.0.0.1")).start()
+        corea_server = ServerThread(lambda: build_server(cascade, host="127.0.0.1", http_port=0)).start()
         servers.append(corea_server)
         with console.status(f"{len(examples)} questions -> corea.v1.Corea on {corea_server.address} "
                             f"(LLM tier: corea.v1.LLM on {llm_server.address})"):
@@ -62,6 +64,11 @@ def run(args) -> int:
             with CoreaClient(corea_server.address) as client, ThreadPoolExecutor(len(examples) or 1) as pool:
                 results = list(pool.map(lambda e: client.solve(SolveRequest(e.question)), examples))
             elapsed = time.perf_counter() - t0
+        http_url = f"http://127.0.0.1:{corea_server.server.http_port}/v1"
+        with console.status(f"the first question again -> POST {http_url}/chat/completions (openai SDK)"), \
+                OpenAI(base_url=http_url, api_key="unused", max_retries=0) as sdk:
+            raw = sdk.chat.completions.with_raw_response.create(
+                model="corea", messages=[{"role": "user", "content": examples[0].question}])
     finally:
         for server in reversed(servers):
             server.close()
@@ -84,4 +91,8 @@ def run(args) -> int:
     cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
     console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "
                   f"cost {cost:.5f} vs {alone:.5f} for the LLM alone; confidence = sampled / expected")
+    reply, headers = raw.parse(), raw.headers
+    console.print(f"over HTTP (OpenAI API, {http_url}): answer {reply.choices[0].message.content!r}, "
+                  f"x-corea-tier {headers['x-corea-tier']}, x-corea-confidence {headers['x-corea-confidence']}, "
+                  f"{reply.usage.total_tokens} tokens in both tiers")
     return 0
