@@ -47,7 +47,7 @@ from .auth import bearer_token, identity
 from .interceptors import ConcurrencyLimit
 from .limits import ClientLimitExceeded
 from .metrics import CoreaMetrics
-from .openai_api import MODEL, MODELS, APIError, ChatCall, ChunkWriter, completion, decision_headers, parse_chat_request
+from .openai_api import DONE, MODEL, MODELS, APIError, ChatCall, ChunkWriter, completion, decision_headers, parse_chat_request
 from .security import ServerSecurity
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class HttpFront:
         except Exception as err:  # headers are gone: the error travels as an event, then [DONE]
             ended = True
             yield writer.event(self._failure(STREAM, err).body())
-            yield b"data: [DONE]\n\n"
+            yield DONE
         finally:
             if not ended:  # cancelled, or closed by the response after a disconnect
                 self.metrics.failed(STREAM, "cancelled")
