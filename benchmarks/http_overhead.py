@@ -3,9 +3,10 @@
     python benchmarks/http_overhead.py                 # instant stand-in SLM (isolates the transports)
     python benchmarks/http_overhead.py --real -n 30    # the real SmolLM2, slm_only, 4 new tokens
 
-One server holds one cascade and serves it on both transports (`corea serve --port P --http-port Q`
-in-process). The same question goes, in alternating blocks per round (so drift in machine load hits
-every path alike), through: `await cascade.solve(req)` in this process; Solve over loopback gRPC
+One server process holds one cascade and serves it on both transports (what `corea serve --port P
+--http-port Q` builds); the clients run in this process, as a user's would (a server thread in the
+client's process would compete with it for the GIL: that doubled the spread). The same question
+goes, in alternating blocks per round (so drift in machine load hits every path alike), through: `await cascade.solve(req)` in this process; Solve over loopback gRPC
 (generated stub); POST /v1/chat/completions over loopback HTTP/1.1 with a keep-alive httpx client
 (the request's JSON -> pydantic -> SolveRequest -> cascade -> chat.completion JSON + headers); and
 the same through the openai SDK (which adds its own parsing into its types). p50 and p99 per path;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -40,6 +42,29 @@ from corea_engine.server.background import ServerThread  # noqa: E402
 PATHS = ("in_process", "grpc", "http", "openai_sdk")
 
 
+def make_cascade(real: bool, max_new_tokens: int) -> Cascade:
+    config = CascadeConfig(mode="slm_only", contract="json", max_new_tokens=max_new_tokens if real else None)
+    if not real:
+        return Cascade(InstantExecutor(), None, config)
+    import torch
+
+    from corea_engine.runtime.torch_executor import TorchExecutor
+
+    torch.set_num_threads(1)
+    return Cascade(TorchExecutor(threads=1), None, config)
+
+
+def serve(real: bool, max_new_tokens: int, ports, stop) -> None:
+    """The server process: gRPC and HTTP on one cascade until `stop` is set."""
+    cascade = make_cascade(real, max_new_tokens)
+    server = ServerThread(lambda: build_server(cascade, host="127.0.0.1", http_port=0)).start()
+    ports.put((server.port, server.server.http_port))
+    stop.wait()
+    server.close()
+    if real:
+        cascade.slm.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=200, help="measured requests per path and round")
@@ -50,22 +75,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
 
-    config = CascadeConfig(mode="slm_only", contract="json", max_new_tokens=args.max_new_tokens if args.real else None)
-    if args.real:
-        import torch
-
-        from corea_engine.runtime.torch_executor import TorchExecutor
-
-        torch.set_num_threads(1)
-        executor = TorchExecutor(threads=1)
-        local_slm = server_slm = executor
-    else:
-        local_slm, server_slm = InstantExecutor(), InstantExecutor()
-    local = Cascade(local_slm, None, config)
-    server = ServerThread(lambda: build_server(Cascade(server_slm, None, config), host="127.0.0.1", http_port=0)).start()
-    base = f"http://127.0.0.1:{server.server.http_port}"
+    spawn = multiprocessing.get_context("spawn")
+    ports, stop = spawn.Queue(), spawn.Event()
+    child = spawn.Process(target=serve, args=(args.real, args.max_new_tokens, ports, stop), daemon=True)
+    child.start()
+    local = make_cascade(args.real, args.max_new_tokens)
+    grpc_port, http_port = ports.get(timeout=600)
+    base = f"http://127.0.0.1:{http_port}"
     question = "Tom has 3 apples and buys 5 more. How many apples does he have?"
-    channel = grpc.insecure_channel(server.address)
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     stub = corea_pb2_grpc.CoreaStub(channel)
     grpc_request = corea_pb2.SolveRequest(question=question)
     http = httpx.Client(base_url=base, timeout=120)
@@ -120,9 +138,10 @@ def main(argv=None) -> int:
         http.close()
         sdk.close()
         channel.close()
-        server.close()
+        stop.set()
+        child.join(timeout=60)
         if args.real:
-            executor.close()
+            local.slm.close()
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     p50 = {path: statistics.median(samples[path]) for path in PATHS}
