@@ -199,6 +199,14 @@ def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(live):
     assert httpx.get(f"{base}/v1/nothing").json()["error"]["type"] == "not_found_error"
 
 
+@pytest.mark.parametrize("flags,words", [(["--http-port", "70000"], "--http-port must be"),
+                                         (["--port", "50999", "--http-port", "50999"], "other than --port")])
+def test_serve_refuses_a_bad_http_port_before_loading_a_model(flags, words):
+    out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve", "--mode", "slm_only", *flags],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and words in out.stderr, out.stderr[-2000:]
+
+
 # ------------------------------------------------------------------ in process: tokens, limits, aborts
 CAP = 24
 TOKENS = {"tok-a": "a", "tok-b": "b"}
@@ -218,6 +226,10 @@ def secured(slm_executor):
 def count(server, method, outcome) -> float:
     return server.server.metrics.registry.get_sample_value(
         "corea_requests_total", {"method": method, "outcome": outcome}) or 0.0
+
+
+def total(server, method) -> float:
+    return sum(count(server, method, outcome) for outcome in ("accepted", "deferred", "degraded"))
 
 
 def test_token_auth_holds_on_http_and_no_model_runs(secured, slm_executor):
@@ -257,8 +269,10 @@ def test_limits_hold_on_http_and_are_shared_with_grpc(secured, slm_executor):
         rest = [line for line in lines if line]
     assert rest[-1] == "data: [DONE]"
     assert wait_for(lambda: server.server.limit.inflight == 0 and not security.limits.inflight)
+    served = total(server, "ChatCompletions")
     reply = sdk(base, "tok-a").chat.completions.create(model="corea-slm-only", messages=ASK, max_tokens=4)
     assert corea_of(reply)["slm_completion_tokens"] <= 4
+    assert total(server, "ChatCompletions") == served + 1  # the gRPC service's metrics count HTTP calls too
 
 
 def wait_for(predicate, limit_s=60.0) -> bool:

@@ -35,6 +35,9 @@ def run(args) -> int:
 
     config = with_llm_client_args(load_config(args), args)  # refuse bad settings before loading a model
     security = security_from_args(args)
+    http_port = args.http_port
+    if http_port is not None and (not 0 <= http_port <= 65535 or (http_port and http_port == args.port)):
+        raise CommandError(f"--http-port must be a free port in [0, 65535] other than --port, got {args.http_port}")
     cascade, executors = build_cascade(args, config)
 
     async def main():
