@@ -26,8 +26,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from cascade_servers import SMALL, stand_in_llm
+from cascade_servers import SMALL, llm_server, stand_in_llm
 from corea_engine.cascade import Cascade, CascadeConfig
+from corea_engine.escalation.grpc_llm import GrpcLLM
 from corea_engine.escalation.local_llm import ExecutorLLM
 from corea_engine.protos import corea_pb2, corea_pb2_grpc
 from corea_engine.server.app import build_server
@@ -194,7 +195,8 @@ def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(live):
     assert err.value.status_code == 413
     assert httpx.get(f"{base}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{base}/ready").json()
-    assert ready["status"] == "ready" and ready["llm"]["available"] and ready["llm"]["breaker"] == "closed"
+    assert ready["status"] == "ready" and ready["llm"]["available"] and ready["llm"]["reachable"]
+    assert ready["llm"]["breaker"] == "closed"
     assert [m.id for m in sdk(base).models.list()] == ["corea", "corea-slm-only", "corea-llm-only"]
     assert httpx.get(f"{base}/v1/nothing").json()["error"]["type"] == "not_found_error"
 
@@ -338,3 +340,21 @@ def test_the_http_front_speaks_tls_with_the_grpc_service_s_files(slm_executor, t
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"https://127.0.0.1:{port}/health", verify=ssl.create_default_context(cafile=certs.other_ca))
+
+
+def test_ready_probes_the_llm_tier_and_stays_ready_without_it(slm_executor):
+    llm_executor = stand_in_llm(slm_executor)
+    llm = llm_server(llm_executor)
+    cascade = Cascade(slm_executor, GrpcLLM(llm.address), CascadeConfig(**SMALL))
+    try:
+        with ServerThread(lambda: build_server(cascade, host="127.0.0.1", http_port=0)) as server:
+            url = f"http://127.0.0.1:{server.server.http_port}/ready"
+            up = httpx.get(url, timeout=30)
+            assert up.status_code == 200 and up.json()["llm"]["reachable"] and up.json()["llm"]["reason"] == ""
+            llm.close()  # the LLM tier goes away: still ready (answers degrade, with reasons), and it says why
+            down = httpx.get(url, timeout=30)
+            assert down.status_code == 200 and down.json()["slm"]["loaded"]
+            assert not down.json()["llm"]["reachable"] and "UNAVAILABLE" in down.json()["llm"]["reason"]
+    finally:
+        llm.close()
+        llm_executor.close()

@@ -4,7 +4,7 @@
     GET  /v1/models             corea, corea-slm-only, corea-llm-only (and corea-t<threshold> by pattern)
     GET  /health                liveness: the process answers
     GET  /ready                 readiness: 200 while the SLM runtime is up (503 when closed or draining);
-                                the LLM tier's state and the reason when the cascade cannot use it
+                                the LLM tier probed (reachable or not, the breaker's state) with the reason
 
 It calls the same Cascade as corea.v1.Corea and shares its limits, tokens and metrics: one
 ConcurrencyLimit counts both transports, RequestLimits' rules and the TokenTable are the ones the
@@ -165,11 +165,16 @@ class HttpFront:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        slm = self.cascade.slm
+        """200 while the SLM serves. The LLM tier's state is reported, not required: without it the
+        cascade answers degraded with the reason, and failing readiness on an LLM outage would take
+        every replica out of rotation at once."""
+        slm, llm_client = self.cascade.slm, self.cascade.llm
         slm_up = not getattr(slm, "closed", False) and not self.draining
         llm_ok, why = self.cascade.llm_available()
-        llm = {"model": getattr(self.cascade.llm, "model_name", ""), "available": llm_ok, "reason": why,
-               "breaker": self.cascade.breaker.state}
+        unreachable = await llm_client.probe() if llm_client is not None else None
+        llm = {"model": getattr(llm_client, "model_name", ""), "available": llm_ok and unreachable is None,
+               "reachable": llm_client is not None and unreachable is None,
+               "reason": why or unreachable or "", "breaker": self.cascade.breaker.state}
         body = {"status": "ready" if slm_up else "not ready",
                 "slm": {"model": getattr(slm, "model_name", ""), "loaded": slm_up,
                         "reason": "" if slm_up else "draining" if self.draining else "the SLM runtime is closed"},
