@@ -328,7 +328,7 @@ def test_a_client_that_gives_up_on_a_whole_response_aborts_it(secured, slm_execu
     assert wait_for(lambda: server.server.limit.inflight == 0)
 
 
-def test_the_http_front_speaks_tls_with_the_grpc_service_s_files(slm_executor, tmp_path):
+def test_the_http_front_speaks_tls_and_mtls_with_the_grpc_service_s_files(slm_executor, tmp_path):
     certs = make_certs(tmp_path)
     security = ServerSecurity(tls=ServerTLS(certs.server_cert, certs.server_key))
     cascade = Cascade(slm_executor, None, CascadeConfig(mode="slm_only", **SMALL))
@@ -340,6 +340,14 @@ def test_the_http_front_speaks_tls_with_the_grpc_service_s_files(slm_executor, t
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"https://127.0.0.1:{port}/health", verify=ssl.create_default_context(cafile=certs.other_ca))
+    mtls = ServerSecurity(tls=ServerTLS(certs.server_cert, certs.server_key, client_ca_file=certs.ca))
+    with ServerThread(lambda: build_server(cascade, host="127.0.0.1", security=mtls, http_port=0)) as server:
+        url = f"https://127.0.0.1:{server.server.http_port}/health"
+        trusted = ssl.create_default_context(cafile=certs.ca)
+        with pytest.raises(httpx.HTTPError):  # no client certificate
+            httpx.get(url, verify=trusted, timeout=10)
+        trusted.load_cert_chain(certs.client_cert, certs.client_key)
+        assert httpx.get(url, verify=trusted, timeout=10).json() == {"status": "ok"}
 
 
 def test_ready_probes_the_llm_tier_and_stays_ready_without_it(slm_executor):

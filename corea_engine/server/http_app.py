@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 import uuid
 
@@ -96,14 +97,11 @@ class HttpFront:
 
     # -- lifecycle (Server.start / Server.stop call these) -----------------------------------
     async def start(self) -> None:
-        tls = self.security.tls
-        ssl = {}
-        if tls is not None:
-            import ssl as _ssl
-
-            ssl = dict(ssl_certfile=tls.cert_file, ssl_keyfile=tls.key_file, ssl_ca_certs=tls.client_ca_file,
-                       ssl_cert_reqs=_ssl.CERT_REQUIRED if tls.client_ca_file else _ssl.CERT_NONE)
-        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False, **ssl)
+        tls, tls_options = self.security.tls, {}
+        if tls is not None:  # the gRPC service's files; mTLS when it has a client CA
+            tls_options = dict(ssl_certfile=tls.cert_file, ssl_keyfile=tls.key_file, ssl_ca_certs=tls.client_ca_file,
+                               ssl_cert_reqs=ssl.CERT_REQUIRED if tls.client_ca_file else ssl.CERT_NONE)
+        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False, **tls_options)
         self._uvicorn = _EmbeddedUvicorn(config)
         self._task = asyncio.ensure_future(self._uvicorn.serve(sockets=[self.sock]))
         while not self._uvicorn.started:
