@@ -53,6 +53,11 @@ setup(
         "smg-grpc-proto>=0.4.28",
         "prometheus-client>=0.20",
         "openai>=1.40",
+        # the OpenAI-compatible HTTP front (corea serve --http-port)
+        "starlette>=0.40",
+        "uvicorn>=0.30",
+        "httptools>=0.6",  # uvicorn's C HTTP/1.1 parser (uvicorn picks it over h11 when installed)
+        "pydantic>=2.7",
         "math-verify>=0.7",
         "matplotlib>=3.8",
         "scikit-learn>=1.3",  # isotonic calibration (corea_engine/evaluation/calibrators.py)

@@ -1,4 +1,4 @@
-"""`corea demo` (what `make run` runs): stand-in LLM service + cascade service, questions over gRPC."""
+"""`corea demo` (what `make run` runs): stand-in LLM service + cascade service, questions over gRPC and one over HTTP."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def test_corea_demo_answers_through_the_cascade_over_grpc():
     assert "GSM8K through the cascade over gRPC" in out.stdout
     assert "answered by" in out.stdout and "SLM: smollm2-135m; LLM: smollm2-135m (stand-in LLM) over gRPC (sglang.grpc.scheduler.SglangScheduler)" in out.stdout
     assert "2 questions in" in out.stdout
+    assert "over HTTP (OpenAI API, http://127.0.0.1:" in out.stdout and "x-corea-tier" in out.stdout
 
 
 def test_corea_solve_without_an_llm_tier_runs_a_stand_in_and_says_so():

@@ -4,7 +4,8 @@ Starts two servers on loopback in this process: the stand-in LLM tier (a worker 
 sglang.grpc.scheduler.SglangScheduler over the embedded default model, sharing the SLM's weights)
 and the cascade (corea.v1.Corea) that
 escalates to it through the generated gRPC stub; then asks the questions concurrently with
-the gRPC client. The stand-in LLM is the same 135M model: the demo shows the machinery
+the gRPC client, and the first one once more through the same server's OpenAI-compatible HTTP API
+(the openai SDK). The stand-in LLM is the same 135M model: the demo shows the machinery
 (confidence, deferral, tiers, tokens, latency), not a stronger second model. With --address it
 asks a running `corea serve` instead (--tls-ca, --tls-cert/--tls-key, --token-file when secured).
 """
@@ -53,9 +54,9 @@ def run(args) -> int:
         with console.status(f"{len(examples)} questions -> corea.v1.Corea on {args.address}"), connect(args) as client:
             results, elapsed = _ask(client, examples, config)
         models = f"SLM: {results[0].slm_model or '-'}; LLM: {results[0].llm_model or '-'}" if results else ""
-        where = f"the server at {args.address}"
+        where, http_line = f"the server at {args.address}", ""
     else:
-        results, elapsed, models = _run_local(args, examples, config, console)
+        results, elapsed, models, http_line = _run_local(args, examples, config, console)
         where = "gRPC"
 
     table = Table(title=f"GSM8K through the cascade over {where} ({config.contract} contract, threshold {config.threshold:g})")
@@ -74,6 +75,8 @@ def run(args) -> int:
     cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
     console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "
                   f"cost {cost:.5f} vs {alone:.5f} for the LLM alone; confidence = sampled / expected")
+    if http_line:
+        console.print(http_line)
     return 0
 
 
@@ -89,7 +92,10 @@ def _ask(client, examples, config):
 
 
 def _run_local(args, examples, config, console):
-    """Start the stand-in LLM tier and the cascade on loopback here, ask, stop: (results, seconds, models line)."""
+    """Start the stand-in LLM tier and the cascade (gRPC + HTTP) on loopback here, ask, stop:
+    (results, seconds, models line, the HTTP call's line)."""
+    from openai import OpenAI
+
     from ..cascade import Cascade
     from ..client import CoreaClient
     from ..escalation.grpc_llm import GrpcLLM
@@ -109,14 +115,25 @@ def _run_local(args, examples, config, console):
         llm_server = ServerThread(lambda: build_server(worker=worker, host="127.0.0.1")).start()
         servers.append(llm_server)
         cascade = Cascade(slm, GrpcLLM(llm_server.address), config)
-        corea_server = ServerThread(lambda: build_server(cascade, host="127.0.0.1")).start()
+        corea_server = ServerThread(lambda: build_server(cascade, host="127.0.0.1", http_port=0)).start()
         servers.append(corea_server)
         with console.status(f"{len(examples)} questions -> corea.v1.Corea on {corea_server.address} "
                             f"(LLM tier: corea worker on {llm_server.address})"), CoreaClient(corea_server.address) as client:
             results, elapsed = _ask(client, examples, config)
+        http_url = f"http://127.0.0.1:{corea_server.server.http_port}/v1"
+        with console.status(f"the first question again -> POST {http_url}/chat/completions (openai SDK)"), \
+                OpenAI(base_url=http_url, api_key="unused", max_retries=0) as sdk:
+            raw = sdk.chat.completions.with_raw_response.create(
+                model="corea", messages=[{"role": "user", "content": examples[0].question}],
+                extra_body={"threshold": config.threshold, "contract": config.contract})
+        reply, headers = raw.parse(), raw.headers
+        http_line = (f"over HTTP (OpenAI API, {http_url}): answer {reply.choices[0].message.content!r}, "
+                     f"x-corea-tier {headers['x-corea-tier']}, x-corea-confidence {headers['x-corea-confidence']}, "
+                     f"{reply.usage.total_tokens} tokens in both tiers")
     finally:
         for server in reversed(servers):
             server.close()
         llm.close()
         slm.close()
-    return results, elapsed, f"SLM: {slm.model_name}; LLM: {llm.model_name} over gRPC (sglang.grpc.scheduler.SglangScheduler)"
+    models = f"SLM: {slm.model_name}; LLM: {llm.model_name} over gRPC (sglang.grpc.scheduler.SglangScheduler)"
+    return results, elapsed, models, http_line

@@ -67,5 +67,9 @@ class EscalationClient(ABC):
                 return item
         raise LLMUnavailableError("the LLM stream ended without a result")
 
+    async def probe(self, timeout_s: float = 1.0) -> str | None:
+        """Why the LLM cannot be reached now, or None when it can (or when this client cannot tell)."""
+        return None
+
     async def close(self) -> None:
         """Release channels and sessions."""

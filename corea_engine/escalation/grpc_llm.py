@@ -87,5 +87,18 @@ class GrpcLLM(EscalationClient):
             if call is not None and not done:
                 call.cancel()  # a cancelled stream aborts the request in the engine
 
+    async def probe(self, timeout_s: float = 1.0) -> str | None:
+        """grpc.health.v1 on the LLM server (open without a token): None when it is SERVING."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self._stub()  # the channel of this loop
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            return f"LLM at {self.address}: {err.code().name}: {err.details()}"
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return f"LLM at {self.address}: health {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+        return None
+
     async def close(self) -> None:
         await self.client.close()

@@ -50,3 +50,6 @@ class ExecutorLLM(EscalationClient):
         finally:
             if not finished:
                 self.executor.abort(request.request_id)
+
+    async def probe(self, timeout_s: float = 1.0) -> str | None:
+        return "the local LLM runtime is closed" if getattr(self.executor, "closed", False) else None

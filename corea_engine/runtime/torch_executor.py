@@ -144,6 +144,7 @@ class TorchExecutor(Executor):
         self._waiting: deque[_Sequence] = deque()
         self._joining: list[_Sequence] = []  # taken from the queue, being prefilled
         self._aborted: set[str] = set()
+        self.aborts = 0  # abort() calls that found their request (what a cancelled caller leaves behind)
         self._closed = False
         # Batch state, owned by the engine thread.
         self._rows: list[_Sequence] = []
@@ -203,6 +204,7 @@ class TorchExecutor(Executor):
                         for s in (*self._waiting, *self._joining, *self._rows))
             if known:
                 self._aborted.add(request_id)
+                self.aborts += 1
                 self._lock.notify()
             return known
 
@@ -211,6 +213,10 @@ class TorchExecutor(Executor):
             self._closed = True
             self._lock.notify()
         self._thread.join(timeout=60)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def running(self) -> int:

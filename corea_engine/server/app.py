@@ -4,8 +4,9 @@
     await serve(server, metrics_port=9090)                             # until SIGTERM / SIGINT
 
 `corea serve` has the cascade, `corea worker` the engines' protocol (sglang.grpc.scheduler.
-SglangScheduler, worker_service.py); one server may carry both.
-Every listener binds the server's one `host` (gRPC and /metrics alike): nothing listens elsewhere.
+SglangScheduler, worker_service.py); one server may carry both. With http_port the cascade is also
+served as OpenAI's chat-completions API (http_app.py) in the same loop, with the same limits, tokens
+and metrics. Every listener binds the configured host (gRPC, /metrics; HTTP unless http_host says).
 Shutdown: health turns NOT_SERVING, new calls are refused, in-flight ones get `grace_s` to finish.
 """
 
@@ -26,6 +27,7 @@ from ..cascade import Cascade
 from ..protos import corea_pb2, corea_pb2_grpc
 from ..runtime.executor import Executor
 from .corea_service import CoreaService
+from .http_app import HttpFront, bind_http
 from .interceptors import ConcurrencyLimit
 from .metrics import CoreaMetrics
 from .security import ServerSecurity
@@ -51,34 +53,41 @@ class Server:
     metrics: CoreaMetrics
     corea: CoreaService | None = None
     worker: WorkerService | None = None
-    _http: object = field(default=None, repr=False)
+    http: HttpFront | None = None  # the OpenAI-compatible front, when asked for
+    _metrics_http: object = field(default=None, repr=False)
 
     @property
     def metrics_port(self) -> int | None:
         """The bound /metrics port (useful when started with port 0)."""
-        return self._http.server_port if self._http is not None else None
+        return self._metrics_http.server_port if self._metrics_http is not None else None
 
     async def start(self, metrics_port: int | None = None) -> None:
         """Start serving; with metrics_port, /metrics over HTTP on the same host as gRPC."""
         await self.grpc_server.start()
         for name in ["", *self.services]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.http is not None:
+            await self.http.start()
         if metrics_port is not None:
             host = self.host.strip("[]")
             try:
-                self._http = self.metrics.serve_http(metrics_port, host)
+                self._metrics_http = self.metrics.serve_http(metrics_port, host)
             except (OSError, OverflowError) as err:  # in use, not an address here, not a port number
                 await self.grpc_server.stop(None)
                 reason = getattr(err, "strerror", None) or err
                 raise ServerStartError(f"cannot serve /metrics on {self.host}:{metrics_port}: {reason}") from None
 
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
     async def stop(self, grace_s: float | None = 30.0) -> None:
         """Refuse new calls, let in-flight ones finish for up to grace_s, then close."""
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace_s)
-        if self._http is not None:
-            self._http.shutdown()
-            self._http = None
+        await asyncio.gather(self.grpc_server.stop(grace_s), *([self.http.stop(grace_s)] if self.http else []))
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http = None
 
 
 def build_server(
@@ -92,8 +101,15 @@ def build_server(
     metrics: CoreaMetrics | None = None,
     options: list[tuple] | None = None,
     security: ServerSecurity | None = None,  # TLS, bearer tokens, per-request limits (server/security.py)
+    http_port: int | None = None,  # also serve the cascade over OpenAI's HTTP API here (0: a free port)
+    http_host: str | None = None,  # None: the gRPC host
 ) -> Server:
-    """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop."""
+    """A grpc.aio server with the given services; port 0 picks a free one. Call inside the loop.
+
+    ServerStartError when a port cannot be bound; ValueError for http_port without a cascade.
+    """
+    if http_port is not None and cascade is None:
+        raise ValueError("http_port serves the cascade: it needs a cascade")
     if cascade is None and worker is None:
         raise ValueError("build_server needs a cascade, a worker, or both")
     metrics = metrics or CoreaMetrics()
@@ -122,7 +138,14 @@ def build_server(
     bound = security.bind(server, f"{host}:{port}")
     if bound == 0:
         raise ServerStartError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
-    return Server(server, host, bound, health, services, limit, metrics, corea_service, worker)
+    http = None
+    if http_port is not None:
+        try:
+            sock = bind_http(http_host or host, http_port)
+        except OSError as err:
+            raise ServerStartError(f"cannot bind HTTP {http_host or host}:{http_port} ({err.strerror or err})") from None
+        http = HttpFront(cascade, sock, metrics=metrics, limit=limit, security=security)
+    return Server(server, host, bound, health, services, limit, metrics, corea_service, worker, http)
 
 
 async def serve(server: Server, *, metrics_port: int | None = None, grace_s: float = 30.0, ready=None) -> None:

@@ -118,15 +118,19 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
 
 def client_identity(context, tokens: TokenTable | None = None) -> str:
     """Who is calling: the token's name, else the TLS client certificate's common name, else the peer's host."""
-    if tokens is not None:
-        name = tokens.identify(bearer_token(context.invocation_metadata()))
-        if name is not None:
-            return f"token:{name}"
+    name = tokens.identify(bearer_token(context.invocation_metadata())) if tokens is not None else None
     auth = context.auth_context() or {}
     common_name = auth.get("x509_common_name")
+    return identity(name, common_name[0].decode(errors="replace") if common_name else None, peer_host(context.peer()))
+
+
+def identity(token_name: str | None, common_name: str | None, host: str) -> str:
+    """The one naming of a client, whatever the transport: 'token:NAME', 'cert:CN' or 'peer:HOST'."""
+    if token_name is not None:
+        return f"token:{token_name}"
     if common_name:
-        return f"cert:{common_name[0].decode(errors='replace')}"
-    return f"peer:{peer_host(context.peer())}"
+        return f"cert:{common_name}"
+    return f"peer:{host}"
 
 
 def peer_host(peer: str) -> str:

@@ -103,9 +103,7 @@ class CoreaService(corea_pb2_grpc.CoreaServicer):
         return result
 
     def _observe(self, method: str, result) -> None:
-        split = self.cascade.config.tier_costs(result.slm_prompt_tokens, result.slm_completion_tokens,
-                                               result.llm_prompt_tokens, result.llm_completion_tokens)
-        self.metrics.observe(method, result, split)
+        self.metrics.observe_result(method, result, self.cascade.config)
 
 
 def _why_cancelled(context) -> str:

@@ -3,7 +3,8 @@
 ConcurrencyLimit refuses work beyond max_inflight with RESOURCE_EXHAUSTED at once (rather than
 queueing it behind a model that is already full). It counts work, not calls: a SolveBatch holds
 one slot per item (`work_items`), as the per-client limit does. It applies to the methods under
-`prefix` only, so health checks and reflection always answer.
+`prefix` only, so health checks and reflection always answer. The HTTP front takes its slots from
+the same counter (enter/leave), so the limit holds for both transports together.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
         self.inflight = 0  # work items in flight (all on the server's one event loop)
         self._on_change = on_change  # e.g. a gauge's set
 
+    def enter(self, weight: int = 1) -> bool:
+        """Take `weight` slots; False when they would pass max_inflight."""
+        if self.inflight + weight > self.max_inflight:
+            return False
+        self._add(weight)
+        return True
+
+    def leave(self, weight: int = 1) -> None:
+        self._add(-weight)
+
+    def refusal(self, weight: int = 1) -> str:
+        if weight > self.max_inflight:
+            return f"a batch of {weight} is more than this server's limit of {self.max_inflight} in flight; split it"
+        return (f"server is at its limit of {self.max_inflight} requests in flight ({self.inflight} now, "
+                f"this call asks for {weight}); retry later")
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.prefix):
@@ -35,15 +52,9 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
 
     async def _admit(self, request, context):
         weight = work_items(request)
-        if self.inflight + weight > self.max_inflight:
-            if weight > self.max_inflight:
-                why = f"a batch of {weight} is more than this server's limit of {self.max_inflight} in flight; split it"
-            else:
-                why = (f"server is at its limit of {self.max_inflight} requests in flight ({self.inflight} now, "
-                       f"this call asks for {weight}); retry later")
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
-        self._add(weight)
-        return lambda: self._add(-weight)
+        if not self.enter(weight):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.refusal(weight))
+        return lambda: self.leave(weight)
 
     def _add(self, weight: int) -> None:
         self.inflight += weight

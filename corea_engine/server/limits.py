@@ -8,6 +8,7 @@
 * messages over max_message_bytes are refused by gRPC itself with RESOURCE_EXHAUSTED
   ("Received message larger than max"), see ServerSecurity.options().
 
+The rules live in token_cap_error() and acquire(), which the HTTP front applies too (400 and 429).
 The server-wide limit (app.ConcurrencyLimit) comes after these, so a client refused here takes no
 server-wide slot. Only methods under `prefix` are limited: health checks always answer.
 """
@@ -21,6 +22,10 @@ import grpc
 from ._handlers import guarded
 from .auth import TokenTable, client_identity
 from .interceptors import work_items
+
+
+class ClientLimitExceeded(RuntimeError):
+    """A client already has its limit of calls in flight; the message names it and the limit."""
 
 
 class RequestLimits(grpc.aio.ServerInterceptor):
@@ -42,24 +47,21 @@ class RequestLimits(grpc.aio.ServerInterceptor):
             return handler
         return guarded(handler, self._admit)
 
-    async def _admit(self, request, context):
-        items = list(getattr(request, "requests", None) or [request])  # a batch, or one request
-        if self.max_new_tokens is not None:
-            for i, item in enumerate(items):
-                asked = getattr(item, "max_new_tokens", 0)
-                if asked > self.max_new_tokens:
-                    where = f"requests[{i}].max_new_tokens" if item is not request else "max_new_tokens"
-                    await context.abort(grpc.StatusCode.OUT_OF_RANGE,
-                                        f"{where} is {asked}; this server grants at most {self.max_new_tokens} "
-                                        "new tokens per request (0 takes the server default)")
+    # -- the rules, for either transport (the HTTP front calls these too) --------------------
+    def token_cap_error(self, asked: int, where: str = "max_new_tokens") -> str | None:
+        """Why `asked` new tokens exceed the cap, or None when they do not."""
+        if self.max_new_tokens is None or asked <= self.max_new_tokens:
+            return None
+        return f"{where} is {asked}; this server grants at most {self.max_new_tokens} new tokens per request"
+
+    def acquire(self, client: str, weight: int = 1):
+        """Count `weight` calls of `client` in flight: a release callback, or ClientLimitExceeded."""
         if self.max_inflight_per_client is None:
             return None
-        client = client_identity(context, self.tokens)
-        weight = work_items(request)
         if self.inflight[client] + weight > self.max_inflight_per_client:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"client {client} has {self.inflight[client]} request(s) in flight and asked for "
-                                f"{weight} more; the per-client limit is {self.max_inflight_per_client}; retry later")
+            raise ClientLimitExceeded(
+                f"client {client} has {self.inflight[client]} request(s) in flight and asked for "
+                f"{weight} more; the per-client limit is {self.max_inflight_per_client}; retry later")
         self.inflight[client] += weight
 
         def release():
@@ -68,3 +70,17 @@ class RequestLimits(grpc.aio.ServerInterceptor):
                 del self.inflight[client]
 
         return release
+
+    async def _admit(self, request, context):
+        items = list(getattr(request, "requests", None) or [request])  # a batch, or one request
+        for i, item in enumerate(items):
+            why = self.token_cap_error(getattr(item, "max_new_tokens", 0),
+                                       f"requests[{i}].max_new_tokens" if item is not request else "max_new_tokens")
+            if why is not None:
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"{why} (0 takes the server default)")
+        if self.max_inflight_per_client is None:
+            return None
+        try:
+            return self.acquire(client_identity(context, self.tokens), work_items(request))
+        except ClientLimitExceeded as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))

@@ -62,6 +62,11 @@ class CoreaMetrics:
         self.cost.labels("llm").inc(cost_split[1])
         self.llm_only_cost.inc(result.llm_only_cost)
 
+    def observe_result(self, method: str, result: SolveResult, config) -> None:
+        """observe() with the cost split priced by the cascade's config (gRPC and HTTP alike)."""
+        self.observe(method, result, config.tier_costs(result.slm_prompt_tokens, result.slm_completion_tokens,
+                                                       result.llm_prompt_tokens, result.llm_completion_tokens))
+
     def failed(self, method: str, outcome: str) -> None:
         """invalid | error | cancelled | deadline"""
         self.requests.labels(method, outcome).inc()
