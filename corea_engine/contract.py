@@ -369,8 +369,9 @@ GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per tokenizer (~0.4 MB each fo
 class GrammarCache:
     """Compiles each format's grammar once per tokenizer, keeping the `max_entries` most recent.
 
-    Formats carry client-chosen bounds (max_answer_chars, ...), so the cache is an LRU: many
-    distinct values cost compiles, never unbounded memory. len() is its size (a metric).
+    Formats carry client-chosen bounds (max_answer_chars, ...) and the worker compiles grammars
+    that clients send, so the cache is an LRU over both: many distinct values cost compiles, never
+    unbounded memory. len() is its size (a metric).
     """
 
     _per_tokenizer: "weakref.WeakKeyDictionary[object, GrammarCache]" = weakref.WeakKeyDictionary()
@@ -404,9 +405,14 @@ class GrammarCache:
     def __len__(self) -> int:
         return self._compile.cache_info().currsize
 
-    def _compile_uncached(self, fmt: Format):
+    def _compile_uncached(self, key: "Format | tuple[str, str]"):
         with self._compile_lock:
-            return self._compiler.compile_grammar(fmt.ebnf())
+            if isinstance(key, Format):
+                return self._compiler.compile_grammar(key.ebnf())
+            kind, source = key
+            compile_ = {"ebnf": self._compiler.compile_grammar, "json_schema": self._compiler.compile_json_schema,
+                        "regex": self._compiler.compile_regex}[kind]
+            return compile_(source)
 
     def compiled(self, fmt: Format | str):
         return self._compile(get_format(fmt))
@@ -417,14 +423,12 @@ class GrammarCache:
         return xgr.GrammarMatcher(self.compiled(fmt))
 
     def grammar_matcher(self, kind: str, source: str):
-        """A matcher for a caller's grammar: kind "ebnf", "json_schema" or "regex" (xgrammar caches
-        compiled grammars itself, bounded). ValueError names the kind when it does not compile."""
+        """A matcher for a caller's grammar: kind "ebnf", "json_schema" or "regex", compiled once and
+        kept in the same LRU as the formats. ValueError names the kind when it does not compile."""
         import xgrammar as xgr
 
-        compile_ = {"ebnf": self._compiler.compile_grammar, "json_schema": self._compiler.compile_json_schema,
-                    "regex": self._compiler.compile_regex}[kind]
         try:
-            return xgr.GrammarMatcher(compile_(source))
+            return xgr.GrammarMatcher(self._compile((kind, source)))
         except Exception as err:  # xgrammar raises RuntimeError/ValueError with the parser's message
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             message = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", message)  # xgrammar's "[time] file.cc:line: "

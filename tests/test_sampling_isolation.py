@@ -82,23 +82,29 @@ def test_a_row_whose_sampling_fails_ends_alone(slm_executor, gsm8k_questions, so
 
 
 def test_the_llm_tier_refuses_unsafe_parameters_while_the_cascade_is_served(slm_executor, gsm8k_questions):
-    """`corea serve` escalating to a `corea serve-llm`: an attacker's unsafe Generate calls on the
+    """`corea serve` escalating to a `corea worker`: an attacker's unsafe Generate calls on the
     LLM tier are INVALID_ARGUMENT and the cascade's own llm_only answer is what it is alone."""
+    from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
+
     from cascade_servers import corea_server, llm_server, stand_in_llm
-    from corea_engine.protos import corea_pb2, corea_pb2_grpc, llm_pb2, llm_pb2_grpc
+    from corea_engine.protos import corea_pb2, corea_pb2_grpc
 
     llm = stand_in_llm(slm_executor)
     question = corea_pb2.SolveRequest(question=gsm8k_questions[3], mode=corea_pb2.ROUTING_MODE_LLM_ONLY)
     try:
         with llm_server(llm) as tier, corea_server(slm_executor, tier.address) as corea:
             with grpc.insecure_channel(corea.address) as cc, grpc.insecure_channel(tier.address) as lc:
-                solve, generate = corea_pb2_grpc.CoreaStub(cc).Solve, llm_pb2_grpc.LLMStub(lc).Generate
+                solve, generate = corea_pb2_grpc.CoreaStub(cc).Solve, pb_grpc.SglangSchedulerStub(lc).Generate
+                prompt = pb.TokenizedInput(input_ids=llm.tokenizer.encode("Count to ten."))
                 alone = solve(question, timeout=300)
                 beside = solve.future(question, timeout=300)
-                for attack in (dict(temperature=1e-300), dict(temperature=1.0, top_p=1e-300),
+                # The protocol's floats are float32 (1e-300 arrives as 0: greedy, or top_p unset), so
+                # the attacks are the smallest values it can carry.
+                for attack in (dict(temperature=1e-30), dict(temperature=1.0, top_p=1e-30),
                                dict(temperature=5e-3), dict(temperature=float("nan"))):
                     with pytest.raises(grpc.RpcError) as err:
-                        generate(llm_pb2.GenerateRequest(prompt="Count to ten.", max_new_tokens=64, **attack), timeout=60)
+                        list(generate(pb.GenerateRequest(tokenized=prompt, sampling_params=pb.SamplingParams(
+                            max_new_tokens=64, **attack)), timeout=60))
                     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
                     assert ("top_p" if "top_p" in attack else "temperature") in err.value.details()
                 result = beside.result()

@@ -210,19 +210,23 @@ def _settled(read, expected, limit_s=10.0) -> bool:
     return read() == expected
 
 
-def test_llm_service_deadline_during_prefill_stops_the_work(rig):
-    from corea_engine.protos import llm_pb2, llm_pb2_grpc
+def test_a_workers_deadline_during_prefill_stops_the_work(rig):
+    """The LLM tier (`corea worker`) gets a Generate whose gRPC deadline passes during a long prefill:
+    DEADLINE_EXCEEDED, and the executor stops within a chunk instead of finishing the prompt."""
+    from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
+
     from corea_engine.runtime import torch_executor
 
     _, llm = rig
-    executor = llm.server.llm.executor
-    total_chunks = len(executor.tokenizer.encode(LONG_QUESTION)) // torch_executor.PREFILL_CHUNK_TOKENS
-    for deadline_ms in (800, 2000):
+    executor = llm.server.worker.executor
+    ids = executor.tokenizer.encode(LONG_QUESTION)
+    total_chunks = len(ids) // torch_executor.PREFILL_CHUNK_TOKENS
+    for deadline_s in (0.8, 2.0):
         chunks = executor.stats.prefill_chunks
         with grpc.insecure_channel(llm.address) as channel:
             with pytest.raises(grpc.RpcError) as err:
-                llm_pb2_grpc.LLMStub(channel).Generate(llm_pb2.GenerateRequest(
-                    messages=[llm_pb2.ChatMessage(role="user", content=LONG_QUESTION)], max_new_tokens=64,
-                    deadline_ms=deadline_ms), timeout=600)
+                list(pb_grpc.SglangSchedulerStub(channel).Generate(pb.GenerateRequest(
+                    tokenized=pb.TokenizedInput(input_ids=ids), sampling_params=pb.SamplingParams(max_new_tokens=64)),
+                    timeout=deadline_s))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert _idle(executor) and executor.stats.prefill_chunks - chunks < total_chunks

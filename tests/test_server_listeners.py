@@ -1,5 +1,5 @@
 """Every listener takes its address from the configuration (issue #20, item 4), checked from the
-socket table: gRPC and /metrics of both services bind the server's host and nothing else."""
+socket table: gRPC, the HTTP front and /metrics of both services bind the server's host and nothing else."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from cascade_servers import SMALL
 from corea_engine.cascade import Cascade, CascadeConfig
 from corea_engine.server.app import ServerStartError, build_server
 from corea_engine.server.background import ServerThread
+from corea_engine.server.worker_service import WorkerService
 
 LOOPBACK = {"127.0.0.1", "::1"}
 
@@ -27,14 +28,17 @@ def listening(ports: set[int] | None = None, pid: int | None = None) -> set[tupl
             if c.status == psutil.CONN_LISTEN and (ports is None or c.laddr.port in ports)}
 
 
-@pytest.mark.parametrize("service", ["corea", "llm"])
+@pytest.mark.parametrize("service", ["corea", "worker"])
 @pytest.mark.parametrize("host, where", [("127.0.0.1", {"127.0.0.1"}), ("[::1]", {"::1"}), ("localhost", LOOPBACK)])
-def test_grpc_and_metrics_listen_only_on_the_configured_host(slm_executor, service, host, where):
-    cascade = Cascade(slm_executor, None, CascadeConfig(**SMALL, mode="slm_only")) if service == "corea" else None
-    llm = slm_executor if service == "llm" else None
-    server = ServerThread(lambda: build_server(cascade, llm_executor=llm, host=host), metrics_port=0)
+def test_every_listener_is_only_on_the_configured_host(slm_executor, service, host, where):
+    if service == "corea":  # gRPC, the OpenAI HTTP front and /metrics
+        cascade = Cascade(slm_executor, None, CascadeConfig(**SMALL, mode="slm_only"))
+        server = ServerThread(lambda: build_server(cascade, host=host, http_port=0), metrics_port=0)
+    else:
+        server = ServerThread(lambda: build_server(worker=WorkerService(slm_executor), host=host), metrics_port=0)
     with server:
-        ports = {server.server.port, server.server.metrics_port}
+        ports = {server.server.port, server.server.metrics_port, server.server.http_port} - {None}
+        assert len(ports) == (3 if service == "corea" else 2)
         sockets = listening(ports)
         assert {port for _, port in sockets} == ports, sockets  # both listen...
         assert {ip for ip, _ in sockets} <= where, sockets  # ...only where configured
@@ -55,7 +59,7 @@ def test_a_metrics_port_that_cannot_be_bound_is_a_start_error(slm_executor):
     ("127.0.0.1", 70000, "cannot serve /metrics on 127.0.0.1:70000"),
 ])
 def test_an_address_that_cannot_be_bound_is_a_start_error(slm_executor, host, metrics_port, message):
-    server = ServerThread(lambda: build_server(llm_executor=slm_executor, host=host), metrics_port=metrics_port)
+    server = ServerThread(lambda: build_server(worker=WorkerService(slm_executor), host=host), metrics_port=metrics_port)
     with pytest.raises(ServerStartError, match=message):
         server.start()
     server.close()
