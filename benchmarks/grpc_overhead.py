@@ -9,67 +9,27 @@ server holding an identical cascade (request -> proto -> HTTP/2 -> server handle
 proto -> back). The difference of the p50s is the overhead; p50 of the paired differences too.
 
 Why a stand-in by default: a model step costs ~40 ms +- several ms on a shared CPU, so the
-sub-millisecond transport cost drowns in model noise. `InstantExecutor` is a real Executor
+sub-millisecond transport cost drowns in model noise. `latency.InstantExecutor` is a real Executor
 that emits a fixed well-formed answer (tokens, confidence, result) at once, so everything but
 the model runs: cascade policy, event plumbing, proto conversion, the server and the client.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
-import time
 
 import grpc
 
-from corea_engine.cascade import Cascade, CascadeConfig, SolveRequest
-from corea_engine.contract import get_format
-from corea_engine.protos import corea_pb2, corea_pb2_grpc
-from corea_engine.runtime.executor import (
-    ConfidenceEvent, ConfidenceReading, Executor, FinishedEvent, Request, RequestStream, Result, TokenEvent,
-)
-from corea_engine.server.app import build_server
-from corea_engine.server.background import ServerThread
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from latency import InstantExecutor, block_parser, load_average, percentile, timed, timed_async, write_figures  # noqa: E402
 
-
-class InstantExecutor(Executor):
-    """Answers every request at once with the same contract-shaped text (no model)."""
-
-    model_name = "instant"
-
-    def submit(self, request: Request) -> RequestStream:
-        request.validate(16000)
-        fmt = request.format
-        text = fmt.render("3 + 5 = 8.", "8", 0.8)
-        stream = RequestStream(request.request_id)
-        pieces = [text[i:i + 4] for i in range(0, len(text), 4)]  # ~token-sized chunks
-        reading = ConfidenceReading(0.8, 0.78, tuple([0.0] * 7 + [0.2, 0.7, 0.1]), 0.99, 0.8, len(pieces) - 1)
-        events = [TokenEvent(request.request_id, i, piece) for i, piece in enumerate(pieces)]
-        events.append(ConfidenceEvent(request.request_id, reading))
-        events.append(FinishedEvent(request.request_id, Result(
-            request.request_id, text, "confidence", prompt_tokens=150, completion_tokens=len(pieces),
-            parsed=fmt.parse(text), confidence=reading)))
-        # Already on the consumer's loop: enqueue directly. push() would wake the loop through
-        # its self-pipe once per event, which only a producer on another thread needs.
-        for event in events:
-            stream._queue.put_nowait(event)
-        stream.result = events[-1].result
-        return stream
-
-    def abort(self, request_id: str) -> bool:
-        return False
-
-    def load(self) -> tuple[int, int]:
-        return 0, 0  # every request is answered within submit
-
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+from corea_engine.cascade import Cascade, CascadeConfig, SolveRequest  # noqa: E402
+from corea_engine.protos import corea_pb2, corea_pb2_grpc  # noqa: E402
+from corea_engine.server.app import build_server  # noqa: E402
+from corea_engine.server.background import ServerThread  # noqa: E402
 
 
 class EchoCorea(corea_pb2_grpc.CoreaServicer):
@@ -103,13 +63,7 @@ class _NoHealth:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", type=int, default=200, help="measured requests per path and round")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds; each round runs a block of every path")
-    ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--real", action="store_true", help="the real SmolLM2 (slm_only, --max-new-tokens) instead of the stand-in")
-    ap.add_argument("--max-new-tokens", type=int, default=4)
-    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap = block_parser(__doc__, warmup=50, real_help="the real SmolLM2 (slm_only, --max-new-tokens) instead of the stand-in")
     args = ap.parse_args(argv)
 
     config = CascadeConfig(mode="slm_only", contract="json", max_new_tokens=args.max_new_tokens if args.real else None)
@@ -134,21 +88,8 @@ def main(argv=None) -> int:
 
     request = corea_pb2.SolveRequest(question=question)
 
-    def timed(call, count):
-        times = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - t0) * 1000)
-        return times
-
-    async def timed_local(count):
-        times = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            await local.solve(SolveRequest(question))
-            times.append((time.perf_counter() - t0) * 1000)
-        return times
+    def timed_local(count):
+        return asyncio.run(timed_async(lambda: local.solve(SolveRequest(question)), count))
 
     def run():
         # Blocks per path, alternating every round, so slow drift in machine load hits all paths.
@@ -157,10 +98,10 @@ def main(argv=None) -> int:
         assert stub.Solve(request, timeout=120).answer == asyncio.run(local.solve(SolveRequest(question))).answer
         timed(lambda: stub.Solve(request, timeout=120), args.warmup)
         timed(lambda: echo_stub.Solve(request, timeout=120), args.warmup)
-        asyncio.run(timed_local(args.warmup))
+        timed_local(args.warmup)
         rounds = []
         for _ in range(args.rounds):
-            in_process = asyncio.run(timed_local(args.n))
+            in_process = timed_local(args.n)
             over_grpc = timed(lambda: stub.Solve(request, timeout=120), args.n)
             floor = timed(lambda: echo_stub.Solve(request, timeout=120), args.n)
             rounds.append((in_process, over_grpc, floor))
@@ -177,7 +118,7 @@ def main(argv=None) -> int:
             executor.close()
     everything = [sum((list(r[k]) for r in rounds), []) for k in range(3)]
     per_round = [statistics.median(g) - statistics.median(p) for p, g, _ in rounds]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     figures = {
         "slm": "SmolLM2-135M (slm_only, %d new tokens)" % args.max_new_tokens if args.real else "instant stand-in",
         "requests_per_path": len(everything[0]),
@@ -197,9 +138,7 @@ def main(argv=None) -> int:
     print(f"  bare gRPC (echo server)  : p50 {figures['bare_grpc_echo_p50_ms']:.3f} ms   (the transport's floor here)")
     print(f"  added by gRPC            : p50 {figures['added_p50_ms']:.3f} ms (goal <= 1 ms); per round: "
           + ", ".join(f"{x:.3f}" for x in per_round))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    write_figures(args.json, figures)
     return 0
 
 

@@ -12,27 +12,24 @@ goes, in alternating blocks per round (so drift in machine load hits every path 
 the same through the openai SDK (which adds its own parsing into its types). p50 and p99 per path;
 "added" is the difference of the p50s, and per round as a check on its spread.
 
-The stand-in is grpc_overhead.InstantExecutor: a real Executor answering at once with a fixed
-contract-shaped text, so everything but the model runs.
+The stand-in is latency.InstantExecutor (grpc_overhead.py's too): a real Executor answering at once
+with a fixed contract-shaped text, so everything but the model runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import statistics
 import sys
-import time
 
 import grpc
 import httpx
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grpc_overhead import InstantExecutor, percentile  # noqa: E402
+from latency import InstantExecutor, block_parser, load_average, percentile, timed, timed_async, write_figures  # noqa: E402
 
 from corea_engine.cascade import Cascade, CascadeConfig, SolveRequest  # noqa: E402
 from corea_engine.protos import corea_pb2, corea_pb2_grpc  # noqa: E402
@@ -66,13 +63,7 @@ def serve(real: bool, max_new_tokens: int, ports, stop) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", type=int, default=200, help="measured requests per path and round")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--real", action="store_true", help="the real SmolLM2 (slm_only, --max-new-tokens) instead of the stand-in")
-    ap.add_argument("--max-new-tokens", type=int, default=4)
-    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap = block_parser(__doc__, warmup=50, real_help="the real SmolLM2 (slm_only, --max-new-tokens) instead of the stand-in")
     args = ap.parse_args(argv)
 
     spawn = multiprocessing.get_context("spawn")
@@ -101,32 +92,19 @@ def main(argv=None) -> int:
         "openai_sdk": lambda: sdk.chat.completions.create(**body).choices[0].message.content,
     }
 
-    def timed(call, count):
-        times = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - t0) * 1000)
-        return times
-
-    async def timed_local(count):
-        times = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            await local.solve(SolveRequest(question))
-            times.append((time.perf_counter() - t0) * 1000)
-        return times
+    def timed_local(count):
+        return asyncio.run(timed_async(lambda: local.solve(SolveRequest(question)), count))
 
     try:
         answer = asyncio.run(local.solve(SolveRequest(question))).answer
         assert all(call() == answer for call in calls.values()), "the paths disagree on the answer"
         for call in calls.values():
             timed(call, args.warmup)
-        asyncio.run(timed_local(args.warmup))
+        timed_local(args.warmup)
         samples = {path: [] for path in PATHS}
         per_round = {"http_over_in_process": [], "http_over_grpc": []}
         for _ in range(args.rounds):
-            block = {"in_process": asyncio.run(timed_local(args.n))}
+            block = {"in_process": timed_local(args.n)}
             for path, call in calls.items():
                 block[path] = timed(call, args.n)
             for path in PATHS:
@@ -143,7 +121,7 @@ def main(argv=None) -> int:
         if args.real:
             local.slm.close()
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     p50 = {path: statistics.median(samples[path]) for path in PATHS}
     p99 = {path: percentile(samples[path], 0.99) for path in PATHS}
     figures = {
@@ -168,9 +146,7 @@ def main(argv=None) -> int:
     print(f"  HTTP over gRPC                : p50 +{figures['http_over_grpc_p50_ms']:.3f} ms   "
           f"p99 +{figures['http_over_grpc_p99_ms']:.3f} ms (goal <= 2 ms p50); per round: "
           + ", ".join(f"{x:.3f}" for x in per_round["http_over_grpc"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    write_figures(args.json, figures)
     return 0
 
 

@@ -14,8 +14,8 @@ cache applies), so model time is small and equal. Reported: p50/p99 of each path
 difference of the medians, and p50/p99 of the paired differences (remote - in process).
 
 On a loaded shared CPU a model step varies by tens of milliseconds, which drowns a millisecond of
-transport. `--instant` swaps the model for `InstantExecutor`, a real Executor that answers at once
-with fixed tokens (and the asked-for logprobs): the worker then runs in a thread of this process
+transport. `--instant` swaps the model for `latency.InstantTokenExecutor`, a real Executor that
+answers at once with fixed tokens (and the asked-for logprobs): the worker then runs in a thread of this process
 and everything but the model is measured (chat template, proto, HTTP/2 over loopback, the
 worker's handler, streaming, detokenizing, the confidence reading's logprobs).
 """
@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,61 +33,16 @@ import time
 
 import grpc
 
-from corea_engine.runtime.executor import (
-    Executor, FinishedEvent, Request, RequestStream, Result, SamplingParams, TokenEvent, TokenLogprobs,
-)
-from corea_engine.runtime.remote_executor import RemoteExecutor
-from corea_engine.runtime.scheduler_client import pb
-from corea_engine.runtime.torch_executor import TorchExecutor
-from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from latency import InstantTokenExecutor, free_port, load_average, percentile, write_figures  # noqa: E402
+
+from corea_engine.runtime.executor import Request, SamplingParams  # noqa: E402
+from corea_engine.runtime.remote_executor import RemoteExecutor  # noqa: E402
+from corea_engine.runtime.scheduler_client import pb  # noqa: E402
+from corea_engine.runtime.torch_executor import TorchExecutor  # noqa: E402
+from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc  # noqa: E402
 
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have?"
-
-
-class InstantExecutor(Executor):
-    """Answers every request at once with the same token ids (no model); applies the chat
-    template as a model's executor does, and gives the logprobs a request asks for."""
-
-    model_name = "instant"
-
-    def __init__(self, tokenizer, token_ids: list[int]):
-        self.tokenizer, self.token_ids = tokenizer, token_ids
-        self.vocab_size = len(tokenizer)
-        self.text = tokenizer.decode(token_ids)
-
-    def submit(self, request: Request) -> RequestStream:
-        request.validate(16000)
-        if request.input_ids is not None:
-            prompt = list(request.input_ids)
-        else:
-            prompt = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
-                                                        tokenize=True, return_dict=False)
-        stream = RequestStream(request.request_id)
-        ids = self.token_ids[: request.max_new_tokens]
-        logprobs = TokenLogprobs(-0.1, (), tuple(-2.3 for _ in request.logprob_token_ids)) if request.wants_logprobs else None
-        for token in ids:
-            stream.push(TokenEvent(request.request_id, token, "", logprobs))
-        stream.push(FinishedEvent(request.request_id, Result(
-            request.request_id, self.tokenizer.decode(ids), "length", prompt_tokens=len(prompt),
-            completion_tokens=len(ids), token_ids=list(ids))))
-        return stream
-
-    def abort(self, request_id: str) -> bool:
-        return False
-
-    def load(self) -> tuple[int, int]:
-        return 0, 0
-
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_worker(port: int, timeout_s: float = 300) -> subprocess.Popen:
@@ -118,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=2)
     ap.add_argument("--contract", default="json", help="the SLM's contract (grammar on both paths)")
-    ap.add_argument("--instant", action="store_true", help="no model: InstantExecutor on both paths")
+    ap.add_argument("--instant", action="store_true", help="no model: latency.InstantTokenExecutor on both paths")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
 
@@ -135,9 +88,9 @@ def main(argv=None) -> int:
 
         path = resolve_model(None).path
         tokenizer = AutoTokenizer.from_pretrained(path)
-        answer = tokenizer.encode('{"reasoning": "3 + 5 = 8", "answer": "8", "confidence": 0.8}', add_special_tokens=False)
-        local = InstantExecutor(tokenizer, answer)
-        server = ServerThread(lambda: build_server(worker=WorkerService(InstantExecutor(tokenizer, answer), model_path=path),
+        answer = '{"reasoning": "3 + 5 = 8", "answer": "8", "confidence": 0.8}'
+        local = InstantTokenExecutor(tokenizer, answer)
+        server = ServerThread(lambda: build_server(worker=WorkerService(InstantTokenExecutor(tokenizer, answer), model_path=path),
                                                    host="127.0.0.1")).start()
         stop_worker = server.close
         address = server.address
@@ -191,7 +144,7 @@ def main(argv=None) -> int:
         stop_worker()
 
     paired = [r - i for r, i in zip(over_grpc, in_process)]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     figures = {
         "pairs": args.n, "max_new_tokens": args.max_new_tokens, "contract": args.contract,
         "cpus": os.cpu_count(), "load_average_1min": load,
@@ -211,9 +164,7 @@ def main(argv=None) -> int:
     print(f"  difference of medians                : {figures['median_difference_ms']:.2f} ms (goal <= 2 ms)")
     print(f"  paired differences                   : p50 {figures['paired_difference_p50_ms']:.2f} ms   "
           f"p99 {figures['paired_difference_p99_ms']:.2f} ms")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    write_figures(args.json, figures)
     return 0
 
 

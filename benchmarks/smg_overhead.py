@@ -12,18 +12,16 @@ drift in machine load hits both alike:
 The difference of the p50s (and p99s) is what the gateway costs per request.
 
 Why a stand-in by default: a model step costs ~40 ms +- several ms on a shared CPU and would drown a
-millisecond-scale difference. `InstantExecutor` is a real Executor that streams a fixed answer's
-tokens at once, so everything but the model runs: both clients, SMG, the worker's servicer.
+millisecond-scale difference. `latency.InstantTokenExecutor` is a real Executor that streams a fixed
+answer's tokens at once, so everything but the model runs: both clients, SMG, the worker's servicer.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,54 +34,16 @@ import grpc
 from openai import OpenAI
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
 
-from corea_engine.models import resolve_model
-from corea_engine.runtime.executor import Executor, FinishedEvent, Request, RequestStream, Result, TokenEvent
-from corea_engine.server.app import build_server
-from corea_engine.server.background import ServerThread
-from corea_engine.server.worker_service import WorkerService
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from latency import InstantTokenExecutor, block_parser, free_port, load_average, percentile, timed, write_figures  # noqa: E402
+
+from corea_engine.models import resolve_model  # noqa: E402
+from corea_engine.server.app import build_server  # noqa: E402
+from corea_engine.server.background import ServerThread  # noqa: E402
+from corea_engine.server.worker_service import WorkerService  # noqa: E402
 
 MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
-
-
-class InstantExecutor(Executor):
-    """Streams the tokens of a fixed answer at once, then finishes on EOS (no model)."""
-
-    model_name = MODEL
-
-    def __init__(self, tokenizer, answer: str = "Tom has 8 apples."):
-        self.tokenizer = tokenizer
-        self.vocab_size = len(tokenizer)
-        self.answer_ids = tokenizer.encode(answer, add_special_tokens=False)
-
-    def submit(self, request: Request) -> RequestStream:
-        request.validate(16000)
-        request.check_token_ids(self.vocab_size)
-        stream = RequestStream(request.request_id)
-        for token in self.answer_ids:
-            stream.push(TokenEvent(request.request_id, token, ""))
-        stream.push(FinishedEvent(request.request_id, Result(
-            request.request_id, "", "stop", prompt_tokens=len(request.input_ids or ()),
-            completion_tokens=len(self.answer_ids), token_ids=list(self.answer_ids),
-            matched_stop=self.tokenizer.eos_token_id)))
-        return stream
-
-    def abort(self, request_id: str) -> bool:
-        return False
-
-    def load(self) -> tuple[int, int]:
-        return 0, 0
-
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_smg(worker_port: int, model_path: Path, log: Path) -> tuple[subprocess.Popen, str]:
@@ -115,13 +75,7 @@ def start_smg(worker_port: int, model_path: Path, log: Path) -> tuple[subprocess
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", type=int, default=200, help="measured requests per path and round")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--real", action="store_true", help="the real SmolLM2 (--max-new-tokens, greedy) instead of the stand-in")
-    ap.add_argument("--max-new-tokens", type=int, default=4)
-    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap = block_parser(__doc__, warmup=30, real_help="the real SmolLM2 (--max-new-tokens, greedy) instead of the stand-in")
     args = ap.parse_args(argv)
 
     from transformers import AutoTokenizer
@@ -132,7 +86,8 @@ def main(argv=None) -> int:
 
         executor = TorchExecutor(threads=1)
     else:
-        executor = InstantExecutor(AutoTokenizer.from_pretrained(model_path))
+        executor = InstantTokenExecutor(AutoTokenizer.from_pretrained(model_path), "Tom has 8 apples.",
+                                        model_name=MODEL, ends_on_eos=True)
     tokenizer = AutoTokenizer.from_pretrained(model_path)  # the direct client's own copy
     server = ServerThread(lambda: build_server(worker=WorkerService(executor, model_path=model_path), host="127.0.0.1")).start()
     channel = grpc.insecure_channel(server.address)
@@ -152,14 +107,6 @@ def main(argv=None) -> int:
                                                max_tokens=args.max_new_tokens if args.real else 32)
         return reply.choices[0].message.content
 
-    def timed(call, count):
-        times = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - t0) * 1000)
-        return times
-
     try:
         assert direct().strip() == via_smg().strip(), (direct(), via_smg())  # the same answer both ways
         timed(direct, args.warmup)
@@ -176,7 +123,7 @@ def main(argv=None) -> int:
         executor.close()
     directs = sum((d for d, _ in rounds), [])
     smgs = sum((s for _, s in rounds), [])
-    load = os.getloadavg()[0]
+    load = load_average()
     figures = {
         "model": f"SmolLM2-135M, {args.max_new_tokens} new tokens" if args.real else "instant stand-in (fixed 6-token answer)",
         "requests_per_path": len(directs), "rounds": args.rounds, "cpus": os.cpu_count(), "load_average_1min": load,
@@ -192,8 +139,7 @@ def main(argv=None) -> int:
     print(f"  through SMG (openai SDK)                : p50 {figures['smg_p50_ms']:.2f} ms   p99 {figures['smg_p99_ms']:.2f} ms")
     print(f"  added by SMG                            : p50 {figures['added_p50_ms']:+.2f} ms   p99 {figures['added_p99_ms']:+.2f} ms;"
           " per round p50: " + ", ".join(f"{x:+.2f}" for x in figures["added_p50_ms_per_round"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(args.json, figures)
     return 0
 
 
