@@ -149,3 +149,18 @@ def test_the_tokenizer_comes_from_the_worker_verified_and_cached(tiers, slm_exec
             asyncio.run(connect())
     finally:
         slm_worker.server.worker._tokenizer_zip = (data, digest)
+
+
+def test_the_llm_clients_readiness_probe_reaches_the_worker(tiers):
+    """What /ready asks of the LLM tier: None while the worker answers, the reason when nothing listens."""
+    from cascade_servers import free_port
+
+    async def probe(address):
+        llm = GrpcLLM(address)
+        try:
+            return await llm.probe(timeout_s=5.0)
+        finally:
+            await llm.close()
+
+    assert asyncio.run(probe(tiers[2].address)) is None
+    assert "UNAVAILABLE" in asyncio.run(probe(f"127.0.0.1:{free_port()}"))

@@ -88,16 +88,20 @@ def test_serve_refuses_bad_numeric_settings_at_start_up_naming_them(flags, env, 
     assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
 
 
+@pytest.mark.parametrize("command", ["worker", "serve-llm"])
 @pytest.mark.parametrize("flags,message", [
     (["--max-batch-size", "0"], "argument --max-batch-size: must be in [1"),
     (["--grace-s", "-1"], "argument --grace-s: must be in [0"),
     (["--mem-fraction-static", "nan"], "argument --mem-fraction-static: must be in [0.01, 1]"),
+    (["--port", "70000"], "argument --port: must be in [0, 65535]"),
+    (["--metrics-port", "-1"], "argument --metrics-port: must be in [0, 65535]"),
+    (["--max-inflight", "-1"], "argument --max-inflight: must be in [1"),
 ])
-def test_serve_llm_refuses_bad_numeric_flags(flags, message):
+def test_worker_refuses_bad_numeric_flags(command, flags, message):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve-llm", *flags],
+    done = subprocess.run([sys.executable, "-m", "corea_engine.cli", command, *flags],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr, done.stderr
 

@@ -63,3 +63,13 @@ def test_an_address_that_cannot_be_bound_is_a_start_error(slm_executor, host, me
     with pytest.raises(ServerStartError, match=message):
         server.start()
     server.close()
+
+
+def test_a_grpc_port_in_use_is_a_start_error_not_a_shared_port(slm_executor):
+    """gRPC's default SO_REUSEPORT would let a second server take half of the first one's calls."""
+    with ServerThread(lambda: build_server(worker=WorkerService(slm_executor), host="127.0.0.1")) as first:
+        port = first.server.port
+        second = ServerThread(lambda: build_server(worker=WorkerService(slm_executor), host="127.0.0.1", port=port))
+        with pytest.raises(ServerStartError, match=f"cannot bind 127.0.0.1:{port}"):
+            second.start()
+        second.close()

@@ -257,3 +257,14 @@ def test_concurrent_streams_each_get_their_own_tokens(worker, slm_executor):
         t.join()
     assert [streamed for streamed, _ in together] == [complete for _, complete in together] == alone
     assert max(peak) >= 2  # they shared the batch
+
+
+def test_the_rpcs_it_does_not_serve_answer_unimplemented_and_it_keeps_serving(worker, prompt_ids):
+    with pytest.raises(grpc.RpcError) as err:
+        worker.FlushCache(common_pb2.FlushCacheRequest(), timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "FlushCache" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # what SMG calls on every worker it registers
+        list(worker.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest(), timeout=30))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    _, complete = generate(worker, prompt_ids, max_new_tokens=2)
+    assert len(complete.output_ids) == 2

@@ -6,7 +6,7 @@ of them. On the embedded default (SmolLM2-135M) it is a STAND-IN for a real LLM 
 
 from __future__ import annotations
 
-from .common import add_model_args, default_threads, make_executor
+from .common import COUNT, PORT, SECONDS, add_model_args, default_threads, make_executor
 from .security_args import add_security_args
 
 
@@ -18,12 +18,12 @@ def register(sub) -> None:
 
 def add_args(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address ('[::]' for every interface)")
-    p.add_argument("--port", type=int, default=50052)
-    p.add_argument("--metrics-port", type=int, default=None,
+    p.add_argument("--port", type=PORT, default=50052)
+    p.add_argument("--metrics-port", type=PORT, default=None,
                    help="serve Prometheus /metrics over HTTP on this port, on --host (default: off)")
-    p.add_argument("--max-inflight", type=int, default=64, help="concurrent calls before RESOURCE_EXHAUSTED")
-    p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (max_running_requests)")
-    p.add_argument("--grace-s", type=float, default=30.0, help="how long shutdown waits for in-flight requests")
+    p.add_argument("--max-inflight", type=COUNT, default=64, help="concurrent calls before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-batch-size", type=COUNT, default=16, help="requests decoded together (max_running_requests)")
+    p.add_argument("--grace-s", type=SECONDS, default=30.0, help="how long shutdown waits for in-flight requests")
     add_model_args(p)
     add_security_args(p)
 
@@ -39,8 +39,6 @@ def run(args) -> int:
     from ..server.app import ServerStartError, build_server, serve
     from ..server.worker_service import WorkerService
 
-    if args.max_batch_size < 1:
-        raise CommandError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
     executor = make_executor(args, threads=default_threads(), max_batch_size=args.max_batch_size)
 
     async def main():

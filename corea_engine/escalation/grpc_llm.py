@@ -88,16 +88,13 @@ class GrpcLLM(EscalationClient):
                 call.cancel()  # a cancelled stream aborts the request in the engine
 
     async def probe(self, timeout_s: float = 1.0) -> str | None:
-        """grpc.health.v1 on the LLM server (open without a token): None when it is SERVING."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        self._stub()  # the channel of this loop
+        """Is the engine reachable? None when it answers GetModelInfo (every engine speaking the
+        protocol serves it, and it runs no model), else why not."""
         try:
-            reply = await health_pb2_grpc.HealthStub(self._channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            await self.client.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout_s,
+                                                metadata=self.client.metadata)
         except grpc.aio.AioRpcError as err:
             return f"LLM at {self.address}: {err.code().name}: {err.details()}"
-        if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            return f"LLM at {self.address}: health {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
         return None
 
     async def close(self) -> None:

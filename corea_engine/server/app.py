@@ -120,8 +120,10 @@ def build_server(
     for role, executor in (("slm", cascade.slm if cascade else None), ("llm", worker.executor if worker else None)):
         if hasattr(executor, "prefix_cache_entries"):
             metrics.track_cache(f"{role}_prefix_kv", lambda e=executor: e.prefix_cache_entries)
+    # gRPC shares a port with another process by default (SO_REUSEPORT): a second server would
+    # silently split the first one's traffic. A port in use is a start error instead.
     server = grpc.aio.server(interceptors=[*security.interceptors(), limit, *interceptors],
-                             options=[*security.options(), *(options or [])])
+                             options=[("grpc.so_reuseport", 0), *security.options(), *(options or [])])
     services = []
     corea_service = None
     if cascade is not None:

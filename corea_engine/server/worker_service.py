@@ -269,3 +269,21 @@ def _logprobs(request: Request, events: list[TokenEvent]) -> pb.OutputLogProbs |
         if request.logprob_token_ids:
             out.token_ids_logprobs.append(pb.TopLogProbs(values=lp.selected, token_ids=request.logprob_token_ids))
     return out
+
+
+# Optional RPCs of the protocol that this worker does not serve. The generated base class raises
+# NotImplementedError for them, which grpc logs as a crash (SMG calls SubscribeKvEvents on every
+# worker it registers): answer UNIMPLEMENTED plainly instead, as a gateway expects.
+NOT_SERVED = ("Embed", "FlushCache", "StartProfile", "StopProfile", "SubscribeKvEvents",
+              "LoadLoRAAdapter", "UnloadLoRAAdapter", "ListLoadedLoRAAdapters")
+
+
+def _not_served(name: str):
+    async def handler(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"corea worker does not serve {name}")
+    handler.__name__ = name
+    return handler
+
+
+for _name in NOT_SERVED:
+    setattr(WorkerService, _name, _not_served(_name))
