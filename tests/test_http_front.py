@@ -152,6 +152,8 @@ def test_raw_stream_is_server_sent_events_ending_with_done(live):
     assert len({c.id for c in chunks}) == 1
     result = corea_of(chunks[-1])
     assert result["mode"] == "slm_only" and result["slm_completion_tokens"] <= 6
+    # Six tokens cannot hold the contract: cut at the cap, which OpenAI calls "length".
+    assert result["slm_finish_reason"] == "length" and chunks[-1].choices[0].finish_reason == "length"
 
 
 ERRORS = [  # (body changes, SDK exception, status, words in the message)
@@ -273,7 +275,7 @@ def test_limits_hold_on_http_and_are_shared_with_grpc(secured, slm_executor):
     assert wait_for(lambda: server.server.limit.inflight == 0 and not security.limits.inflight)
     served = total(server, "ChatCompletions")
     reply = sdk(base, "tok-a").chat.completions.create(model="corea-slm-only", messages=ASK, max_tokens=4)
-    assert corea_of(reply)["slm_completion_tokens"] <= 4
+    assert corea_of(reply)["slm_completion_tokens"] <= 4 and reply.choices[0].finish_reason == "length"
     assert total(server, "ChatCompletions") == served + 1  # the gRPC service's metrics count HTTP calls too
 
 

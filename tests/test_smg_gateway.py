@@ -171,8 +171,9 @@ def test_the_cascade_defers_to_the_llm_tier_behind_smg(gateway, slm_executor, mo
     from corea_engine.escalation.factory import make_client
 
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    # Short bounded fields, no token cap: both tiers finish their contract (a cut one is degraded).
     config = CascadeConfig(llm_openai_base_url=str(gateway["client"].base_url), llm_model=MODEL, threshold=1.0,
-                           max_new_tokens=48)
+                           max_reasoning_chars=40, max_answer_chars=16)
     async def solve():
         cascade = Cascade(slm_executor, make_client(config), config)
         try:

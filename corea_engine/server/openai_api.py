@@ -230,10 +230,16 @@ def usage(result: SolveResult) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def finish_reason(result: SolveResult) -> str:
+    """OpenAI's: "length" when the answering tier was cut at its token cap, else "stop"."""
+    tier = result.llm_finish_reason if result.answered_by == "llm" else result.slm_finish_reason
+    return "length" if tier == "length" else "stop"
+
+
 def completion(call: ChatCall, result: SolveResult, created: int, time_to_decision_ms: float | None) -> dict:
     return {
         "id": f"chatcmpl-{result.request_id}", "object": "chat.completion", "created": created, "model": call.model,
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+        "choices": [{"index": 0, "finish_reason": finish_reason(result), "logprobs": None,
                      "message": {"role": "assistant", "content": result.answer, "reasoning_content": result.text}}],
         "usage": usage(result),
         MODEL: extension(result, time_to_decision_ms, call.ignored_params),
@@ -275,7 +281,7 @@ class ChunkWriter:
     def finish(self, result: SolveResult, time_to_decision_ms: float | None) -> list[bytes]:
         """The answer, the final chunk with the whole result, the usage chunk if asked, [DONE]."""
         events = [self.chunk({"content": result.answer}),
-                  self.chunk({}, "stop", **{MODEL: extension(result, time_to_decision_ms, self.call.ignored_params)})]
+                  self.chunk({}, finish_reason(result), **{MODEL: extension(result, time_to_decision_ms, self.call.ignored_params)})]
         if self.call.include_usage:
             events.append(self.chunk(None, usage=usage(result)))
         return [*events, DONE]
