@@ -65,7 +65,7 @@ setup(
     ],
     extras_require={
         # fastapi + uvicorn: the OpenAI-compatible test server (tests/openai_compat_server.py)
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "hypothesis>=6", "triton>=3.0", "psutil>=5.9",
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "hypothesis>=6", "triton>=3.0", "psutil>=5.9", "httpx",
                 "fastapi>=0.110", "uvicorn>=0.29"],
         "train": ["trl>=0.20", "datasets>=3"],
         # GPU serving (corea_engine/runtime/sglang_executor.py). On a CPU machine use
