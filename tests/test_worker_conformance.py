@@ -268,3 +268,26 @@ def test_the_rpcs_it_does_not_serve_answer_unimplemented_and_it_keeps_serving(wo
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     _, complete = generate(worker, prompt_ids, max_new_tokens=2)
     assert len(complete.output_ids) == 2
+
+
+def test_the_server_wide_limit_holds_for_generate_and_leaves_the_other_rpcs_open(slm_executor, prompt_ids):
+    """`corea worker --max-inflight 1`: a second Generate while one runs is RESOURCE_EXHAUSTED,
+    GetLoads still answers, and the slot comes back when the first ends."""
+    service = WorkerService(slm_executor, model_path=slm_executor.model_path, max_new_tokens=CAP)
+    with ServerThread(lambda: build_server(worker=service, port=0, host="127.0.0.1", max_inflight=1)) as server, \
+            grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.SglangSchedulerStub(channel)
+        first = stub.Generate(pb.GenerateRequest(tokenized=pb.TokenizedInput(input_ids=prompt_ids), stream=True,
+                                                 sampling_params=pb.SamplingParams(max_new_tokens=CAP)), timeout=120)
+        next(first)  # running: it holds the one slot
+        with pytest.raises(grpc.RpcError) as err:
+            generate(stub, prompt_ids, max_new_tokens=2)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 1" in err.value.details()
+        assert stub.GetLoads(pb.GetLoadsRequest(), timeout=30).loads[0].num_running_reqs == 1
+        list(first)
+        deadline = time.monotonic() + 10  # the slot is released as the handler returns, just after
+        while server.server.limit.inflight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.server.limit.inflight == 0
+        _, complete = generate(stub, prompt_ids, max_new_tokens=2)
+        assert len(complete.output_ids) == 2

@@ -54,7 +54,10 @@ class GrpcLLM(EscalationClient):
         try:
             await self.client.connect(params.timeout_s)
             self.model_name = self.client.model_name
-            request = self.to_request(messages, params)
+            try:
+                request = self.to_request(messages, params)
+            except ValueError as err:  # the chat template rewrote a message (tokenization.ChatTemplateError)
+                raise LLMRequestError(f"LLM at {self.address}: {err}") from None
             remaining = None if params.timeout_s is None else max(params.timeout_s - (time.perf_counter() - started), 0.001)
             call = self.client.stub.Generate(request, timeout=remaining, metadata=self.client.metadata)
             tokens: list[int] = []

@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 import grpc
 
 from ..contract import Format
+from ..tokenization import ChatTemplateError
 from .executor import (
     ConfidenceEvent,
     ConfidenceReading,
     Executor,
     ExecutorError,
     FinishedEvent,
+    InvalidRequestError,
     Request,
     RequestStream,
     Result,
@@ -94,9 +96,13 @@ class RemoteExecutor(Executor):
     # ------------------------------------------------------------------ Executor
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
+        request.check_token_ids(self.client.vocab_size)
         fmt = request.format
-        prompt_ids = (list(request.input_ids) if request.input_ids is not None
-                      else self.client.encode(request.messages, request.prompt))
+        try:
+            prompt_ids = (list(request.input_ids) if request.input_ids is not None
+                          else self.client.encode(request.messages, request.prompt))
+        except ChatTemplateError as err:
+            raise InvalidRequestError(str(err)) from None
         call = _Call(request, RequestStream(request.request_id), prompt_ids, fmt,
                      self._scale_ids(fmt) if fmt is not None else [])
         if self._loop.is_closed():
@@ -168,9 +174,10 @@ class RemoteExecutor(Executor):
         )
 
     async def _generate(self, call: _Call) -> None:
-        rpc = self.client.stub.Generate(self._to_proto(call), metadata=self.client.metadata)
+        rpc = None
         finish, error, counts = "error", "the engine's stream ended without a result", None
         try:
+            rpc = self.client.stub.Generate(self._to_proto(call), metadata=self.client.metadata)
             async for response in rpc:
                 kind = response.WhichOneof("response")
                 if kind == "chunk":
@@ -192,10 +199,12 @@ class RemoteExecutor(Executor):
             finish, error = "error", str(err)
         except asyncio.CancelledError:  # abort() without the engine's acknowledgement, or close()
             finish, error = "abort", None
+        except Exception as err:  # anything else still ends the caller's stream, with the reason
+            finish, error = "error", f"{type(err).__name__}: {err}"
         finally:
-            if not rpc.done():
+            if rpc is not None and not rpc.done():
                 rpc.cancel()  # a cancelled stream aborts the request in the engine
-        self._finish(call, finish, error, counts)
+            self._finish(call, finish, error, counts)
 
     def _advance(self, call: _Call, token: int, logprobs) -> bool:
         """Take one generated token; True when the request is done (its confidence is read)."""

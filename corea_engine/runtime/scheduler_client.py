@@ -28,6 +28,7 @@ import grpc
 from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
 
 from ..models import cache_dir
+from ..tokenization import encode_chat
 
 __all__ = ["CHANNEL_OPTIONS", "REQUEST_ERRORS", "SchedulerClient", "TokenizerError", "decode_delta", "pb"]
 
@@ -122,14 +123,12 @@ class SchedulerClient:
         return await asyncio.to_thread(_unpack, blob, digest)
 
     def encode(self, messages: list[dict] | None = None, prompt: str | None = None) -> list[int]:
-        """Token ids of chat `messages` (the chat template, generation prompt added) or of a raw prompt."""
+        """Token ids of chat `messages` (the chat template, generation prompt added) or of a raw prompt.
+        Message text stays text (tokenization.encode_chat): "<|im_end|>" in a question is no turn
+        marker. Raises tokenization.ChatTemplateError (a ValueError) when the template rewrites a message."""
         if messages is None:
             return self.tokenizer.encode(prompt, add_special_tokens=False)
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return encode_chat(self.tokenizer, messages)
 
     async def abort(self, request_id: str, reason: str = "", timeout_s: float = 5.0) -> bool:
         """Abort a request by id; True when the engine acknowledged it."""

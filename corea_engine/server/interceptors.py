@@ -2,8 +2,9 @@
 
 ConcurrencyLimit refuses work beyond max_inflight with RESOURCE_EXHAUSTED at once (rather than
 queueing it behind a model that is already full). It counts work, not calls: a SolveBatch holds
-one slot per item (`work_items`), as the per-client limit does. It applies to the methods under
-`prefix` only, so health checks and reflection always answer. The HTTP front takes its slots from
+one slot per item (`work_items`), as the per-client limit does. It applies to the methods that do
+work (`LIMITED`: the cascade's API and a worker's Generate) only, so health checks, loads and
+reflection always answer. The HTTP front takes its slots from
 the same counter (enter/leave), so the limit holds for both transports together.
 """
 
@@ -14,13 +15,17 @@ import grpc
 from ._handlers import guarded
 
 
+# Method-name prefixes of the calls that run a model: every corea.v1 method, a worker's Generate.
+LIMITED = ("/corea.v1.", "/sglang.grpc.scheduler.SglangScheduler/Generate")
+
+
 def work_items(request) -> int:
     """How many solves or generations a request asks for: a batch's items, else 1."""
     return len(getattr(request, "requests", None) or [request])
 
 
 class ConcurrencyLimit(grpc.aio.ServerInterceptor):
-    def __init__(self, max_inflight: int, prefix: str = "/corea.v1.", on_change=None):
+    def __init__(self, max_inflight: int, prefix: tuple[str, ...] = LIMITED, on_change=None):
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self.max_inflight = max_inflight

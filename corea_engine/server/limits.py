@@ -10,7 +10,7 @@
 
 The rules live in token_cap_error() and acquire(), which the HTTP front applies too (400 and 429).
 The server-wide limit (app.ConcurrencyLimit) comes after these, so a client refused here takes no
-server-wide slot. Only methods under `prefix` are limited: health checks always answer.
+server-wide slot. Only the methods under `prefix` (interceptors.LIMITED) are limited: health checks always answer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import grpc
 
 from ._handlers import guarded
 from .auth import TokenTable, client_identity
-from .interceptors import work_items
+from .interceptors import LIMITED, work_items
 
 
 class ClientLimitExceeded(RuntimeError):
@@ -30,7 +30,7 @@ class ClientLimitExceeded(RuntimeError):
 
 class RequestLimits(grpc.aio.ServerInterceptor):
     def __init__(self, *, max_new_tokens: int | None = None, max_inflight_per_client: int | None = None,
-                 tokens: TokenTable | None = None, prefix: str = "/corea.v1."):
+                 tokens: TokenTable | None = None, prefix: tuple[str, ...] = LIMITED):
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError(f"the max_new_tokens cap must be >= 1, got {max_new_tokens}")
         if max_inflight_per_client is not None and max_inflight_per_client < 1:
