@@ -30,7 +30,7 @@ setup(
     name="corea_engine",
     version="0.1.0",
     description="COREA cascade inference engine: calibrated SLM first, LLM on low confidence",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # asyncio.timeout (deadlines); 3.10 reached its end of life in 2026-10
     packages=find_packages(include=["corea_engine", "corea_engine.*"]) + ["corea_kernels"],
     package_dir={"corea_kernels": "kernels"},
     install_requires=[

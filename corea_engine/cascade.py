@@ -197,14 +197,17 @@ class Cascade:
     async def solve(self, req: SolveRequest) -> SolveResult:
         """The result; DeadlineExceeded when req.timeout_s passes first (the SLM and the LLM
         call are stopped wherever they are, prefill included)."""
+        deadline = asyncio.timeout(req.timeout_s)
         try:
-            async with asyncio.timeout(req.timeout_s):
+            async with deadline:
                 # Close the generator here: left to the loop's finaliser it costs milliseconds per request.
                 async with contextlib.aclosing(self.stream(req)) as events:
                     async for event in events:
                         if isinstance(event, Finished):
                             return event.result
         except TimeoutError:
+            if not deadline.expired():  # a timeout from inside, not this request's deadline
+                raise
             raise DeadlineExceeded(f"the request's deadline ({req.timeout_s:g} s) passed before its answer") from None
         raise RuntimeError("the cascade stream ended without a result")  # pragma: no cover
 
