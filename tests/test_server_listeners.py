@@ -48,9 +48,11 @@ def test_a_metrics_port_that_cannot_be_bound_is_a_start_error(slm_executor):
     cascade = Cascade(slm_executor, None, CascadeConfig(**SMALL, mode="slm_only"))
     with ServerThread(lambda: build_server(cascade, host="127.0.0.1"), metrics_port=0) as first:
         taken = first.server.metrics_port
-        second = ServerThread(lambda: build_server(cascade, host="127.0.0.1"), metrics_port=taken)
+        before = listening()
+        second = ServerThread(lambda: build_server(cascade, host="127.0.0.1", http_port=0), metrics_port=taken)
         with pytest.raises(ServerStartError, match=f"cannot serve /metrics on 127.0.0.1:{taken}"):
             second.start()
+        assert listening() == before  # the second's gRPC and HTTP listeners did not stay up
         second.close()
 
 

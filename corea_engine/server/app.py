@@ -64,18 +64,20 @@ class Server:
     async def start(self, metrics_port: int | None = None) -> None:
         """Start serving; with metrics_port, /metrics over HTTP on the same host as gRPC."""
         await self.grpc_server.start()
-        for name in ["", *self.services]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.http is not None:
-            await self.http.start()
-        if metrics_port is not None:
-            host = self.host.strip("[]")
-            try:
-                self._metrics_http = self.metrics.serve_http(metrics_port, host)
-            except (OSError, OverflowError) as err:  # in use, not an address here, not a port number
-                await self.grpc_server.stop(None)
-                reason = getattr(err, "strerror", None) or err
-                raise ServerStartError(f"cannot serve /metrics on {self.host}:{metrics_port}: {reason}") from None
+        try:
+            for name in ["", *self.services]:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self.http is not None:
+                await self.http.start()
+            if metrics_port is not None:
+                try:
+                    self._metrics_http = self.metrics.serve_http(metrics_port, self.host.strip("[]"))
+                except (OSError, OverflowError) as err:  # in use, not an address here, not a port number
+                    reason = getattr(err, "strerror", None) or err
+                    raise ServerStartError(f"cannot serve /metrics on {self.host}:{metrics_port}: {reason}") from None
+        except BaseException:
+            await self.stop(0)  # nothing half-started stays listening
+            raise
 
     @property
     def http_port(self) -> int | None:
