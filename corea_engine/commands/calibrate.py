@@ -27,7 +27,14 @@ def register(sub) -> None:
     g.add_argument("--samples", default=None, help="joined sample records (e.g. a `corea eval` samples.jsonl)")
     g.add_argument("--slm-price", type=float, default=1.0, help="SLM price per completion token, when records carry no cost")
     g.add_argument("--llm-price", type=float, default=10.0, help="LLM price per completion token, when records carry no cost")
-    t = p.add_mutually_exclusive_group(required=True)
+    f = p.add_argument_group("fit a calibrator instead (confidence -> probability of being right)")
+    f.add_argument("--fit", choices=["isotonic", "platt", "histogram", "temperature"], default=None,
+                   help="fit this calibrator on the calibration half and write it to --out")
+    f.add_argument("--source", choices=["expected", "sampled"], default="expected",
+                   help="the confidence the records carry, as the server will read it")
+    f.add_argument("--model", default="", help="the SLM the calibrator is for (a server running another refuses it)")
+    f.add_argument("--contract", default="", help="the output contract it is for (likewise)")
+    t = p.add_mutually_exclusive_group()
     t.add_argument("--target-deferral", type=float, help="share of questions to defer, 0..1")
     t.add_argument("--max-accuracy-drop", type=float, help="points of accuracy below the LLM alone that may be lost")
     t.add_argument("--cost-budget", type=float, help="cost as a fraction of the LLM alone, e.g. 0.5")
@@ -40,6 +47,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..cli import CommandError
+
+    if args.fit:
+        return run_fit(args)
+    if args.target_deferral is None and args.max_accuracy_drop is None and args.cost_budget is None:
+        raise CommandError("give one target (--target-deferral, --max-accuracy-drop, --cost-budget) or --fit KIND")
     from rich.console import Console
 
     from ..cli import CommandError
@@ -114,3 +127,61 @@ def _print_table(console, result) -> None:
                       f"inside the two-sample 95% interval: {result.target_in_two_sample_interval}")
     for note in result.notes:
         console.print(f"note: {note}")
+
+
+def run_fit(args) -> int:
+    """Fit a calibrator on the calibration half; held-out ECE / AUROC / Brier before and after."""
+    from ..cli import CommandError
+    from ..evaluation.calibration import split
+    from ..evaluation.calibrators import Calibrator, CalibratorError
+    from ..evaluation.metrics import Prices
+    from ..evaluation.records import RecordError, columns, read_samples
+    from .eval import load_offline_records
+
+    if not args.out:
+        raise CommandError("--fit writes the calibrator to --out FILE")
+    try:
+        cols = columns(load_offline_records(args), Prices(args.slm_price, args.llm_price))
+        if args.holdout_samples:
+            calib, held = cols, columns(read_samples(args.holdout_samples))
+        elif args.holdout > 0:
+            calib_index, held_index = split(len(cols), args.holdout, args.seed)
+            calib, held = cols.subset(calib_index), cols.subset(held_index)
+        else:
+            calib, held = cols, None
+        fitted_on = args.samples or args.slm
+        cal = Calibrator.fit(calib.slm_confidence, calib.slm_correct, kind=args.fit, source=args.source,
+                             fitted_on=fitted_on, model=args.model, contract=args.contract)
+    except (CalibratorError, RecordError) as err:
+        raise CommandError(str(err)) from None
+    cal.save(args.out)
+    out = {"calibrator": args.out, "kind": cal.kind, "n_fit": cal.n}
+    if held is not None:
+        out["holdout"] = compare(held.slm_confidence, held.slm_correct, cal, seed=args.seed, bootstrap=args.bootstrap)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def compare(confidence, correct, cal, *, seed: int = 0, bootstrap: int = 1000) -> dict:
+    """ECE, AUROC and Brier of the raw and calibrated confidence, with 95% bootstrap intervals."""
+    import numpy as np
+
+    from ..evaluation.metrics import auroc, brier, ece
+
+    conf, corr = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    keep = ~np.isnan(conf)
+    conf, corr = conf[keep], corr[keep]
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(conf), len(conf)) for _ in range(bootstrap)]
+    out = {"n": int(len(conf))}
+    for name, values in (("raw", conf), ("calibrated", cal.apply(conf))):
+        row = {}
+        for metric, fn in (("ece", ece), ("auroc", auroc), ("brier", brier)):
+            point = float(fn(values, corr))
+            resampled = np.array([fn(values[i], corr[i]) for i in draws], dtype=float)
+            resampled = resampled[np.isfinite(resampled)]
+            row[metric] = point
+            if len(resampled):
+                row[f"{metric}_95"] = [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]
+        out[name] = row
+    return out
