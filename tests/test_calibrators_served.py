@@ -137,3 +137,18 @@ def test_served_tie_rule_defers_each_request_by_its_draw(slm_executor, llm, tmp_
     deferred = sum(r.deferred for r in responses)
     low, high = wilson_interval(deferred, len(responses), z=3.29)
     assert low <= 0.5 <= high, deferred
+
+
+def test_calibrate_fit_writes_a_calibrator_the_server_can_load(tmp_path):
+    out = tmp_path / "cal.json"
+    done = subprocess.run([sys.executable, "-m", "corea_engine.cli", "calibrate", "--fit", "platt", "--slm", "rlcr:math-500:RLCR",
+                           "--model", "m", "--contract", "json", "--source", "sampled", "--bootstrap", "50", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    held = json.loads(done.stdout)["holdout"]
+    assert held["n"] > 200 and held["calibrated"]["ece"] < held["raw"]["ece"]
+    lo, hi = held["calibrated"]["ece_95"]
+    assert lo <= held["calibrated"]["ece"] <= hi
+    cal = Calibrator.load(out)
+    assert (cal.kind, cal.model, cal.contract, cal.source) == ("platt", "m", "json", "sampled")
+    cal.check_serves(model="m", contract="json", source="sampled")

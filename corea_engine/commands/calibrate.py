@@ -3,6 +3,12 @@
     corea calibrate --slm rlcr:math-500:RLCR --llm rlcr:math-500:Base --target-deferral 0.3
     corea calibrate --samples runs/gsm8k/samples.jsonl --max-accuracy-drop 2
     corea calibrate --slm a.jsonl --llm b.jsonl --cost-budget 0.5 --holdout-samples other.jsonl
+    corea calibrate --fit isotonic --slm rlcr:math-500:RLCR --model M --contract json --out cal.json
+
+--fit KIND (isotonic, platt, histogram, temperature) fits a calibrator on the calibration half
+instead and writes it to --out (a corea.calibrator/1 file naming the model, contract and confidence
+source it is for; `corea serve --calibrator` refuses it for any other); stdout gets held-out ECE,
+AUROC and Brier before and after, with 95% bootstrap intervals.
 
 One target: --target-deferral RATE (share of questions sent to the LLM), --max-accuracy-drop
 POINTS (largest cost saving with accuracy at most this many points below the LLM alone), or
@@ -34,6 +40,7 @@ def register(sub) -> None:
                    help="the confidence the records carry, as the server will read it")
     f.add_argument("--model", default="", help="the SLM the calibrator is for (a server running another refuses it)")
     f.add_argument("--contract", default="", help="the output contract it is for (likewise)")
+    f.add_argument("--plot", default=None, help="folder for reliability diagrams of the held-out records, before and after")
     t = p.add_mutually_exclusive_group()
     t.add_argument("--target-deferral", type=float, help="share of questions to defer, 0..1")
     t.add_argument("--max-accuracy-drop", type=float, help="points of accuracy below the LLM alone that may be lost")
@@ -158,8 +165,25 @@ def run_fit(args) -> int:
     out = {"calibrator": args.out, "kind": cal.kind, "n_fit": cal.n}
     if held is not None:
         out["holdout"] = compare(held.slm_confidence, held.slm_correct, cal, seed=args.seed, bootstrap=args.bootstrap)
+        if args.plot:
+            out["plots"] = _plot(held, cal, args.plot)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _plot(held, cal, folder: str) -> list[str]:
+    import dataclasses
+    from pathlib import Path
+
+    from ..evaluation.report import plot_reliability
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, cols in (("raw", held), ("calibrated", dataclasses.replace(held, slm_confidence=cal.apply(held.slm_confidence)))):
+        path = Path(folder) / f"reliability_{name}.png"
+        plot_reliability(cols, path, f"held out, {name} confidence ({cal.kind} calibrator)")
+        paths.append(str(path))
+    return paths
 
 
 def compare(confidence, correct, cal, *, seed: int = 0, bootstrap: int = 1000) -> dict:
