@@ -152,3 +152,14 @@ def test_calibrate_fit_writes_a_calibrator_the_server_can_load(tmp_path):
     cal = Calibrator.load(out)
     assert (cal.kind, cal.model, cal.contract, cal.source) == ("platt", "m", "json", "sampled")
     cal.check_serves(model="m", contract="json", source="sampled")
+
+
+def test_calibrate_chooses_the_threshold_on_the_calibrated_confidence(tmp_path):
+    cal = Calibrator((0.0, 0.5, 1.0), (0.05, 0.15, 0.25))  # every level moves: the threshold must be one of the new ones
+    path = _write(tmp_path / "cal.json", cal)
+    done = subprocess.run([sys.executable, "-m", "corea_engine.cli", "calibrate", "--slm", "rlcr:math-500:RLCR",
+                           "--llm", "rlcr:math-500:Base", "--target-deferral", "0.3", "--bootstrap", "20", "--calibrator", path],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    policy = json.loads(done.stdout)["policy"]
+    assert 0.05 <= policy["threshold"] <= 0.25 and 0 <= policy["tie_defer_prob"] <= 1

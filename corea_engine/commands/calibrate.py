@@ -45,6 +45,8 @@ def register(sub) -> None:
     t.add_argument("--target-deferral", type=float, help="share of questions to defer, 0..1")
     t.add_argument("--max-accuracy-drop", type=float, help="points of accuracy below the LLM alone that may be lost")
     t.add_argument("--cost-budget", type=float, help="cost as a fraction of the LLM alone, e.g. 0.5")
+    p.add_argument("--calibrator", default=None,
+                   help="choose the threshold on this calibrator's output (what `corea serve --calibrator` compares)")
     p.add_argument("--holdout", type=float, default=0.5, help="share of the records held out to check (0: none)")
     p.add_argument("--holdout-samples", default=None, help="check on these sample records instead of a split")
     p.add_argument("--seed", type=int, default=0, help="split, tie draws and bootstrap")
@@ -64,6 +66,7 @@ def run(args) -> int:
 
     from ..cli import CommandError
     from ..evaluation.calibration import CalibrationError, Target, calibrate, split
+    from ..evaluation.calibrators import CalibratorError
     from ..evaluation.metrics import Prices
     from ..evaluation.records import RecordError, columns, read_samples
     from ..evaluation.report import _clean
@@ -79,15 +82,18 @@ def run(args) -> int:
         target = Target(*target_args)
         prices = Prices(args.slm_price, args.llm_price)
         cols = columns(load_offline_records(args), prices)
+        if args.calibrator:
+            cols = _calibrated(cols, args.calibrator)
         if args.holdout_samples:
             calib, held = cols, columns(read_samples(args.holdout_samples), prices)
+            held = _calibrated(held, args.calibrator) if args.calibrator else held
         elif args.holdout > 0:
             calib_index, held_index = split(len(cols), args.holdout, args.seed)
             calib, held = cols.subset(calib_index), cols.subset(held_index)
         else:
             calib, held = cols, None
         result = calibrate(calib, target, holdout=held, seed=args.seed, bootstrap=args.bootstrap)
-    except (CalibrationError, RecordError) as err:
+    except (CalibrationError, RecordError, CalibratorError) as err:
         raise CommandError(str(err)) from None
     out = _clean(result.as_dict())
     out["source"] = args.samples or f"SLM {args.slm}, LLM {args.llm}"
@@ -134,6 +140,15 @@ def _print_table(console, result) -> None:
                       f"inside the two-sample 95% interval: {result.target_in_two_sample_interval}")
     for note in result.notes:
         console.print(f"note: {note}")
+
+
+def _calibrated(cols, path: str):
+    """The columns with the confidence passed through the calibrator file at `path`."""
+    import dataclasses
+
+    from ..evaluation.calibrators import Calibrator
+
+    return dataclasses.replace(cols, slm_confidence=Calibrator.load(path).apply(cols.slm_confidence))
 
 
 def run_fit(args) -> int:
