@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -49,6 +50,8 @@ from .escalation.base import (
     LLMUnavailableError,
 )
 from .escalation.breaker import CircuitBreaker
+from .evaluation.calibrators import Calibrator, CalibratorError
+from .policy import Policy, tie_draw
 from .runtime.executor import (
     MAX_NEW_TOKENS_LIMIT,
     ConfidenceEvent,
@@ -60,6 +63,8 @@ from .runtime.executor import (
     SamplingParams,
     TokenEvent,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Cascade", "CascadeConfig", "ConfigError", "SolveRequest", "SolveResult", "InvalidSolveRequest", "DeadlineExceeded",
@@ -122,6 +127,8 @@ class SolveResult:
     slm_finish_reason: str = ""  # the last SLM run's: confidence | stop | length | abort | error
     llm_finish_reason: str = ""  # as the escalation client reported it
     llm_tokens_estimated: bool = False  # the LLM's token counts were counted here, not reported by it
+    confidence_calibrated: float | None = None  # after the served calibrator; the decision reads it
+    tie_draw: float | None = None  # the request's uniform draw for the tie rule (policy.py)
 
     @property
     def confidence(self) -> float | None:
@@ -191,7 +198,21 @@ class Cascade:
         self.slm = slm
         self.llm = llm
         self.config = (config or CascadeConfig()).validate()
+        self.calibrator = self._load_calibrator()
         self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
+
+    def _load_calibrator(self) -> Calibrator | None:
+        """The configured calibrator, checked against this server's model, contract and source; ConfigError."""
+        cfg = self.config
+        if cfg.calibrator is None:
+            return None
+        try:
+            calibrator = Calibrator.load(cfg.calibrator)
+            calibrator.check_serves(model=getattr(self.slm, "model_name", ""), contract=cfg.contract,
+                                    source=cfg.confidence_source)
+        except CalibratorError as err:
+            raise ConfigError(f"calibrator: {err}") from None
+        return calibrator
 
     # -- public API ----------------------------------------------------------------------
     async def solve(self, req: SolveRequest) -> SolveResult:
@@ -224,6 +245,9 @@ class Cascade:
         source = req.confidence_source or cfg.confidence_source
         if source not in CONFIDENCE_SOURCES:
             raise InvalidSolveRequest(f"confidence_source must be one of {', '.join(CONFIDENCE_SOURCES)}, got {source!r}")
+        cal = self.calibrator
+        if cal is not None and source != cal.source:
+            raise InvalidSolveRequest(f"the served calibrator reads the {cal.source} confidence, not {source}")
         mode = req.mode or cfg.mode
         if mode not in MODES:
             raise InvalidSolveRequest(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -232,6 +256,8 @@ class Cascade:
             fmt = get_format(contract)
         except UnknownFormatError as err:
             raise InvalidSolveRequest(str(err)) from None
+        if cal is not None and cal.contract and contract != cal.contract:
+            raise InvalidSolveRequest(f"the served calibrator was fitted for contract {cal.contract}, not {contract}")
         if not isinstance(contract, Format):  # server-side bounds apply to named contracts
             fmt = fmt.bounded(max_reasoning_chars=cfg.max_reasoning_chars, max_answer_chars=cfg.max_answer_chars)
         max_new = req.max_new_tokens or cfg.max_new_tokens
@@ -350,13 +376,13 @@ class _Run:
                 r = event.reading
                 yield ConfidenceKnown(r.sampled, r.expected, tuple(r.probs), self.slm_tokens)
                 conf = self.confidence()
-                if plan.mode == "cascade" and conf < plan.threshold:
+                if plan.mode == "cascade" and self._defers(conf):
                     ok, _ = self.c.llm_available()
                     if ok:  # early deferral: abort the SLM and call the LLM in the same step
                         self.c.slm.abort(self.slm_request.request_id)
                         self._start_llm()
                         self.slm_drain = asyncio.ensure_future(self._drain(iterator))
-                        decision = self.decision = Decision("llm", True, self._low_reason(conf), plan.threshold, conf)
+                        decision = self.decision = Decision("llm", True, self._reason(conf), plan.threshold, conf)
                         yield decision
                         break
                     # LLM known to be down: let the SLM finish so its answer can be returned.
@@ -381,8 +407,27 @@ class _Run:
             await self._run_slm_to_completion()
         yield Finished(self._finish(degraded_reason=f"LLM failed: {self.llm_error}"))
 
-    def _low_reason(self, conf: float) -> str:
-        return f"{self.plan.source} confidence {conf:.3f} < threshold {self.plan.threshold:g}"
+    def _defers(self, conf: float) -> bool:
+        """The policy's decision (policy.py) on the calibrated confidence; records what it read."""
+        res, cal = self.result, self.c.calibrator
+        used = conf if cal is None else float(cal.apply(conf))
+        res.confidence_calibrated = None if cal is None else used
+        res.tie_draw = tie_draw(self.cfg.tie_seed, self.plan.request_id)
+        policy = Policy(self.plan.threshold, self.cfg.tie_defer_prob)
+        defers = policy.defers(used, res.tie_draw)
+        if policy.at_tie(used) and self.cfg.tie_defer_prob > 0:
+            log.info("request %s at the tie: draw %.6f, tie_defer_prob %g -> %s", self.plan.request_id,
+                     res.tie_draw, self.cfg.tie_defer_prob, "defer" if defers else "accept")
+        return defers
+
+    def _reason(self, conf: float) -> str:
+        """Why the policy decided as it did, in the confidence it read."""
+        res, plan = self.result, self.plan
+        used = conf if res.confidence_calibrated is None else res.confidence_calibrated
+        name = f"{plan.source} confidence {conf:.3f}" + ("" if res.confidence_calibrated is None else f" (calibrated {used:.3f})")
+        if Policy(plan.threshold).at_tie(used) and self.cfg.tie_defer_prob > 0:
+            return f"{name} at threshold {plan.threshold:g}: draw {res.tie_draw:.4f} vs tie_defer_prob {self.cfg.tie_defer_prob:g}"
+        return f"{name} {'<' if used < plan.threshold else '>='} threshold {plan.threshold:g}"
 
     def _decide_after_slm(self) -> tuple[Decision, str]:
         """The decision once the SLM has finished (no early deferral happened)."""
@@ -396,12 +441,12 @@ class _Run:
             return Decision("llm" if ok else "slm", True, reason, plan.threshold, conf), "" if ok else f"{reason}; {why}"
         if plan.mode == "slm_only":
             return Decision("slm", False, "mode slm_only", plan.threshold, conf), ""
-        if conf >= plan.threshold:
-            return Decision("slm", False, f"{plan.source} confidence {conf:.3f} >= threshold {plan.threshold:g}", plan.threshold, conf), ""
+        if not self._defers(conf):
+            return Decision("slm", False, self._reason(conf), plan.threshold, conf), ""
         ok, why = self.c.llm_available()
         if ok:
-            return Decision("llm", True, self._low_reason(conf), plan.threshold, conf), ""
-        return Decision("slm", True, self._low_reason(conf), plan.threshold, conf), why
+            return Decision("llm", True, self._reason(conf), plan.threshold, conf), ""
+        return Decision("slm", True, self._reason(conf), plan.threshold, conf), why
 
     def _record_slm(self, result: Result) -> None:
         self.slm_result = result

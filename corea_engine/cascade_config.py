@@ -33,6 +33,11 @@ class CascadeConfig:
     # Policy
     threshold: float = 0.5
     confidence_source: str = "expected"
+    # What `corea calibrate` outputs: a calibrator file (applied before the threshold) and the
+    # tie rule (defer a confidence equal to the threshold with this probability; seeded per request).
+    calibrator: str | None = None
+    tie_defer_prob: float = 0.0
+    tie_seed: int = 0
     mode: str = "cascade"
     contract: str = "json"
     max_reasoning_chars: int | None = None  # None: the contract's own bounds
@@ -149,6 +154,8 @@ _OPEN = 1e-9  # a lower bound just above zero: "must be > 0"
 # a server that cannot serve (a NaN timeout degrades every deferral, 0 tokens refuse every request).
 NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "threshold": (0.0, 1.0, False),
+    "tie_defer_prob": (0.0, 1.0, False),
+    "tie_seed": (0, 2**63 - 1, False),
     "max_reasoning_chars": (1, 100_000, True),
     "max_answer_chars": (1, 10_000, True),
     "max_new_tokens": (1, MAX_NEW_TOKENS_LIMIT, True),

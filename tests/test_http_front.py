@@ -41,7 +41,7 @@ from tls_certs import make_certs
 
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have?"
 ASK = [{"role": "user", "content": QUESTION}]
-TIMING = {"request_id", "slm_latency_ms", "llm_latency_ms", "latency_ms"}
+TIMING = {"request_id", "slm_latency_ms", "llm_latency_ms", "latency_ms", "tie_draw"}  # tie_draw: per request id
 
 
 # ------------------------------------------------------------------ a live `corea serve --http-port`

@@ -3,6 +3,12 @@
     corea calibrate --slm rlcr:math-500:RLCR --llm rlcr:math-500:Base --target-deferral 0.3
     corea calibrate --samples runs/gsm8k/samples.jsonl --max-accuracy-drop 2
     corea calibrate --slm a.jsonl --llm b.jsonl --cost-budget 0.5 --holdout-samples other.jsonl
+    corea calibrate --fit isotonic --slm rlcr:math-500:RLCR --model M --contract json --out cal.json
+
+--fit KIND (isotonic, platt, histogram, temperature) fits a calibrator on the calibration half
+instead and writes it to --out (a corea.calibrator/1 file naming the model, contract and confidence
+source it is for; `corea serve --calibrator` refuses it for any other); stdout gets held-out ECE,
+AUROC and Brier before and after, with 95% bootstrap intervals.
 
 One target: --target-deferral RATE (share of questions sent to the LLM), --max-accuracy-drop
 POINTS (largest cost saving with accuracy at most this many points below the LLM alone), or
@@ -27,10 +33,20 @@ def register(sub) -> None:
     g.add_argument("--samples", default=None, help="joined sample records (e.g. a `corea eval` samples.jsonl)")
     g.add_argument("--slm-price", type=float, default=1.0, help="SLM price per completion token, when records carry no cost")
     g.add_argument("--llm-price", type=float, default=10.0, help="LLM price per completion token, when records carry no cost")
-    t = p.add_mutually_exclusive_group(required=True)
+    f = p.add_argument_group("fit a calibrator instead (confidence -> probability of being right)")
+    f.add_argument("--fit", choices=["isotonic", "platt", "histogram", "temperature"], default=None,
+                   help="fit this calibrator on the calibration half and write it to --out")
+    f.add_argument("--source", choices=["expected", "sampled"], default="expected",
+                   help="the confidence the records carry, as the server will read it")
+    f.add_argument("--model", default="", help="the SLM the calibrator is for (a server running another refuses it)")
+    f.add_argument("--contract", default="", help="the output contract it is for (likewise)")
+    f.add_argument("--plot", default=None, help="folder for reliability diagrams of the held-out records, before and after")
+    t = p.add_mutually_exclusive_group()
     t.add_argument("--target-deferral", type=float, help="share of questions to defer, 0..1")
     t.add_argument("--max-accuracy-drop", type=float, help="points of accuracy below the LLM alone that may be lost")
     t.add_argument("--cost-budget", type=float, help="cost as a fraction of the LLM alone, e.g. 0.5")
+    p.add_argument("--calibrator", default=None,
+                   help="choose the threshold on this calibrator's output (what `corea serve --calibrator` compares)")
     p.add_argument("--holdout", type=float, default=0.5, help="share of the records held out to check (0: none)")
     p.add_argument("--holdout-samples", default=None, help="check on these sample records instead of a split")
     p.add_argument("--seed", type=int, default=0, help="split, tie draws and bootstrap")
@@ -40,10 +56,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..cli import CommandError
+
+    if args.fit:
+        return run_fit(args)
+    if args.target_deferral is None and args.max_accuracy_drop is None and args.cost_budget is None:
+        raise CommandError("give one target (--target-deferral, --max-accuracy-drop, --cost-budget) or --fit KIND")
     from rich.console import Console
 
     from ..cli import CommandError
     from ..evaluation.calibration import CalibrationError, Target, calibrate, split
+    from ..evaluation.calibrators import CalibratorError
     from ..evaluation.metrics import Prices
     from ..evaluation.records import RecordError, columns, read_samples
     from ..evaluation.report import _clean
@@ -59,15 +82,18 @@ def run(args) -> int:
         target = Target(*target_args)
         prices = Prices(args.slm_price, args.llm_price)
         cols = columns(load_offline_records(args), prices)
+        if args.calibrator:
+            cols = _calibrated(cols, args.calibrator)
         if args.holdout_samples:
             calib, held = cols, columns(read_samples(args.holdout_samples), prices)
+            held = _calibrated(held, args.calibrator) if args.calibrator else held
         elif args.holdout > 0:
             calib_index, held_index = split(len(cols), args.holdout, args.seed)
             calib, held = cols.subset(calib_index), cols.subset(held_index)
         else:
             calib, held = cols, None
         result = calibrate(calib, target, holdout=held, seed=args.seed, bootstrap=args.bootstrap)
-    except (CalibrationError, RecordError) as err:
+    except (CalibrationError, RecordError, CalibratorError) as err:
         raise CommandError(str(err)) from None
     out = _clean(result.as_dict())
     out["source"] = args.samples or f"SLM {args.slm}, LLM {args.llm}"
@@ -114,3 +140,87 @@ def _print_table(console, result) -> None:
                       f"inside the two-sample 95% interval: {result.target_in_two_sample_interval}")
     for note in result.notes:
         console.print(f"note: {note}")
+
+
+def _calibrated(cols, path: str):
+    """The columns with the confidence passed through the calibrator file at `path`."""
+    import dataclasses
+
+    from ..evaluation.calibrators import Calibrator
+
+    return dataclasses.replace(cols, slm_confidence=Calibrator.load(path).apply(cols.slm_confidence))
+
+
+def run_fit(args) -> int:
+    """Fit a calibrator on the calibration half; held-out ECE / AUROC / Brier before and after."""
+    from ..cli import CommandError
+    from ..evaluation.calibration import split
+    from ..evaluation.calibrators import Calibrator, CalibratorError
+    from ..evaluation.metrics import Prices
+    from ..evaluation.records import RecordError, columns, read_samples
+    from .eval import load_offline_records
+
+    if not args.out:
+        raise CommandError("--fit writes the calibrator to --out FILE")
+    try:
+        cols = columns(load_offline_records(args), Prices(args.slm_price, args.llm_price))
+        if args.holdout_samples:
+            calib, held = cols, columns(read_samples(args.holdout_samples))
+        elif args.holdout > 0:
+            calib_index, held_index = split(len(cols), args.holdout, args.seed)
+            calib, held = cols.subset(calib_index), cols.subset(held_index)
+        else:
+            calib, held = cols, None
+        fitted_on = args.samples or args.slm
+        cal = Calibrator.fit(calib.slm_confidence, calib.slm_correct, kind=args.fit, source=args.source,
+                             fitted_on=fitted_on, model=args.model, contract=args.contract)
+    except (CalibratorError, RecordError) as err:
+        raise CommandError(str(err)) from None
+    cal.save(args.out)
+    out = {"calibrator": args.out, "kind": cal.kind, "n_fit": cal.n}
+    if held is not None:
+        out["holdout"] = compare(held.slm_confidence, held.slm_correct, cal, seed=args.seed, bootstrap=args.bootstrap)
+        if args.plot:
+            out["plots"] = _plot(held, cal, args.plot)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _plot(held, cal, folder: str) -> list[str]:
+    import dataclasses
+    from pathlib import Path
+
+    from ..evaluation.report import plot_reliability
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, cols in (("raw", held), ("calibrated", dataclasses.replace(held, slm_confidence=cal.apply(held.slm_confidence)))):
+        path = Path(folder) / f"reliability_{name}.png"
+        plot_reliability(cols, path, f"held out, {name} confidence ({cal.kind} calibrator)")
+        paths.append(str(path))
+    return paths
+
+
+def compare(confidence, correct, cal, *, seed: int = 0, bootstrap: int = 1000) -> dict:
+    """ECE, AUROC and Brier of the raw and calibrated confidence, with 95% bootstrap intervals."""
+    import numpy as np
+
+    from ..evaluation.metrics import auroc, brier, ece
+
+    conf, corr = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    keep = ~np.isnan(conf)
+    conf, corr = conf[keep], corr[keep]
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(conf), len(conf)) for _ in range(bootstrap)]
+    out = {"n": int(len(conf))}
+    for name, values in (("raw", conf), ("calibrated", cal.apply(conf))):
+        row = {}
+        for metric, fn in (("ece", ece), ("auroc", auroc), ("brier", brier)):
+            point = float(fn(values, corr))
+            resampled = np.array([fn(values[i], corr[i]) for i in draws], dtype=float)
+            resampled = resampled[np.isfinite(resampled)]
+            row[metric] = point
+            if len(resampled):
+                row[f"{metric}_95"] = [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]
+        out[name] = row
+    return out

@@ -8,6 +8,10 @@ from .common import add_model_args, default_threads, make_executor
 def add_cascade_args(p) -> None:
     p.add_argument("--config", default=None, help="cascade settings, TOML or JSON (COREA_* environment variables override it)")
     p.add_argument("--threshold", type=float, default=None, help="accept the SLM answer when confidence >= this (0..1)")
+    p.add_argument("--calibrator", default=None, help="a `corea calibrate --fit` file, applied to the confidence before the threshold")
+    p.add_argument("--tie-defer-prob", type=float, default=None,
+                   help="defer a confidence equal to the threshold with this probability (`corea calibrate`'s tie_defer_prob)")
+    p.add_argument("--tie-seed", type=int, default=None, help="seed of the per-request tie draw")
     p.add_argument("--mode", choices=["cascade", "slm_only", "llm_only"], default=None)
     p.add_argument("--confidence-source", choices=["expected", "sampled"], default=None)
     p.add_argument("--contract", default=None, help="json, tags, json_confidence_first, tags_confidence_first")
@@ -40,7 +44,8 @@ def load_config(args):
 
     try:
         config = CascadeConfig.load(args.config)
-        changes = dict(threshold=args.threshold, mode=args.mode, confidence_source=args.confidence_source,
+        changes = dict(threshold=args.threshold, calibrator=args.calibrator, tie_defer_prob=args.tie_defer_prob,
+                       tie_seed=args.tie_seed, mode=args.mode, confidence_source=args.confidence_source,
                        contract=args.contract, max_new_tokens=args.max_new_tokens,
                        llm_address=args.llm_address, llm_tokenizer=args.llm_tokenizer,
                        llm_openai_base_url=args.llm_openai_base_url)
@@ -56,6 +61,7 @@ def load_config(args):
 def build_cascade(args, config=None):
     """(cascade, executors to close). The in-process LLM shares the SLM's weights when it is the same model."""
     from ..cascade import Cascade
+    from ..cascade_config import ConfigError
     from ..cli import CommandError
     from ..escalation.factory import make_client
     from ..escalation.local_llm import ExecutorLLM
@@ -89,4 +95,9 @@ def build_cascade(args, config=None):
             llm_executor = TorchExecutor(args.llm_model, device=args.device, dtype=args.dtype)
         executors.append(llm_executor)
         llm = ExecutorLLM(llm_executor)
-    return Cascade(slm, llm, config), executors
+    try:
+        return Cascade(slm, llm, config), executors
+    except ConfigError as err:
+        for executor in executors:
+            executor.close()
+        raise CommandError(str(err)) from None

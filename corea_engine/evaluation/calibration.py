@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .metrics import CascadeOutcome, cascade_from_weights, deferral_weights
+from .metrics import CascadeOutcome, cascade_from_weights
+from ..policy import Policy  # the decision's one home; re-exported here
 from .records import Columns
 
 TARGETS = ("deferral_rate", "max_accuracy_drop", "cost_budget")
@@ -35,20 +36,6 @@ TARGETS = ("deferral_rate", "max_accuracy_drop", "cost_budget")
 
 class CalibrationError(ValueError):
     """A target that the calibration data cannot meet, or data that cannot calibrate."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    threshold: float
-    tie_defer_prob: float = 0.0
-
-    def weights(self, confidence) -> np.ndarray:
-        """Expected deferral (0, 1 or q) of each sample."""
-        return deferral_weights(confidence, self.threshold, self.tie_defer_prob)
-
-    def decide(self, confidence, uniform) -> np.ndarray:
-        """Realised deferrals (bool) given one uniform draw in [0, 1) per sample."""
-        return self.weights(confidence) > np.asarray(uniform, dtype=float)
 
 
 @dataclass(frozen=True)

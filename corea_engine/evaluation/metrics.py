@@ -172,15 +172,10 @@ class CascadeOutcome:
 
 
 def deferral_weights(confidence, threshold: float, tie_defer_prob: float = 0.0) -> np.ndarray:
-    """Per-sample probability of deferring under the policy.
+    """Per-sample probability of deferring under the policy (corea_engine/policy.py)."""
+    from ..policy import Policy
 
-    The runtime accepts when confidence >= threshold. `tie_defer_prob` q additionally defers a
-    sample whose confidence equals the threshold with probability q (0 = the plain runtime
-    policy); a missing confidence always defers.
-    """
-    conf = np.asarray(confidence, dtype=float)
-    weights = np.where(np.isnan(conf) | (conf < threshold), 1.0, 0.0)
-    return np.where(np.isclose(conf, threshold, rtol=0, atol=EDGE_TOLERANCE), tie_defer_prob, weights)
+    return Policy(threshold, tie_defer_prob).weights(confidence)
 
 
 def cascade_from_weights(deferred, slm_correct, slm_cost, llm_correct, llm_cost,

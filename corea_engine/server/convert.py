@@ -60,6 +60,10 @@ def to_response(r: SolveResult) -> pb.SolveResponse:
         msg.confidence_sampled = r.confidence_sampled
     if r.confidence_expected is not None:
         msg.confidence_expected = r.confidence_expected
+    if r.confidence_calibrated is not None:
+        msg.confidence_calibrated = r.confidence_calibrated
+    if r.tie_draw is not None:
+        msg.tie_draw = r.tie_draw
     return msg
 
 
@@ -78,6 +82,8 @@ def from_response(msg: pb.SolveResponse) -> SolveResult:
         slm_latency_ms=msg.slm_latency_ms, llm_latency_ms=msg.llm_latency_ms, latency_ms=msg.latency_ms,
         slm_model=msg.slm_model, llm_model=msg.llm_model, text=msg.text, slm_finish_reason=msg.slm_finish_reason,
         llm_finish_reason=msg.llm_finish_reason, llm_tokens_estimated=msg.llm_tokens.estimated,
+        confidence_calibrated=msg.confidence_calibrated if msg.HasField("confidence_calibrated") else None,
+        tie_draw=msg.tie_draw if msg.HasField("tie_draw") else None,
     )
 
 
