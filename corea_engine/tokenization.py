@@ -15,6 +15,7 @@ endpoint's tokenizer cannot read them as markers either.
 from __future__ import annotations
 
 import re
+import weakref
 
 # Marker shapes of common chat templates: ChatML/Llama-3/Qwen <|...|>, Llama-2 [INST] and <s>,
 # Gemma <start_of_turn>/<end_of_turn>, Mistral/SmolLM extras like <filename>.
@@ -26,12 +27,21 @@ class ChatTemplateError(ValueError):
     """The chat template rewrites message text, so message spans cannot be found in its output."""
 
 
+# tokenizer -> (its size, its special-token texts): built once, not per message of every request.
+_specials: "weakref.WeakKeyDictionary[object, tuple[int, list[str]]]" = weakref.WeakKeyDictionary()
+
+
 def special_token_texts(tokenizer) -> list[str]:
-    """The text of every special token of `tokenizer` (longest first)."""
-    texts = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    texts.update(t.content for t in decoder.values() if getattr(t, "special", False))
-    return sorted((t for t in texts if t), key=len, reverse=True)
+    """The text of every special token of `tokenizer` (longest first); cached per tokenizer and
+    rebuilt when tokens are added (its length changes)."""
+    size = len(tokenizer)
+    cached = _specials.get(tokenizer)
+    if cached is None or cached[0] != size:
+        texts = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        texts.update(t.content for t in decoder.values() if getattr(t, "special", False))
+        cached = _specials[tokenizer] = (size, sorted((t for t in texts if t), key=len, reverse=True))
+    return cached[1]
 
 
 def contains_special_text(tokenizer, text: str) -> bool:

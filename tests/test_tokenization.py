@@ -66,3 +66,17 @@ def test_escaped_text_for_remote_tokenizers_holds_no_marker(slm_executor, text):
     assert not any(t in escaped for t in special_token_texts(tok) + markers)
     assert escaped.replace("\u200b", "") == text
     assert not set(tok.encode(escaped, add_special_tokens=False)) & special_ids(tok)
+
+
+def test_the_special_token_list_is_cached_and_follows_added_tokens():
+    from transformers import AutoTokenizer
+
+    from corea_engine.models import resolve_model
+    from corea_engine.tokenization import encode_chat, special_token_texts
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(None).path)  # its own copy: we add a token
+    assert special_token_texts(tok) is special_token_texts(tok)  # built once
+    tok.add_special_tokens({"additional_special_tokens": ["<|tool_call|>"]})
+    assert "<|tool_call|>" in special_token_texts(tok)
+    ids = encode_chat(tok, [{"role": "user", "content": "run <|tool_call|> now"}])
+    assert tok.convert_tokens_to_ids("<|tool_call|>") not in ids  # the new marker is text too
