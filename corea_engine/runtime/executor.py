@@ -19,7 +19,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from ..contract import Format, Parsed, UnknownFormatError, get_format
+from ..contract import Format, UnknownFormatError, get_format
 
 MAX_NEW_TOKENS_LIMIT = 4096
 DEFAULT_FREE_TEXT_TOKENS = 256
@@ -37,7 +37,9 @@ class OutOfRangeError(InvalidRequestError):
     """A well-formed value beyond what this runtime grants (a token budget over the cap)."""
 
 
-CONSTRAINT_KINDS = ("ebnf", "json_schema", "regex")
+# The grammar kinds (SGLang's names) and their fields in the SglangScheduler protocol's SamplingParams.
+CONSTRAINT_PROTO_FIELDS = {"ebnf": "ebnf_grammar", "json_schema": "json_schema", "regex": "regex"}
+CONSTRAINT_KINDS = tuple(CONSTRAINT_PROTO_FIELDS)
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
 
@@ -203,33 +205,17 @@ class ConfidenceReading:
     entropy: float
     position: int
 
-    @classmethod
-    def from_logprobs(cls, logprobs, values, sampled: float, position: int) -> "ConfidenceReading":
-        """The reading from the log-probabilities of the scale's tokens (scale order) at the
-        confidence position, as an engine's `token_ids_logprob` returns them: the same
-        quantities the confidence kernel computes from the logits in process."""
-        raw = [math.exp(x) for x in logprobs]
-        mass = sum(raw)
-        probs = [p / mass for p in raw] if mass > 0 else [0.0] * len(raw)
-        return cls(
-            sampled=sampled,
-            expected=sum(q * v for q, v in zip(probs, values)),
-            probs=tuple(probs),
-            mass=mass,
-            entropy=-sum(q * math.log(q) for q in probs if q > 0),
-            position=position,
-        )
-
 
 @dataclass
 class Result:
+    """What a request produced: text (cut before a stop string; an answer-first contract's forced
+    closing text appended), never parsed here (the cascade's check_contract makes it an answer)."""
+
     request_id: str
     text: str
     finish_reason: str  # "confidence" | "stop" | "length" | "abort" | "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    parsed: Parsed | None = None
-    parse_error: str | None = None
     confidence: ConfidenceReading | None = None
     error: str | None = None
     latency_s: float = 0.0

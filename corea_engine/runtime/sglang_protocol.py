@@ -16,13 +16,11 @@ grammar bitmask applied inside the kernel: the same masked distribution.
 
 from __future__ import annotations
 
-import math
 import re
 
-import torch
-
 from ..contract import Format
-from .executor import ConfidenceReading, Request
+from .executor import Request
+from .probe import stats_from_logprobs
 
 # Key of the per-token records written by the device-side logit processor (sglang_plugin.py).
 DEVICE_CONFIDENCE_KEY = "corea_confidence"
@@ -81,49 +79,14 @@ def build_sampling_params(request: Request, *, device_confidence_ids: list[int] 
 def stats_from_token_logprobs(entries, scale_ids: list[int], values) -> object:
     """ConfidenceStats for one position from SGLang's ``output_token_ids_logprobs[position]``.
 
-    entries: a list of ``(logprob, token_id, text_or_None)`` for the requested ids, in any order.
-    Computed through corea_kernels.confidence_stats on the compact [1, K + 1] row described in
-    the module docstring.
+    entries: a list of ``(logprob, token_id, text_or_None)`` for the requested ids, in any order;
+    read as the probe reads any engine's log-probabilities (probe.stats_from_logprobs).
     """
-    from corea_kernels import confidence_stats
-
     by_id = {int(token_id): float(logprob) for logprob, token_id, *_ in entries}
     missing = [t for t in scale_ids if t not in by_id]
     if missing:
         raise ValueError(f"SGLang returned no log-probability for scale token ids {missing}")
-    logprobs = torch.tensor([by_id[t] for t in scale_ids], dtype=torch.float64)
-    # SGLang clamps -inf (masked tokens) to the float minimum; either way exp() gives 0.
-    rest = 1.0 - float(torch.exp(logprobs).sum())
-    rest_logit = math.log(rest) if rest > 1e-12 else float("-inf")
-    row = torch.cat([logprobs, torch.tensor([rest_logit], dtype=torch.float64)]).float().unsqueeze(0)
-    compact_ids = torch.arange(len(scale_ids))
-    return confidence_stats(row, compact_ids, torch.tensor(values, dtype=torch.float32))
-
-
-def reading_from_stats(stats, row: int, *, sampled: float, position: int) -> ConfidenceReading:
-    """The ConfidenceReading the torch executor builds from the same statistics."""
-    mass = float(stats.mass[row])
-    return ConfidenceReading(
-        sampled=sampled,
-        expected=float(stats.expected[row]),
-        probs=tuple(float(p) / max(mass, 1e-30) for p in stats.probs[row]),
-        mass=mass,
-        entropy=float(stats.entropy[row]),
-        position=position,
-    )
-
-
-def reading_from_device_record(record, *, sampled: float, position: int) -> ConfidenceReading:
-    """A reading from one record of the device processor: [expected, mass, entropy, *probs]."""
-    expected, mass, entropy, *probs = (float(x) for x in record)
-    return ConfidenceReading(
-        sampled=sampled,
-        expected=expected,
-        probs=tuple(p / max(mass, 1e-30) for p in probs),
-        mass=mass,
-        entropy=entropy,
-        position=position,
-    )
+    return stats_from_logprobs([by_id[t] for t in scale_ids], values)
 
 
 def finish_reason_of(meta_info: dict) -> tuple[str | None, str | None]:

@@ -4,11 +4,11 @@ One engine thread owns the model. Between decode steps it admits waiting request
 prefill whose KV cache is left-padded and concatenated onto the running batch), drops finished
 or aborted rows, and trims padding no row needs any more. Each step then:
 
-  logits [B, V] -> grammar bitmask per row (xgrammar) -> confidence read at the confidence
-  position (corea_kernels.confidence_stats on the raw logits + bitmask) -> mask -> sample.
+  logits [B, V] -> grammar bitmask per row (xgrammar) -> the confidence probe read on armed rows
+  (probe.read_logits: corea_kernels.confidence_stats on the raw logits + bitmask) -> mask -> sample
+  -> each row's Sequence (sequence.py: text, stops, the probe's trigger, events, the Result).
 
-An answer-first request finishes on the step its confidence symbol is sampled: what follows is
-forced by the grammar and appended without decoding it.
+The executor knows grammars and probes, not answers (probe.resolve turns a contract into both).
 """
 
 from __future__ import annotations
@@ -18,26 +18,23 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from ..contract import Format, GrammarCache
+from ..contract import GrammarCache
 from ..models import load_model
 from ..tokenization import ChatTemplateError, encode_chat
 from .executor import (
-    ConfidenceEvent,
-    ConfidenceReading,
     Executor,
     ExecutorError,
-    FinishedEvent,
     InvalidRequestError,
     Request,
     RequestStream,
-    Result,
-    TokenEvent,
     TokenLogprobs,
 )
+from .probe import read_logits, resolve
+from .sequence import Sequence, encode_prompt
 
 log = logging.getLogger(__name__)
 PREFIX_CACHE_SIZE = 16
@@ -67,28 +64,15 @@ class StepStats:
         self.__init__()
 
 
-@dataclass
-class _Sequence:
-    request: Request
-    stream: RequestStream
-    prompt_ids: list[int]
-    prefix_len: int  # leading prompt tokens shared with other requests (cached KV)
-    fmt: Format | None
-    matcher: object | None
-    generator: torch.Generator | None
-    started: float
-    generated: list[int] = field(default_factory=list)
-    text: str = ""
-    at_confidence: bool = False
-    confidence: ConfidenceReading | None = None
-    confidence_at: float | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-    matched_stop: int | str | None = None
+class _Sequence(Sequence):
+    """A row of the batch: the shared output side plus what this engine keeps per request."""
 
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
+    def __init__(self, request: Request, prompt_ids: list[int], tokenizer, *, prefix_len: int, probe, matcher,
+                 generator: torch.Generator | None, eos_token_ids):
+        super().__init__(request, prompt_ids, tokenizer, probe=probe, eos_token_ids=eos_token_ids)
+        self.prefix_len = prefix_len  # leading prompt tokens shared with other requests (cached KV)
+        self.matcher = matcher
+        self.generator = generator
 
 
 class TorchExecutor(Executor):
@@ -134,7 +118,6 @@ class TorchExecutor(Executor):
         self.grammars = GrammarCache.for_tokenizer(self.tokenizer, self.vocab_size)
         self._eos = self._eos_ids()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos)
-        self._scales: dict = {}  # ConfidenceScale -> (token ids, values) tensors
         self.stats = StepStats()
         # transformers 5.x renamed past_key_values to cache; accept both generations.
         forward_params = inspect.signature(self.model.forward).parameters
@@ -170,27 +153,20 @@ class TorchExecutor(Executor):
                 f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens "
                 f"({request.max_new_tokens}) exceeds the model's {self.max_positions} positions"
             )
-        fmt = request.format
-        matcher = self.grammars.matcher(fmt) if fmt is not None else None
-        if request.constraint is not None:
+        grammar, probe = resolve(request, self.tokenizer)
+        matcher = None
+        if grammar is not None:
             try:
-                matcher = self.grammars.grammar_matcher(request.constraint.kind, request.constraint.source)
+                matcher = self.grammars.grammar_matcher(grammar.kind, grammar.source)
             except ValueError as err:
                 raise InvalidRequestError(str(err)) from None
         generator = None
         if request.sampling.temperature > 0:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(request.sampling.seed if request.sampling.seed is not None else torch.seed())
-        seq = _Sequence(
-            request=request,
-            stream=RequestStream(request.request_id),
-            prompt_ids=prompt_ids,
-            prefix_len=self._shared_prefix_len(request, prompt_ids) if self.prefix_cache else 0,
-            fmt=fmt,
-            matcher=matcher,
-            generator=generator,
-            started=time.perf_counter(),
-        )
+        seq = _Sequence(request, prompt_ids, self.tokenizer,
+                        prefix_len=self._shared_prefix_len(request, prompt_ids) if self.prefix_cache else 0,
+                        probe=probe, matcher=matcher, generator=generator, eos_token_ids=self._eos)
         with self._lock:
             if self._closed:
                 raise ExecutorError("executor is closed")
@@ -237,14 +213,7 @@ class TorchExecutor(Executor):
 
     # ------------------------------------------------------------------ request preparation
     def _encode(self, request: Request) -> list[int]:
-        if request.input_ids is not None:
-            return list(request.input_ids)
-        if request.messages is not None:  # message text is text, even "<|im_end|>" (tokenization.py)
-            try:
-                return encode_chat(self.tokenizer, request.messages)
-            except ChatTemplateError as err:
-                raise InvalidRequestError(str(err)) from None
-        return self.tokenizer.encode(request.prompt, add_special_tokens=False)
+        return encode_prompt(self.tokenizer, request)
 
     def _shared_prefix_len(self, request: Request, prompt_ids: list[int]) -> int:
         """Length of the prompt's system part when it tokenizes as a clean prefix of the prompt.
@@ -272,13 +241,6 @@ class TorchExecutor(Executor):
         if not ids:
             raise ExecutorError("the tokenizer defines no end-of-sequence token")
         return ids
-
-    def _scale_tensors(self, fmt: Format):
-        if fmt.scale not in self._scales:
-            ids = torch.tensor(fmt.scale.token_ids(self.tokenizer), device=self.device)
-            values = torch.tensor(fmt.scale.values, dtype=torch.float32, device=self.device)
-            self._scales[fmt.scale] = (ids, values)
-        return self._scales[fmt.scale]
 
     # ------------------------------------------------------------------ engine thread
     def _engine_loop(self) -> None:
@@ -473,8 +435,6 @@ class TorchExecutor(Executor):
         """Mask, read confidence, sample and advance rows first_row.. with `logits` [n, V]."""
         import xgrammar as xgr
 
-        from corea_kernels import confidence_stats
-
         rows = self._rows[first_row:]
         t0 = time.perf_counter()
         constrained = [i for i, s in enumerate(rows) if s.matcher is not None]
@@ -484,22 +444,10 @@ class TorchExecutor(Executor):
             for i in constrained:
                 rows[i].matcher.fill_next_token_bitmask(bitmask, i)
         t1 = time.perf_counter()
-        # Confidence is read from the raw logits with the mask applied inside the kernel.
-        readings = {}
-        at_conf = [i for i, s in enumerate(rows) if s.at_confidence]
-        if at_conf:
-            by_scale: dict = {}
-            for i in at_conf:
-                by_scale.setdefault(rows[i].fmt.scale, []).append(i)
-            for scale_rows in by_scale.values():
-                token_ids, values = self._scale_tensors(rows[scale_rows[0]].fmt)
-                index = torch.tensor(scale_rows, device=logits.device)
-                stats = confidence_stats(
-                    logits.index_select(0, index), token_ids, values,
-                    bitmask[scale_rows].to(logits.device),
-                )
-                for j, i in enumerate(scale_rows):
-                    readings[i] = stats, j
+        # The probe reads armed rows from the raw logits, the mask applied inside the kernel.
+        records = [None] * len(rows)
+        if any(s.armed for s in rows):
+            records = read_logits(logits, [s.probe.scale_key if s.armed else None for s in rows], bitmask)
         # Asked-for logprobs come from the raw logits too (a new tensor: the mask below is in place).
         wanting = [i for i, s in enumerate(rows) if s.request.wants_logprobs]
         logprobs = torch.log_softmax(logits[wanting], dim=-1) if wanting else None
@@ -511,11 +459,10 @@ class TorchExecutor(Executor):
         t3 = time.perf_counter()
         tokens = self._sample(logits, rows)
         t4 = time.perf_counter()
-        now = time.perf_counter()
         asked = {i: self._token_logprobs(rows[i].request, logprobs[j], tokens[i])
                  for j, i in enumerate(wanting) if tokens[i] is not None}  # None: sampling failed
         for i, (seq, token) in enumerate(zip(rows, tokens)):
-            self._advance(seq, token, first_row + i, readings.get(i), now, asked.get(i))
+            self._advance(seq, token, first_row + i, records[i], asked.get(i))
         t5 = time.perf_counter()
         self.stats.grammar_s += (t1 - t0) + (t3 - t2) + (t5 - t4)
         self.stats.confidence_s += t2 - t1
@@ -567,90 +514,24 @@ class TorchExecutor(Executor):
             raise ValueError(f"no finite distribution at temperature {sp.temperature!r}, top_p {sp.top_p!r}")
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    def _advance(self, seq: _Sequence, token: int, row: int, reading, now: float, logprobs=None) -> None:
+    def _advance(self, seq: _Sequence, token: int, row: int, record, logprobs=None) -> None:
         if seq.finish_reason is not None:
             return
         self.stats.tokens += 1
-        if token in seq.request.sampling.stop_token_ids or (
-            token in self._eos and (seq.matcher is None or seq.matcher.is_terminated() or seq.matcher.accept_token(token))
-        ):
-            seq.finish_reason, seq.matched_stop = "stop", token
-            self._finish(seq)
+        matcher = seq.matcher
+        # End-of-sequence only where the grammar allows it to end (a caller's stop token always).
+        if seq.stops_on(token) and (token in seq.request.sampling.stop_token_ids or token not in self._eos
+                                    or matcher is None or matcher.is_terminated() or matcher.accept_token(token)):
+            seq.finish("stop", matched_stop=token)
             return
-        if seq.matcher is not None and not seq.matcher.accept_token(token):
-            seq.finish_reason, seq.error = "error", f"grammar rejected token {token}"
-            self._finish(seq)
+        if matcher is not None and not matcher.accept_token(token):
+            seq.finish("error", f"grammar rejected token {token}")
             return
-        seq.generated.append(token)
         self._next[row] = token
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
-        delta = ""
-        if not text.endswith("\ufffd"):  # hold back half a multi-byte character
-            cut = _find_stop(text, seq.request.sampling.stop, len(seq.text))
-            if cut is not None:
-                seq.finish_reason, seq.matched_stop, text = "stop", cut[1], text[: cut[0]]
-            delta, seq.text = text[len(seq.text):], text
-        seq.stream.push(TokenEvent(seq.request_id, token, delta, logprobs))
-        if seq.finish_reason is not None:  # a stop string: the text ends before it
-            self._finish(seq)
-            return
-
-        if reading is not None:
-            stats, j = reading
-            self._read_confidence(seq, token, stats, j, now)
-            if not seq.fmt.confidence_first and seq.request.stop_at_confidence:
-                seq.text += seq.fmt.confidence_suffix
-                seq.finish_reason = "confidence"
-                self._finish(seq)
-                return
-        elif seq.fmt is not None and seq.confidence is None and seq.text.endswith(seq.fmt.confidence_prefix):
-            seq.at_confidence = True
-        if seq.matcher is not None and seq.matcher.is_terminated():
-            seq.finish_reason = "stop"
-        elif len(seq.generated) >= seq.request.max_new_tokens:
-            seq.finish_reason = "length"
-        if seq.finish_reason is not None:
-            self._finish(seq)
-
-    def _read_confidence(self, seq: _Sequence, token: int, stats, j: int, now: float) -> None:
-        scale = seq.fmt.scale
-        symbol = self.tokenizer.decode([token])
-        symbol = symbol if symbol in scale.symbols else symbol[:1]
-        seq.at_confidence = False
-        seq.confidence = ConfidenceReading(
-            sampled=scale.value_of(symbol),
-            expected=float(stats.expected[j]),
-            probs=tuple(float(p) / max(float(stats.mass[j]), 1e-30) for p in stats.probs[j]),
-            mass=float(stats.mass[j]),
-            entropy=float(stats.entropy[j]),
-            position=len(seq.generated) - 1,
-        )
-        seq.confidence_at = now
-        seq.stream.push(ConfidenceEvent(seq.request_id, seq.confidence))
+        seq.step(token, record=record, logprobs=logprobs, terminated=matcher is not None and matcher.is_terminated())
 
     def _finish(self, seq: _Sequence) -> None:
-        parsed = parse_error = None
-        if seq.fmt is not None and seq.finish_reason in ("stop", "confidence", "length"):
-            try:
-                parsed = seq.fmt.parse(seq.text)
-            except ValueError as err:
-                parse_error = str(err)
-        result = Result(
-            request_id=seq.request_id,
-            text=seq.text,
-            finish_reason=seq.finish_reason,
-            prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=len(seq.generated),
-            parsed=parsed,
-            parse_error=parse_error,
-            confidence=seq.confidence,
-            error=seq.error,
-            latency_s=time.perf_counter() - seq.started,
-            time_to_confidence_s=None if seq.confidence_at is None else seq.confidence_at - seq.started,
-            token_ids=list(seq.generated),
-            matched_stop=seq.matched_stop,
-        )
-        seq.stream.push(FinishedEvent(seq.request_id, result))
+        seq.finish(seq.finish_reason, seq.error)
 
     def _drop_finished(self) -> None:
         keep = [i for i, s in enumerate(self._rows) if s.finish_reason is None]
@@ -668,13 +549,3 @@ class TorchExecutor(Executor):
         self._mask = self._mask[:, first:]
         self._kv = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:]) for k, v in self._kv]
 
-
-def _find_stop(text: str, stops: tuple[str, ...], old_len: int) -> tuple[int, str] | None:
-    """(where the earliest stop string starts, that string), looking only where new text can
-    complete one; None when no stop string occurs."""
-    hits = []
-    for stop in stops:
-        at = text.find(stop, max(0, old_len - len(stop) + 1))
-        if at >= 0:
-            hits.append((at, stop))
-    return min(hits) if hits else None
