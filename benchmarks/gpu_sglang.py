@@ -62,6 +62,7 @@ async def serve_all(executor, requests, concurrency: int):
 
 
 def run_source(model_dir: Path, source: str, args) -> dict:
+    from corea_engine.cascade import check_contract
     from corea_engine.contract import build_messages, get_format
     from corea_engine.runtime.executor import Request, SamplingParams
     from corea_engine.runtime.sglang_executor import SglangExecutor
@@ -101,15 +102,16 @@ def run_source(model_dir: Path, source: str, args) -> dict:
         aborted = stream.wait(timeout=60).finish_reason
     finally:
         executor.close()
+    answers = {r.request_id: check_contract(fmt, r.text, r.finish_reason, r.error) for r in results}
     failures = [
-        f"{r.request_id}: {r.finish_reason} {r.error or r.parse_error or ''}"
+        f"{r.request_id}: {r.finish_reason} {r.error or answers[r.request_id][1]}"
         for r in results
         if not (
             r.finish_reason == "confidence"
             and r.confidence is not None
             and r.confidence.mass > 0.99
-            and r.parsed is not None
-            and r.parsed.confidence == r.confidence.sampled
+            and answers[r.request_id][0] is not None
+            and answers[r.request_id][0].confidence == r.confidence.sampled
         )
     ]
     latencies = sorted(r.latency_s for r in results)

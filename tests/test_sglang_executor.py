@@ -26,7 +26,9 @@ from sglang_helpers import (
     sglang_batch,
 )
 
-from corea_engine.runtime.executor import ConfidenceEvent, Request, SamplingParams, TokenEvent
+from corea_engine.cascade import check_contract
+from corea_engine.contract import FORMATS
+from corea_engine.runtime.executor import ConfidenceEvent, FinishedEvent, Request, SamplingParams, TokenEvent
 from corea_engine.runtime.sglang_executor import ChunkDecoder
 from corea_engine.runtime.sglang_protocol import (
     DEVICE_CONFIDENCE_KEY,
@@ -78,7 +80,8 @@ def test_decoded_results_match_the_torch_executor(slm_executor, name):
         tokens, finish = want.token_ids, {"type": "stop", "matched": confidence_stop_regex(fmt)}
     got = decode(decoder, seq, sglang_chunks(seq, tokens, entries, finish))
     assert (got.text, got.finish_reason, got.token_ids) == (want.text, want.finish_reason, want.token_ids)
-    assert got.parsed == want.parsed and got.prompt_tokens == want.prompt_tokens
+    assert check_contract(fmt, got.text, got.finish_reason) == check_contract(fmt, want.text, want.finish_reason)
+    assert got.prompt_tokens == want.prompt_tokens
     assert_same_reading(got.confidence, want.confidence)
     # Events: one TokenEvent per token, the ConfidenceEvent right after the symbol's token.
     events = drain(seq)
@@ -147,11 +150,11 @@ def test_abort_length_and_error_finishes(slm_executor):
     seq = decoder.new_sequence(request_for("json"))
     seq.abort_requested = True
     got = decode(decoder, seq, sglang_chunks(seq, tokens, entries, {"type": "abort", "message": "Abort in waiting queue"}))
-    assert got.finish_reason == "abort" and got.token_ids == tokens and got.confidence is None and got.parsed is None
+    assert got.finish_reason == "abort" and got.token_ids == tokens and got.confidence is None
 
     seq = decoder.new_sequence(request_for("json", max_new_tokens=5))
     got = decode(decoder, seq, sglang_chunks(seq, tokens, entries, {"type": "length", "length": 5}))
-    assert got.finish_reason == "length" and got.parse_error  # cut before the answer
+    assert got.finish_reason == "length" and check_contract(FORMATS["json"], got.text, got.finish_reason)[1]  # cut before the answer
 
     seq = decoder.new_sequence(request_for("json"))
     bad = {"type": "abort", "message": "grammar failed to compile", "status_code": 400}
@@ -177,4 +180,4 @@ def test_free_text_requests_stream_without_confidence(slm_executor):
     tokens = slm_executor.tokenizer.encode(" three, four", add_special_tokens=False)
     got = decode(decoder, seq, sglang_chunks(seq, tokens, [None] * len(tokens), {"type": "length", "length": len(tokens)}))
     assert got.text == " three, four" and got.finish_reason == "length" and got.confidence is None
-    assert [type(e) for e in drain(seq)] == [TokenEvent] * len(tokens)
+    assert [type(e) for e in drain(seq)] == [TokenEvent] * len(tokens) + [FinishedEvent]

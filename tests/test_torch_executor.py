@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from corea_engine.cascade import check_contract
 from corea_engine.contract import FORMATS, build_messages
 from corea_engine.runtime import (
     ConfidenceEvent,
@@ -76,10 +77,11 @@ def test_every_format_parses_on_twenty_gsm8k_questions(slm_executor, gsm8k_quest
     failures = []
     for key, stream in streams.items():
         result = stream.wait(timeout=900)
-        if result.parsed is None or result.confidence is None:
-            failures.append((key, result.finish_reason, result.parse_error, result.text[-80:]))
+        parsed, problem = check_contract(BOUNDED[key[0]], result.text, result.finish_reason, result.error)
+        if parsed is None or result.confidence is None:
+            failures.append((key, result.finish_reason, problem, result.text[-80:]))
         else:
-            assert result.parsed.confidence == pytest.approx(result.confidence.sampled)
+            assert parsed.confidence == pytest.approx(result.confidence.sampled)
     assert not failures, failures
 
 
@@ -143,7 +145,7 @@ def test_abort_frees_the_slot_without_disturbing_others(slm_executor, gsm8k_ques
     for req, a, s in zip(keep, solo, streams):
         b = s.wait(timeout=300)
         assert b.finish_reason in ("confidence", "stop")
-        assert b.parsed is not None
+        assert check_contract(fmt, b.text, b.finish_reason)[0] is not None
         assert_same_or_near_tie(slm_executor, req, a, b)
     deadline = time.time() + 30
     while slm_executor.running and time.time() < deadline:
@@ -229,7 +231,8 @@ def test_bad_requests_are_refused_and_the_batch_goes_on(slm_executor, gsm8k_ques
     running = slm_executor.submit(request(gsm8k_questions[37], BOUNDED["tags"]))
     with pytest.raises(InvalidRequestError, match=message):
         slm_executor.submit(make())
-    assert running.wait(timeout=300).parsed is not None
+    done = running.wait(timeout=300)
+    assert check_contract(BOUNDED["tags"], done.text, done.finish_reason)[0] is not None
 
 
 @pytest.mark.parametrize(
@@ -298,9 +301,10 @@ def test_contract_output_in_any_script_ends_within_the_budget(slm_executor):
     fmt = FORMATS["json"].bounded(max_reasoning_chars=60, max_answer_chars=16)
     requests = [request(q, fmt, temperature=t, seed=seed) for q in SCRIPT_QUESTIONS for t, seed in ((0.0, None), (1.0, 1), (1.0, 2))]
     results = [s.wait(timeout=600) for s in [slm_executor.submit(r) for r in requests]]
-    for r in results:
-        assert r.finish_reason == "confidence" and r.parsed is not None, r.text
+    parsed = [check_contract(fmt, r.text, r.finish_reason)[0] for r in results]
+    for r, p in zip(results, parsed):
+        assert r.finish_reason == "confidence" and p is not None, r.text
         assert r.completion_tokens <= fmt.max_tokens
     tok = slm_executor.tokenizer
-    ratios = [len(tok.encode(r.parsed.reasoning, add_special_tokens=False)) / max(len(r.parsed.reasoning), 1) for r in results]
+    ratios = [len(tok.encode(p.reasoning, add_special_tokens=False)) / max(len(p.reasoning), 1) for p in parsed]
     assert max(ratios) > 1.0, ratios  # some reasoning cost more than a token a character

@@ -95,7 +95,9 @@ def test_export_serves_in_the_runtime(trained):
         result = executor.generate(Request(messages=build_messages("What is 2 + 3?", fmt), contract=fmt))
         reloaded = executor.model.model.layers[-1].mlp.down_proj.weight
         assert torch.equal(reloaded, trainer.model.model.layers[-1].mlp.down_proj.weight.detach())
-    assert result.finish_reason == "confidence" and result.parsed is not None
+    from corea_engine.cascade import check_contract
+
+    assert result.finish_reason == "confidence" and check_contract(fmt, result.text, result.finish_reason)[0] is not None
     assert 0.0 <= result.confidence.expected <= 0.9
 
 

@@ -3,10 +3,10 @@
 The SLM tier can live in `corea worker` or `sglang serve --grpc-mode` on a GPU while the cascade
 runs unchanged:
 
-  Request -> chat template (the engine's tokenizer) -> Generate(input ids, the contract's EBNF
-  grammar, token_ids_logprob = the confidence scale's token ids) -> streamed token ids
-  -> TokenEvents (detokenized here) -> at the confidence position a ConfidenceReading from the
-  scale's log-probabilities -> FinishedEvent.
+  Request -> chat template (the engine's tokenizer) -> Generate(input ids, the grammar,
+  token_ids_logprob = the confidence probe's token ids) -> streamed token ids -> the shared
+  Sequence (sequence.py: incremental text, stop strings, the probe's trigger; at the confidence
+  position a reading from the scale's log-probabilities) -> events and the Result.
 
 The reading is the one the torch executor makes in process (probabilities normalised over the
 scale, the mass on it, expected value, entropy, the sampled symbol), provided the engine reports
@@ -23,45 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from dataclasses import dataclass, field
 
 import grpc
 
-from ..contract import Format
-from ..tokenization import ChatTemplateError
-from .executor import (
-    ConfidenceEvent,
-    ConfidenceReading,
-    Executor,
-    ExecutorError,
-    FinishedEvent,
-    InvalidRequestError,
-    Request,
-    RequestStream,
-    Result,
-    TokenEvent,
-)
-from .scheduler_client import SchedulerClient, TokenizerError, decode_delta, pb
+from .executor import CONSTRAINT_PROTO_FIELDS, Executor, ExecutorError, Request, RequestStream
+from .probe import resolve
+from .scheduler_client import SchedulerClient, TokenizerError, pb
+from .sequence import Sequence, encode_prompt
 
 
-@dataclass
-class _Call:
-    request: Request
-    stream: RequestStream
-    prompt_ids: list[int]
-    fmt: Format | None
-    scale_ids: list[int]
-    started: float = field(default_factory=time.perf_counter)
-    generated: list[int] = field(default_factory=list)
-    text: str = ""
-    at_confidence: bool = False
-    confidence: ConfidenceReading | None = None
-    confidence_at: float | None = None
-    loop: asyncio.AbstractEventLoop | None = None  # where its gRPC call runs
-    task: asyncio.Task | None = None
-    abort_task: asyncio.Future | None = None
-    finished: bool = False
+class _Call(Sequence):
+    """One request's output (the shared Sequence) and the gRPC call that feeds it."""
+
+    def __init__(self, request: Request, prompt_ids: list[int], tokenizer, *, grammar, probe, eos_token_ids):
+        super().__init__(request, prompt_ids, tokenizer, probe=probe, eos_token_ids=eos_token_ids)
+        self.grammar = grammar
+        self.loop: asyncio.AbstractEventLoop | None = None  # where its gRPC call runs
+        self.task: asyncio.Task | None = None
+        self.abort_task: asyncio.Future | None = None
 
 
 class RemoteExecutor(Executor):
@@ -77,7 +56,6 @@ class RemoteExecutor(Executor):
         self.client = SchedulerClient(address, tokenizer=tokenizer, tls=tls, token=token)
         self.max_prompt_chars = max_prompt_chars
         self._calls: dict[str, _Call] = {}
-        self._scales: dict = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="corea-remote-executor", daemon=True)
         self._thread.start()
@@ -97,14 +75,10 @@ class RemoteExecutor(Executor):
     def submit(self, request: Request) -> RequestStream:
         request.validate(self.max_prompt_chars)
         request.check_token_ids(self.client.vocab_size)
-        fmt = request.format
-        try:
-            prompt_ids = (list(request.input_ids) if request.input_ids is not None
-                          else self.client.encode(request.messages, request.prompt))
-        except ChatTemplateError as err:
-            raise InvalidRequestError(str(err)) from None
-        call = _Call(request, RequestStream(request.request_id), prompt_ids, fmt,
-                     self._scale_ids(fmt) if fmt is not None else [])
+        tokenizer = self.client.tokenizer
+        grammar, probe = resolve(request, tokenizer)
+        call = _Call(request, encode_prompt(tokenizer, request), tokenizer, grammar=grammar, probe=probe,
+                     eos_token_ids=self.client.eos_token_ids)
         if self._loop.is_closed():
             raise ExecutorError("executor is closed")
         self._calls[request.request_id] = call
@@ -143,11 +117,6 @@ class RemoteExecutor(Executor):
         """(requests in flight to the engine, 0): the engine's own queue is its GetLoads."""
         return sum(not c.finished for c in list(self._calls.values())), 0
 
-    def _scale_ids(self, fmt: Format) -> list[int]:
-        if fmt.scale not in self._scales:
-            self._scales[fmt.scale] = fmt.scale.token_ids(self.client.tokenizer)
-        return self._scales[fmt.scale]
-
     # ------------------------------------------------------------------ the calls (loop thread)
     def _start(self, call: _Call) -> None:
         call.task = self._loop.create_task(self._generate(call))
@@ -157,20 +126,18 @@ class RemoteExecutor(Executor):
         params = pb.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                    max_new_tokens=request.max_new_tokens, stop=sampling.stop,
                                    stop_token_ids=sampling.stop_token_ids)
-        if call.fmt is not None:
-            params.ebnf_grammar = call.fmt.ebnf()
-        elif request.constraint is not None:
-            kind = {"ebnf": "ebnf_grammar"}.get(request.constraint.kind, request.constraint.kind)
-            setattr(params, kind, request.constraint.source)
+        if call.grammar is not None:
+            setattr(params, CONSTRAINT_PROTO_FIELDS[call.grammar.kind], call.grammar.source)
+        scale_ids = list(call.probe.token_ids) if call.probe is not None else []
         return pb.GenerateRequest(
             request_id=call.request.request_id,
             tokenized=pb.TokenizedInput(input_ids=call.prompt_ids),
             sampling_params=params,
             stream=True,
             # Only the scale's log-probabilities, and none for the prompt (-1).
-            return_logprob=bool(call.scale_ids),
+            return_logprob=bool(scale_ids),
             logprob_start_len=-1,
-            token_ids_logprob=call.scale_ids,
+            token_ids_logprob=scale_ids,
         )
 
     async def _generate(self, call: _Call) -> None:
@@ -183,10 +150,10 @@ class RemoteExecutor(Executor):
                 if kind == "chunk":
                     rows = response.chunk.output_logprobs.token_ids_logprobs
                     for i, token in enumerate(response.chunk.token_ids):
-                        if self._advance(call, token, rows[i] if i < len(rows) else None):
-                            finish, error = "confidence", None
+                        self._advance(call, token, rows[i] if i < len(rows) else None)
+                        if call.finish_reason is not None:
                             break
-                    if finish == "confidence":
+                    if call.finish_reason is not None:  # ours (a stop string, the confidence): cancel the rest
                         break
                 elif kind == "complete":
                     complete = response.complete
@@ -206,59 +173,22 @@ class RemoteExecutor(Executor):
                 rpc.cancel()  # a cancelled stream aborts the request in the engine
             self._finish(call, finish, error, counts)
 
-    def _advance(self, call: _Call, token: int, logprobs) -> bool:
-        """Take one generated token; True when the request is done (its confidence is read)."""
-        if token in self.client.eos_token_ids:
-            return False  # the end of the sequence, not part of the text
-        call.generated.append(token)
-        delta, call.text = decode_delta(self.client.tokenizer, call.generated, call.text)
-        call.stream.push(TokenEvent(call.request.request_id, token, delta))
-        fmt = call.fmt
-        if call.at_confidence:
-            call.at_confidence = False
+    def _advance(self, call: _Call, token: int, logprobs) -> None:
+        """Take one generated token; the engine's end-of-sequence token is not part of the text (the
+        engine's Complete message then finishes the request)."""
+        if call.stops_on(token):
+            return
+        record = None
+        if call.armed:
             if logprobs is None:
                 raise ExecutorError(f"the engine at {self.client.address} returned no token_ids_logprob "
                                     "at the confidence position")
-            self._read_confidence(call, token, logprobs)
-            if not fmt.confidence_first and call.request.stop_at_confidence:
-                call.text += fmt.confidence_suffix
-                return True
-        elif fmt is not None and call.confidence is None and call.text.endswith(fmt.confidence_prefix):
-            call.at_confidence = True
-        return False
-
-    def _read_confidence(self, call: _Call, token: int, row) -> None:
-        by_id = dict(zip(row.token_ids, row.values))
-        scale = call.fmt.scale
-        symbol = self.client.tokenizer.decode([token])
-        symbol = symbol if symbol in scale.symbols else symbol[:1]
-        if symbol not in scale.symbols:
-            raise ExecutorError(f"the engine wrote {symbol!r} at the confidence position (no grammar applied?)")
-        sampled = scale.value_of(symbol)
-        logprobs = [by_id.get(i, float("-inf")) for i in call.scale_ids]
-        call.confidence = ConfidenceReading.from_logprobs(logprobs, scale.values, sampled, len(call.generated) - 1)
-        call.confidence_at = time.perf_counter()
-        call.stream.push(ConfidenceEvent(call.request.request_id, call.confidence))
+            record = call.probe.record_from_logprobs(dict(zip(logprobs.token_ids, logprobs.values)))
+        call.step(token, record=record)
 
     def _finish(self, call: _Call, finish: str, error: str | None, counts) -> None:
-        parsed = parse_error = None
-        if call.fmt is not None and finish in ("stop", "confidence", "length"):
-            try:
-                parsed = call.fmt.parse(call.text)
-            except ValueError as err:
-                parse_error = str(err)
-        prompt_tokens, completion_tokens = counts or (len(call.prompt_ids), len(call.generated))
-        result = Result(
-            request_id=call.request.request_id, text=call.text, finish_reason=finish,
-            prompt_tokens=prompt_tokens or len(call.prompt_ids), completion_tokens=completion_tokens,
-            parsed=parsed, parse_error=parse_error, confidence=call.confidence, error=error,
-            latency_s=time.perf_counter() - call.started,
-            time_to_confidence_s=None if call.confidence_at is None else call.confidence_at - call.started,
-            token_ids=list(call.generated),
-        )
-        call.finished = True
-        self._calls.pop(call.request.request_id, None)
-        call.stream.push(FinishedEvent(call.request.request_id, result))
+        self._calls.pop(call.request_id, None)
+        call.finish(finish, error, usage=counts)
 
     async def _abort(self, call: _Call) -> None:
         """Abort in the engine; the stream then ends with its finish_reason ('abort')."""

@@ -30,32 +30,12 @@ import itertools
 import logging
 import os
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field
 
-from ..contract import Format
-from ..tokenization import ChatTemplateError, encode_chat
-from .executor import (
-    ConfidenceEvent,
-    ConfidenceReading,
-    Executor,
-    ExecutorError,
-    FinishedEvent,
-    InvalidRequestError,
-    Request,
-    RequestStream,
-    Result,
-    TokenEvent,
-)
-from .sglang_protocol import (
-    DEVICE_CONFIDENCE_KEY,
-    build_sampling_params,
-    finish_reason_of,
-    reading_from_device_record,
-    reading_from_stats,
-    stats_from_token_logprobs,
-)
+from .executor import Executor, ExecutorError, InvalidRequestError, Request, RequestStream, Result
+from .probe import resolve
+from .sequence import Sequence, encode_prompt
+from .sglang_protocol import DEVICE_CONFIDENCE_KEY, build_sampling_params, finish_reason_of
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +48,13 @@ def sglang_rid() -> str:
     return f"corea-{next(_rid_counter) % 10**12:012d}-{uuid.uuid4().hex}"
 
 
-@dataclass
-class _Seq:
-    request: Request
-    stream: RequestStream
-    rid: str
-    fmt: Format | None
-    prompt_ids: list[int]
-    started: float
-    generated: list[int] = field(default_factory=list)
-    text: str = ""
-    at_confidence: bool = False
-    confidence: ConfidenceReading | None = None
-    confidence_at: float | None = None
-    abort_requested: bool = False
-    finished: bool = False
+class _Seq(Sequence):
+    """One request's output (the shared Sequence) and its SGLang request id."""
+
+    def __init__(self, request: Request, prompt_ids: list[int], tokenizer, *, probe, rid: str):
+        super().__init__(request, prompt_ids, tokenizer, probe=probe)
+        self.rid = rid
+        self.abort_requested = False
 
 
 class ChunkDecoder:
@@ -91,8 +63,9 @@ class ChunkDecoder:
     Each chunk (non-incremental streaming, SGLang's default) carries the cumulative output_ids
     and meta_info: finish_reason, prompt_tokens, output_token_ids_logprobs (one list of
     (logprob, token_id, text) per output position) and, with the device processor, the
-    DEVICE_CONFIDENCE_KEY records. Kept apart from the engine so tests can feed it recorded
-    SGLang-shaped chunks.
+    DEVICE_CONFIDENCE_KEY records. New tokens go to the request's Sequence (sequence.py), with
+    the probe's record at the confidence position. Kept apart from the engine so tests can feed
+    it recorded SGLang-shaped chunks.
     """
 
     def __init__(self, tokenizer, confidence_source: str = "logprobs"):
@@ -100,50 +73,29 @@ class ChunkDecoder:
             raise ValueError(f"confidence_source must be one of {CONFIDENCE_SOURCES}, got {confidence_source!r}")
         self.tokenizer = tokenizer
         self.confidence_source = confidence_source
-        self._scales: dict = {}
-
-    def scale_ids(self, fmt: Format) -> list[int]:
-        if fmt.scale not in self._scales:
-            self._scales[fmt.scale] = fmt.scale.token_ids(self.tokenizer)
-        return self._scales[fmt.scale]
 
     def encode(self, request: Request) -> list[int]:
         """Prompt token ids, exactly as the torch executor encodes them."""
-        if request.input_ids is not None:
-            return list(request.input_ids)
-        if request.messages is not None:
-            try:
-                return encode_chat(self.tokenizer, request.messages)
-            except ChatTemplateError as err:
-                raise InvalidRequestError(str(err)) from None
-        return self.tokenizer.encode(request.prompt, add_special_tokens=False)
+        return encode_prompt(self.tokenizer, request)
 
     def new_sequence(self, request: Request) -> _Seq:
-        fmt = request.format
-        if fmt is not None:
-            self.scale_ids(fmt)  # refuses a scale that is not single tokens, before queueing
-        return _Seq(
-            request=request,
-            stream=RequestStream(request.request_id),
-            rid=sglang_rid(),
-            fmt=fmt,
-            prompt_ids=self.encode(request),
-            started=time.perf_counter(),
-        )
+        # resolve refuses a scale that is not single tokens, before queueing
+        _, probe = resolve(request, self.tokenizer)
+        return _Seq(request, self.encode(request), self.tokenizer, probe=probe, rid=sglang_rid())
 
     def generate_kwargs(self, seq: _Seq) -> dict:
         """The keyword arguments of Engine.async_generate for one sequence."""
-        fmt = seq.fmt
-        scale_ids = self.scale_ids(fmt) if fmt is not None else None
-        device = fmt is not None and self.confidence_source == "device"
+        probe = seq.probe
+        device = probe is not None and self.confidence_source == "device"
         kwargs = {
             "input_ids": seq.prompt_ids,
-            "sampling_params": build_sampling_params(seq.request, device_confidence_ids=scale_ids if device else None),
+            "sampling_params": build_sampling_params(seq.request,
+                                                     device_confidence_ids=list(probe.token_ids) if device else None),
             "stream": True,
             "rid": seq.rid,
         }
-        if fmt is not None:
-            kwargs.update(return_logprob=True, token_ids_logprob=scale_ids)
+        if probe is not None:
+            kwargs.update(return_logprob=True, token_ids_logprob=list(probe.token_ids))
             if device:
                 from .sglang_plugin import ConfidenceRecorder
 
@@ -151,7 +103,8 @@ class ChunkDecoder:
         return kwargs
 
     def on_chunk(self, seq: _Seq, chunk: dict) -> tuple[str | None, str | None]:
-        """Apply one chunk, pushing TokenEvents and the ConfidenceEvent; return (finish, error)."""
+        """Apply one chunk, pushing TokenEvents and the ConfidenceEvent; return (finish, error):
+        ours when the Sequence finished first (the confidence was read, a stop string), else SGLang's."""
         meta = chunk["meta_info"]
         reason, error = finish_reason_of(meta)
         output_ids = list(chunk.get("output_ids") or [])
@@ -159,73 +112,29 @@ class ChunkDecoder:
         if isinstance(stop_token, int) and output_ids and output_ids[-1] == stop_token:
             output_ids = output_ids[:-1]  # an end-of-sequence token is not part of the answer
         for position in range(len(seq.generated), len(output_ids)):
-            self._advance(seq, output_ids[position], position, meta)
-            if seq.confidence is not None and not seq.fmt.confidence_first and seq.request.stop_at_confidence:
-                return "confidence", None
+            record = self._record(seq, position, meta) if seq.armed else None
+            seq.step(output_ids[position], record=record)
+            if seq.finish_reason is not None:
+                return seq.finish_reason, seq.error
         if reason is not None and seq.abort_requested:
             return "abort", None
         return reason, error
 
-    def _advance(self, seq: _Seq, token: int, position: int, meta: dict) -> None:
-        seq.generated.append(token)
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
-        delta = ""
-        if not text.endswith("\ufffd"):  # hold back half a multi-byte character
-            delta, seq.text = text[len(seq.text):], text
-        seq.stream.push(TokenEvent(seq.request.request_id, token, delta))
-        if seq.fmt is None or seq.confidence is not None:
-            return
-        if seq.at_confidence:
-            seq.at_confidence = False
-            self._read_confidence(seq, token, position, meta)
-        elif seq.text.endswith(seq.fmt.confidence_prefix):
-            seq.at_confidence = True
-
-    def _read_confidence(self, seq: _Seq, token: int, position: int, meta: dict) -> None:
-        scale = seq.fmt.scale
-        symbol = self.tokenizer.decode([token])
-        symbol = symbol if symbol in scale.symbols else symbol[:1]
-        if symbol not in scale.symbols:
-            log.warning("request %s: token %r at the confidence position is not on the scale", seq.rid, symbol)
-            return
-        sampled = scale.value_of(symbol)
+    def _record(self, seq: _Seq, position: int, meta: dict) -> list[float]:
+        """The probe's record at the confidence position, from the device processor or the logprobs."""
         if self.confidence_source == "device":
             records = meta.get(DEVICE_CONFIDENCE_KEY) or []
             if position >= len(records) or records[position] is None:
                 raise ExecutorError(f"no device confidence record at position {position} (have {len(records)})")
-            reading = reading_from_device_record(records[position], sampled=sampled, position=position)
-        else:
-            per_position = meta.get("output_token_ids_logprobs") or []
-            if position >= len(per_position) or per_position[position] is None:
-                raise ExecutorError(f"no scale log-probabilities at position {position} (have {len(per_position)})")
-            stats = stats_from_token_logprobs(per_position[position], self.scale_ids(seq.fmt), scale.values)
-            reading = reading_from_stats(stats, 0, sampled=sampled, position=position)
-        seq.confidence = reading
-        seq.confidence_at = time.perf_counter()
-        seq.stream.push(ConfidenceEvent(seq.request.request_id, reading))
+            return records[position]
+        per_position = meta.get("output_token_ids_logprobs") or []
+        if position >= len(per_position) or per_position[position] is None:
+            raise ExecutorError(f"no scale log-probabilities at position {position} (have {len(per_position)})")
+        return seq.probe.record_from_logprobs({int(t): float(lp) for lp, t, *_ in per_position[position]})
 
     def result(self, seq: _Seq, reason: str, error: str | None) -> Result:
-        text = seq.text + (seq.fmt.confidence_suffix if reason == "confidence" else "")
-        parsed = parse_error = None
-        if seq.fmt is not None and reason in ("stop", "confidence", "length"):
-            try:
-                parsed = seq.fmt.parse(text)
-            except ValueError as err:
-                parse_error = str(err)
-        return Result(
-            request_id=seq.request.request_id,
-            text=text,
-            finish_reason=reason,
-            prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=len(seq.generated),
-            parsed=parsed,
-            parse_error=parse_error,
-            confidence=seq.confidence,
-            error=error,
-            latency_s=time.perf_counter() - seq.started,
-            time_to_confidence_s=None if seq.confidence_at is None else seq.confidence_at - seq.started,
-            token_ids=list(seq.generated),
-        )
+        """Finish the sequence (its FinishedEvent is pushed once) and return its Result."""
+        return seq.finish(reason, error)
 
 
 class SglangExecutor(Executor):
@@ -359,8 +268,5 @@ class SglangExecutor(Executor):
 
     def _finish(self, seq: _Seq, reason: str, error: str | None) -> None:
         with self._lock:
-            if seq.finished:
-                return
-            seq.finished = True
             self._seqs.pop(seq.request.request_id, None)
-        seq.stream.push(FinishedEvent(seq.request.request_id, self.decoder.result(seq, reason, error)))
+        self.decoder.result(seq, reason, error)

@@ -60,9 +60,8 @@ def build_sampling_params(request: Request, *, device_confidence_ids: list[int] 
         params["stop"] = list(sp.stop)
     if sp.stop_token_ids:
         params["stop_token_ids"] = list(sp.stop_token_ids)
-    if request.constraint is not None:  # SGLang's names for the three grammar kinds
-        params[{"ebnf": "ebnf", "json_schema": "json_schema", "regex": "regex"}[request.constraint.kind]] = \
-            request.constraint.source
+    if request.constraint is not None:  # our kinds are SGLang's names
+        params[request.constraint.kind] = request.constraint.source
     fmt = request.format
     if fmt is not None:
         params["ebnf"] = fmt.ebnf()

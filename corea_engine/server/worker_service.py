@@ -35,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
 
 from ..runtime.executor import (
+    CONSTRAINT_PROTO_FIELDS,
     DEFAULT_FREE_TEXT_TOKENS,
     MAX_NEW_TOKENS_LIMIT,
     Constraint,
@@ -55,7 +56,7 @@ HEALTH_PROBE_S = 20.0
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "chat_template.json", "chat_template.jinja",
                    "config.json", "generation_config.json")
-_CONSTRAINT_FIELDS = {"ebnf_grammar": "ebnf", "json_schema": "json_schema", "regex": "regex"}
+_CONSTRAINT_KINDS = {field: kind for kind, field in CONSTRAINT_PROTO_FIELDS.items()}  # proto field -> kind
 
 
 class WorkerService(pb_grpc.SglangSchedulerServicer):
@@ -150,7 +151,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         constraint = None
         which = sp.WhichOneof("constraint")
         if which is not None:
-            constraint = Constraint(_CONSTRAINT_FIELDS[which], getattr(sp, which))
+            constraint = Constraint(_CONSTRAINT_KINDS[which], getattr(sp, which))
         max_new = sp.max_new_tokens if sp.HasField("max_new_tokens") else None
         if max_new is not None and max_new > self.max_new_tokens:
             raise OutOfRangeError(f"sampling_params.max_new_tokens is {max_new}; this worker grants at most "

@@ -33,6 +33,7 @@ class Sample:
 def run_samples(problems: list[Problem], *, model=None, executor=None, contract: str = "json", threads: int | None = None,
                 max_batch_size: int = 16) -> list[Sample]:
     """Answer every problem with the runtime; give `executor` to reuse a loaded one."""
+    from ..cascade import check_contract
     from ..runtime.executor import Request, SamplingParams
     from ..runtime.torch_executor import TorchExecutor
 
@@ -51,7 +52,8 @@ def run_samples(problems: list[Problem], *, model=None, executor=None, contract:
             executor.close()
     samples = []
     for p, r in zip(problems, results):
-        answer = r.parsed.answer if r.parsed is not None else None
+        parsed, _ = check_contract(fmt, r.text, r.finish_reason, r.error)
+        answer = parsed.answer if parsed is not None else None
         reading = r.confidence
         samples.append(
             Sample(
