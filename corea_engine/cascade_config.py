@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .contract import UnknownFormatError, get_format
 from .models import DEFAULT_MODEL
-from .runtime.executor import MAX_NEW_TOKENS_LIMIT, InvalidRequestError, SamplingParams
+from .runtime.executor import MAX_NEW_TOKENS_LIMIT, MAX_TEMPERATURE, InvalidRequestError, SamplingParams
 
 MODES = ("cascade", "slm_only", "llm_only")
 CONFIDENCE_SOURCES = ("expected", "sampled")
@@ -160,8 +160,9 @@ NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "max_answer_chars": (1, 10_000, True),
     "max_new_tokens": (1, MAX_NEW_TOKENS_LIMIT, True),
     "max_question_chars": (1, 1_000_000, False),
-    "slm_temperature": (0.0, 10.0, False),
-    "llm_temperature": (0.0, 10.0, False),
+    # The bounds of a number; the temperature's own range is SamplingParams.validate's (validate() below).
+    "slm_temperature": (0.0, MAX_TEMPERATURE, False),
+    "llm_temperature": (0.0, MAX_TEMPERATURE, False),
     "slm_prompt_price": (0.0, 1e6, False),
     "slm_completion_price": (0.0, 1e6, False),
     "llm_prompt_price": (0.0, 1e6, False),

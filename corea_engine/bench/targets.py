@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..policy import Policy
 from .stats import Sample
 
 
@@ -83,7 +84,7 @@ class ExecutorTarget(Target):
                 result = event.result
         if result.finish_reason in ("error", "abort"):
             raise RequestFailed(result.finish_reason, result.error or result.finish_reason)
-        return Sample(time.perf_counter() - start, decision_s, deferred=confidence is None or confidence < self.threshold,
+        return Sample(time.perf_counter() - start, decision_s, deferred=Policy(self.threshold).defers(confidence, 0.0),
                       slm_tokens=result.completion_tokens)
 
 

@@ -199,10 +199,14 @@ class CalibrationResult:
 _BOOTSTRAP_METRICS = ("deferral_rate", "accuracy", "cost", "cost_reduction", "accuracy_drop")
 
 
-def evaluate_policy(cols: Columns, policy: Policy, *, seed: int = 0, bootstrap: int = 1000) -> Evaluation:
+def evaluate_policy(cols: Columns, policy: Policy, *, seed: int = 0, bootstrap: int = 1000,
+                    draws=None) -> Evaluation:
+    """The policy's expected and realised figures on `cols`. draws: each sample's uniform draw in
+    [0, 1) for the tie rule (a served log's tie_draw, to replay its decisions), else drawn from seed."""
     rng = np.random.default_rng(seed)
     expected = _outcome(cols, policy)
-    decided = policy.decide(cols.slm_confidence, rng.random(len(cols))).astype(float)
+    uniform = rng.random(len(cols)) if draws is None else np.asarray(draws, dtype=float)
+    decided = policy.decide(cols.slm_confidence, uniform).astype(float)
     realised = _outcome(cols, policy, weights=decided)
     intervals = {}
     if bootstrap:
