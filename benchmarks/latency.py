@@ -90,7 +90,7 @@ class _Instant(Executor):
 
 class InstantExecutor(_Instant):
     """The stand-in SLM behind a Cascade: answers every request at once with the same contract-shaped
-    text (tokens as ~4-character text pieces, a confidence reading, the parsed result)."""
+    text (tokens as ~4-character text pieces, a confidence reading, the Result)."""
 
     def submit(self, request: Request) -> RequestStream:
         request.validate(16000)
@@ -103,7 +103,7 @@ class InstantExecutor(_Instant):
         events.append(ConfidenceEvent(request.request_id, reading))
         events.append(FinishedEvent(request.request_id, Result(
             request.request_id, text, "confidence", prompt_tokens=150, completion_tokens=len(pieces),
-            parsed=fmt.parse(text), confidence=reading)))
+            confidence=reading)))
         # Already on the consumer's loop: enqueue directly. push() would wake the loop through
         # its self-pipe once per event, which only a producer on another thread needs.
         for event in events:

@@ -18,7 +18,8 @@ from typing import AsyncIterator
 
 import grpc
 
-from ..runtime.scheduler_client import CHANNEL_OPTIONS, REQUEST_ERRORS, SchedulerClient, TokenizerError, decode_delta, pb
+from ..runtime.scheduler_client import CHANNEL_OPTIONS, REQUEST_ERRORS, SchedulerClient, TokenizerError, pb
+from ..runtime.sequence import Detokenizer
 from .base import Completion, EscalationClient, GenerationParams, LLMRequestError, LLMUnavailableError
 
 
@@ -60,23 +61,22 @@ class GrpcLLM(EscalationClient):
                 raise LLMRequestError(f"LLM at {self.address}: {err}") from None
             remaining = None if params.timeout_s is None else max(params.timeout_s - (time.perf_counter() - started), 0.001)
             call = self.client.stub.Generate(request, timeout=remaining, metadata=self.client.metadata)
-            tokens: list[int] = []
+            detokenizer = Detokenizer(self.client.tokenizer)
             text = ""
             async for response in call:
                 if response.WhichOneof("response") == "chunk":
                     new = [t for t in response.chunk.token_ids if t not in self.client.eos_token_ids]
-                    if new:
-                        tokens += new
-                        delta, text = decode_delta(self.client.tokenizer, tokens, text)
-                        if delta:
-                            yield delta
+                    delta = "".join(detokenizer.add(t) for t in new)
+                    if delta:
+                        text += delta
+                        yield delta
                     continue
                 complete = response.complete
                 done = True
                 if complete.finish_reason == "abort":
                     raise LLMUnavailableError(f"LLM at {self.address} aborted the request")
                 yield Completion(text, complete.prompt_tokens or len(request.tokenized.input_ids),
-                                 complete.completion_tokens or len(tokens), self.model_name,
+                                 complete.completion_tokens or len(detokenizer.ids), self.model_name,
                                  complete.finish_reason or "stop", time.perf_counter() - started)
                 return
         except grpc.aio.AioRpcError as err:

@@ -17,9 +17,11 @@ from .executor import (
     TokenEvent,
     TokenLogprobs,
 )
+from .probe import ConfidenceProbe
+from .sequence import Sequence
 
 __all__ = [
-    "ConfidenceEvent", "ConfidenceReading", "Constraint", "Executor", "ExecutorError", "FinishedEvent",
-    "InvalidRequestError", "OutOfRangeError", "Request", "RequestStream", "Result", "SamplingParams", "TokenEvent",
-    "TokenLogprobs",
+    "ConfidenceEvent", "ConfidenceProbe", "ConfidenceReading", "Constraint", "Executor", "ExecutorError", "FinishedEvent",
+    "InvalidRequestError", "OutOfRangeError", "Request", "RequestStream", "Result", "SamplingParams", "Sequence",
+    "TokenEvent", "TokenLogprobs",
 ]

@@ -7,6 +7,10 @@ any grammar (`Constraint`: EBNF, JSON schema or regex, SGLang's three), and may 
 log-probabilities of chosen tokens at every position (`TokenLogprobs` on each TokenEvent).
 Streams work from plain threads (iterate) and from asyncio (async iterate); the runtime's own
 engine runs wherever it likes and pushes events in.
+
+Executors know grammars and the confidence probe (probe.py), not answers: each request's output
+goes through the shared Sequence (sequence.py), and the Result carries text that the cascade's
+check_contract parses.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2 as pb, sgl
 from ..models import cache_dir
 from ..tokenization import encode_chat
 
-__all__ = ["CHANNEL_OPTIONS", "REQUEST_ERRORS", "SchedulerClient", "TokenizerError", "decode_delta", "pb"]
+__all__ = ["CHANNEL_OPTIONS", "REQUEST_ERRORS", "SchedulerClient", "TokenizerError", "pb"]
 
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -141,18 +141,6 @@ class SchedulerClient:
         entry = self._channels.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[0].close()
-
-
-def decode_delta(tokenizer, token_ids: list[int], text: str) -> tuple[str, str]:
-    """(new text, whole text) after `token_ids`, given the text decoded so far.
-
-    The whole sequence is decoded (byte-level tokenizers join pieces across tokens); half a
-    multi-byte character is held back until it completes.
-    """
-    decoded = tokenizer.decode(token_ids, skip_special_tokens=True)
-    if decoded.endswith("\ufffd"):
-        return "", text
-    return decoded[len(text):], decoded
 
 
 def _unpack(blob: bytes, digest: str) -> Path:
