@@ -24,7 +24,8 @@ def test_one_probe_per_contract_and_tokenizer(slm_executor):
     assert probe is ConfidenceProbe.for_format(FMT, tok)  # built once
     assert probe.token_ids == tuple(FMT.scale.token_ids(tok)) and probe.values == FMT.scale.values
     assert (probe.prefix, probe.stop_after, probe.suffix) == (FMT.confidence_prefix, True, "}")
-    assert not ConfidenceProbe.for_format(FMT, tok, stop_at_confidence=False).stop_after
+    assert not ConfidenceProbe.for_format(FMT, tok, stop_after=False).stop_after
+    assert not resolve(Request(prompt="q", contract=FMT, stop_at_confidence=False), tok)[1].stop_after
     first = ConfidenceProbe.for_format(FORMATS["tags_confidence_first"], tok)
     assert (first.prefix, first.stop_after, first.suffix) == ("<confidence>0.", False, "")
     # A request resolves to (grammar, probe): the contract's EBNF, or the caller's constraint and no probe.

@@ -145,6 +145,16 @@ class Request:
         return None if self.contract is None else get_format(self.contract)
 
     @property
+    def ends_on_confidence(self) -> bool:
+        """An answer-first contract that finishes on the confidence step (the rest is forced text)."""
+        return self.contract is not None and self.stop_at_confidence and not self.format.confidence_first
+
+    @property
+    def grammar(self) -> Constraint | None:
+        """The grammar the output must match: the contract's (EBNF), the caller's constraint, or None."""
+        return Constraint("ebnf", self.format.ebnf()) if self.contract is not None else self.constraint
+
+    @property
     def max_new_tokens(self) -> int:
         """The token budget: as asked, else enough for the contract's longest output."""
         if self.sampling.max_new_tokens is not None:
@@ -246,7 +256,9 @@ class TokenLogprobs:
 class TokenEvent:
     request_id: str
     token_id: int
-    text: str  # the newly decoded text (may be "" until a multi-byte character completes)
+    # The newly decoded text: "" until a multi-byte character completes, and text that may start a
+    # stop string waits until it cannot (a request that ends on end-of-sequence has it in Result.text).
+    text: str
     logprobs: TokenLogprobs | None = None  # when the request asked for any
 
 

@@ -49,10 +49,10 @@ class ConfidenceProbe:
     suffix: str = ""
 
     @classmethod
-    def for_format(cls, fmt: Format, tokenizer, *, stop_at_confidence: bool = True) -> "ConfidenceProbe":
-        """The probe of `fmt` for `tokenizer` (cached per tokenizer). ContractError when a scale
-        symbol is not a single token of this tokenizer."""
-        return _probes(tokenizer)(fmt, stop_at_confidence and not fmt.confidence_first)
+    def for_format(cls, fmt: Format, tokenizer, *, stop_after: bool = True) -> "ConfidenceProbe":
+        """The probe of `fmt` for `tokenizer` (cached per tokenizer); stop_after only for an answer-first
+        format. ContractError when a scale symbol is not a single token of this tokenizer."""
+        return _probes(tokenizer)(fmt, stop_after and not fmt.confidence_first)
 
     @property
     def scale_key(self) -> tuple:
@@ -108,10 +108,8 @@ def resolve(request: Request, tokenizer) -> tuple[Constraint | None, ConfidenceP
     its probe; a caller's constraint stays as given, with no probe. The one place a contract is
     turned into what executors consume."""
     if request.contract is None:
-        return request.constraint, None
-    fmt = request.format
-    return (Constraint("ebnf", fmt.ebnf()),
-            ConfidenceProbe.for_format(fmt, tokenizer, stop_at_confidence=request.stop_at_confidence))
+        return request.grammar, None
+    return request.grammar, ConfidenceProbe.for_format(request.format, tokenizer, stop_after=request.ends_on_confidence)
 
 
 def read_logits(logits, scales: Sequence[tuple | None], bitmask=None) -> list[Record | None]:
@@ -133,8 +131,9 @@ def read_logits(logits, scales: Sequence[tuple | None], bitmask=None) -> list[Re
         index = torch.tensor(rows, device=device)
         every = len(rows) == logits.shape[0]
         mask = None
-        if bitmask is not None:
-            mask = (bitmask if every else bitmask.index_select(0, index.to(bitmask.device))).to(device)
+        if bitmask is not None:  # row i of the bitmask is row i of the logits (it may have spare rows)
+            mask = (bitmask if every and len(bitmask) == len(rows) else
+                    bitmask.index_select(0, index.to(bitmask.device))).to(device)
         stats = confidence_stats(logits if every else logits.index_select(0, index),
                                  _tensor(token_ids, torch.long, device), _tensor(values, torch.float32, device), mask)
         table = torch.cat([stats.expected[:, None], stats.mass[:, None], stats.entropy[:, None], stats.probs], 1)

@@ -60,12 +60,12 @@ def build_sampling_params(request: Request, *, device_confidence_ids: list[int] 
         params["stop"] = list(sp.stop)
     if sp.stop_token_ids:
         params["stop_token_ids"] = list(sp.stop_token_ids)
-    if request.constraint is not None:  # our kinds are SGLang's names
-        params[request.constraint.kind] = request.constraint.source
+    grammar = request.grammar
+    if grammar is not None:  # our kinds are SGLang's names
+        params[grammar.kind] = grammar.source
     fmt = request.format
     if fmt is not None:
-        params["ebnf"] = fmt.ebnf()
-        if not fmt.confidence_first and request.stop_at_confidence:
+        if request.ends_on_confidence:
             params["stop_regex"] = confidence_stop_regex(fmt)
         if device_confidence_ids is not None:
             params["custom_params"] = {
