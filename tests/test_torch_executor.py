@@ -12,6 +12,7 @@ import torch
 
 from corea_engine.cascade import check_contract
 from corea_engine.contract import FORMATS, build_messages
+from corea_engine.runtime.probe import ConfidenceProbe
 from corea_engine.runtime import (
     ConfidenceEvent,
     FinishedEvent,
@@ -196,7 +197,8 @@ def test_reported_confidence_equals_reference_from_raw_logits(slm_executor, gsm8
         logits, bitmask = solo_logits(
             slm_executor, prompt_ids_of(slm_executor, req), result.token_ids[: reading.position], fmt
         )
-        token_ids, values = slm_executor._scale_tensors(fmt)
+        probe = ConfidenceProbe.for_format(fmt, slm_executor.tokenizer)
+        token_ids, values = torch.tensor(probe.token_ids), torch.tensor(probe.values)
         ref = confidence_stats_reference(logits, token_ids, values, bitmask)
         assert reading.expected == pytest.approx(float(ref.expected[0]), abs=2e-4)
         assert reading.mass == pytest.approx(1.0, abs=1e-5)  # the grammar allows only the scale there
