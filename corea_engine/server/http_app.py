@@ -135,7 +135,7 @@ class HttpFront:
             return _error(err)
         if call.stream:
             writer = ChunkWriter(call)
-            headers = {"x-corea-request-id": call.solve.request_id, "x-corea-threshold": f"{plan.threshold:g}",
+            headers = {"x-corea-request-id": call.solve.request_id, "x-corea-threshold": f"{plan.thresholds[0]:g}",
                        "x-corea-mode": plan.mode, "x-corea-confidence-source": plan.source}
             return _EventStream(self._events(call, writer), release, headers)
         created = int(time.time())
