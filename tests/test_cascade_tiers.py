@@ -156,3 +156,106 @@ def test_a_middle_tier_behind_an_escalation_client_must_be_read_as_sampled(slm_e
     with pytest.raises(InvalidSolveRequest, match="states only the sampled"):
         cascade.plan(SolveRequest("q", confidence_source="expected"))
     assert cascade.plan(SolveRequest("q")).source == "sampled"
+
+
+def test_tiers_from_a_config_file_and_the_environment(tmp_path):
+    path = tmp_path / "cascade.toml"
+    path.write_text('[cascade]\ncontract = "json"\n\n[[cascade.tiers]]\nname = "small"\nthreshold = 0.7\n\n'
+                    '[[cascade.tiers]]\nname = "mid"\naddress = "127.0.0.1:50062"\nthreshold = 0.6\nprompt_price = 0.5\n\n'
+                    '[[cascade.tiers]]\nname = "large"\nopenai_base_url = "http://127.0.0.1:9/v1"\nmodel = "big"\n')
+    config = CascadeConfig.load(path, env={})
+    assert [(t.name, t.threshold) for t in config.tier_list()] == [("small", 0.7), ("mid", 0.6), ("large", 0.5)]
+    assert config.tier_list()[1].address == "127.0.0.1:50062" and config.tier_list()[1].prompt_price == 0.5
+    env = {"COREA_TIERS": '[{"name": "a"}, {"name": "b", "threshold": "x"}]'}
+    with pytest.raises(ConfigError, match="tiers\\[1\\]: threshold must be a number, got 'x'"):
+        CascadeConfig.load(env=env)
+    # two tiers stay the default: the slm/llm settings as tiers
+    assert [t.name for t in CascadeConfig().tier_list()] == ["slm", "llm"]
+
+
+# ------------------------------------------------------------------ `corea serve --tier ...` over gRPC and HTTP
+@pytest.fixture(scope="module")
+def served(mid, tmp_path_factory):
+    """A `corea serve` process with three --tier flags: SmolLM2 in process, the middle worker of this
+    test process by address, SmolLM2 in process again as the last tier (sharing the first's weights)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import grpc
+
+    from corea_engine.protos import corea_pb2_grpc
+
+    _, worker = mid
+    config = tmp_path_factory.mktemp("tiers") / "cascade.json"
+    config.write_text(json.dumps({**SMALL, "contract": "json_confidence_first"}))
+    env = {**os.environ, "COREA_THREADS": os.environ.get("COREA_THREADS", "1")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corea_engine.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+         "--metrics-port", "0", "--config", str(config),
+         "--tier", "name=small,prompt-price=0.1,completion-price=0.2",
+         "--tier", f"name=mid,address={worker.address},prompt-price=1,completion-price=2",
+         "--tier", "name=large,model=smollm2-135m,prompt-price=10,completion-price=20"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    banner = ""
+    for line in proc.stdout:
+        if line.startswith("corea serve:"):
+            banner = line
+            break
+    assert banner, f"corea serve exited with {proc.wait()} before serving"
+    grpc_port = int(banner.split(" on port ")[1].split()[0])
+    http_port = int(banner.split("OpenAI HTTP API on port ")[1].split(",")[0].split()[0])
+    metrics_port = int(banner.rsplit(":", 1)[1].split("/")[0])
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    yield corea_pb2_grpc.CoreaStub(channel), f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    channel.close()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_served_tiers_carry_the_trace_over_grpc_http_and_metrics(served, gsm8k_questions):
+    import json
+
+    import httpx
+
+    from corea_engine.protos import corea_pb2
+    from corea_engine.server.convert import from_response
+
+    stub, base, metrics = served
+    msg = stub.Solve(corea_pb2.SolveRequest(question=gsm8k_questions[5], thresholds=[1.0, 0.0]), timeout=300)
+    assert msg.answered_by == corea_pb2.TIER_MIDDLE and (msg.answered_tier, msg.answered_tier_index) == ("mid", 1)
+    r = from_response(msg)
+    assert [(t.tier, t.decision) for t in r.trace] == [("small", "defer"), ("mid", "accept")] and not r.degraded
+    assert r.trace[0].threshold == 1.0 and r.trace[0].confidence is not None and r.trace[1].cost > 0
+
+    body = {"model": "corea", "messages": [{"role": "user", "content": gsm8k_questions[6]}], "stream": True,
+            "thresholds": [1.0, 1.0]}
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=300) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    decisions = [c["corea"]["decision"] for c in chunks if "decision" in c.get("corea", {})]
+    assert [(d["decided_by"], d["tier_index"], d["tier_name"]) for d in decisions] == [(0, 1, "mid"), (1, 2, "large")]
+    final = next(c["corea"] for c in chunks if "trace" in c.get("corea", {}))
+    assert final["answered_tier"] == "large" and [t["decision"] for t in final["trace"]] == ["defer", "defer", "answer"]
+    streamed = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks if c.get("choices"))
+    assert streamed == final["text"]  # only the answering tier's tokens reach the client
+
+    text = httpx.get(metrics, timeout=30).text
+    for series in ('corea_tier_decisions_total{decision="defer",tier="small"} 2.0',
+                   'corea_tier_decisions_total{decision="accept",tier="mid"} 1.0',
+                   'corea_tier_decisions_total{decision="answer",tier="large"} 1.0', 'corea_answered_total{tier="mid"} 1.0'):
+        assert series in text, series
+    assert 'corea_cost_total{tier="mid"}' in text and 'corea_tokens_total{kind="completion",tier="large"}' in text
+
+
+def test_serve_refuses_bad_tiers_before_loading_a_model():
+    import subprocess
+    import sys
+
+    for flags, words in ((["--tier", "name=a"], "at least two"),
+                         (["--tier", "name=a", "--tier", "name=b,threshold=2"], "tier 1 ('b') threshold must be"),
+                         (["--tier", "name=a", "--tier", "name=b", "--threshold", "0.5"], "drop --threshold")):
+        out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve", "--port", "0", *flags],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and words in out.stderr, (flags, out.stderr)

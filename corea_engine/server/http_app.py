@@ -42,7 +42,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..cascade import Cascade, ConfidenceKnown, Decision, Finished, InvalidSolveRequest, LlmToken, SlmToken, SolveRequest
+from ..cascade import (
+    Cascade, ConfidenceKnown, Decision, Finished, InvalidSolveRequest, LlmToken, SlmToken, SolveRequest, TierToken,
+)
 from ..runtime.executor import ExecutorError, InvalidRequestError
 from .auth import bearer_token, identity
 from .interceptors import ConcurrencyLimit
@@ -280,9 +282,14 @@ class HttpFront:
                     elif isinstance(event, Decision):
                         decision, decision_ms = event, (time.perf_counter() - started) * 1000
                         yield writer.decision(event, reading and reading.sampled, reading and reading.expected)
-                        if event.tier == "slm" and held:
+                        if event.tier_index == event.decided_by and held:  # the tier that spoke answers
                             yield writer.chunk({"reasoning_content": "".join(held)})
                         held = []
+                    elif isinstance(event, TierToken):  # a middle tier (N > 2): streamed once it answers
+                        if decision is not None and decision.decided_by == decision.tier_index == event.tier_index:
+                            yield writer.chunk({"reasoning_content": event.text})
+                        elif decision is None or decision.tier_index == event.tier_index:
+                            held.append(event.text)
                     elif isinstance(event, LlmToken):
                         yield writer.chunk({"reasoning_content": event.text})
                     elif isinstance(event, Finished):
