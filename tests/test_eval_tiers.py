@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from corea_engine.evaluation.ntier import fit, frontier, simulate, tier_columns
+from corea_engine.evaluation.ntier import fit, frontier, simulate, sweep, tier_columns
 from corea_engine.evaluation.records import read_model_records
 from corea_engine.policy import TierPolicy, route_weights
 
@@ -67,6 +67,10 @@ def test_route_weights_split_ties_and_missing_confidences_per_tier():
 
 def test_the_frontier_and_the_joint_fit_on_a_held_out_half():
     cols = tier_columns(SPECS, PRICES)
+    accuracy, fraction, tuples = sweep(cols)  # vectorised: the same figures as simulate() point by point
+    for i in np.random.default_rng(1).integers(0, len(tuples), 25):
+        o = simulate(cols, tuples[i])
+        assert (o.accuracy, o.cost_fraction) == (pytest.approx(accuracy[i]), pytest.approx(fraction[i]))
     points = frontier(cols)
     assert all(b.cost > a.cost and b.accuracy > a.accuracy for a, b in zip(points, points[1:]))  # Pareto, cheapest first
     grid_best = max(p.accuracy for p in points)

@@ -120,17 +120,34 @@ def grid(cols: TierColumns) -> list[list[float]]:
 
 
 def sweep(cols: TierColumns) -> tuple[np.ndarray, np.ndarray, list[tuple[float, ...]]]:
-    """(accuracy, cost fraction, thresholds) of every tuple on the grid, vectorised over the last deciding tier."""
+    """(accuracy, cost fraction, thresholds) of every tuple on the grid; for each choice of the
+    earlier thresholds the last deciding tier's candidates are computed at once (the same rule
+    as simulate(), plain policies)."""
+    from ..policy import EDGE_TOLERANCE
+
     axes = grid(cols)
     if math.prod(len(a) for a in axes) > MAX_GRID:
         raise ValueError(f"the threshold grid has over {MAX_GRID} tuples; round the confidences first")
+    d = cols.n_tiers - 2  # the last tier that decides
+    last_cost = float(np.mean(cols.cost[:, -1]))
+    candidates = np.asarray(axes[-1])
+    conf = cols.confidence[:, d][:, None]
+    tie = np.isclose(conf, candidates[None, :], rtol=0, atol=EDGE_TOLERANCE)
+    defer = ((np.isnan(conf) | (conf < candidates[None, :])) & ~tie).astype(float)  # (n, T)
     acc, frac, tuples = [], [], []
     for head in itertools.product(*axes[:-1]):
-        for t in axes[-1]:
-            o = simulate(cols, (*head, t))
-            acc.append(o.accuracy)
-            frac.append(o.cost_fraction)
-            tuples.append((*head, t))
+        reach, right, cost = np.ones(len(cols)), np.zeros(len(cols)), np.zeros(len(cols))
+        for k, t in enumerate(head):
+            w = TierPolicy(float(t)).policy.weights(cols.confidence[:, k])
+            cost += reach * cols.cost[:, k]
+            right += reach * (1 - w) * cols.correct[:, k]
+            reach = reach * w
+        r = reach[:, None]
+        total_right = right[:, None] + r * ((1 - defer) * cols.correct[:, d][:, None] + defer * cols.correct[:, -1][:, None])
+        total_cost = cost[:, None] + r * cols.cost[:, d][:, None] + r * defer * cols.cost[:, -1][:, None]
+        acc.extend(total_right.mean(axis=0).tolist())
+        frac.extend((total_cost.mean(axis=0) / last_cost if last_cost > 0 else np.full(len(candidates), np.nan)).tolist())
+        tuples.extend((*head, float(t)) for t in candidates)
     return np.array(acc), np.array(frac), tuples
 
 
