@@ -224,11 +224,13 @@ def fit(cols: TierColumns, *, cost_budget: float | None = None, target_accuracy:
         result.holdout = evaluate(holdout, chosen, seed=seed + 1, bootstrap=bootstrap)
         h = result.holdout
         if cost_budget is not None:
-            result.holdout["target_met"] = bool(h["cost_fraction"] <= cost_budget + 1e-12)
-            result.holdout["target_in_95"] = bool(h["cost_fraction_95"][0] <= cost_budget)
+            h["target_met"] = bool(h["cost_fraction"] <= cost_budget + 1e-12)
+            if bootstrap:
+                h["target_in_95"] = bool(h["cost_fraction_95"][0] <= cost_budget)
         else:
-            result.holdout["target_met"] = bool(h["accuracy"] >= target_accuracy - 1e-12)
-            result.holdout["target_in_95"] = bool(h["accuracy_95"][1] >= target_accuracy)
+            h["target_met"] = bool(h["accuracy"] >= target_accuracy - 1e-12)
+            if bootstrap:
+                h["target_in_95"] = bool(h["accuracy_95"][1] >= target_accuracy)
     return result
 
 
