@@ -1,28 +1,39 @@
-"""The COREA cascade: the SLM answers with a confidence; below the threshold the LLM answers.
+"""The COREA cascade: tiers in order, cheapest first; each answers with a confidence and passes the
+question on below its threshold; the last tier answers what reaches it.
 
-    SolveRequest -> SLM executor (contract grammar) -> ConfidenceEvent -> decision
-                 -> accept: the SLM's answer
-                 -> defer:  abort the SLM at once, call the LLM (same contract) -> its answer
+    SolveRequest -> tier 0 executor (contract grammar) -> ConfidenceEvent -> decision (policy.py)
+                 -> accept: tier 0's answer
+                 -> defer:  abort tier 0 at once, run tier 1 (same contract) -> ... -> the last tier
 
-Early deferral: the decision is taken on the ConfidenceEvent. With a confidence-first contract
-that is ~5 SLM tokens in; the SLM request is aborted and the LLM call starts in the same step.
-With an answer-first contract the SLM stops on that step anyway.
+Two tiers ("slm", "llm") are the default and the shorthand Cascade(slm, llm, config); N tiers come
+from config.tiers (Cascade.tiered). A tier is reached through an Executor (in process, or a remote
+engine over the protocol) or an escalation client (gRPC scheduler, OpenAI-compatible): tiers.py.
 
-Faults: LLM calls are retried with exponential backoff within the request's deadline; a
-circuit breaker stops calling a dead LLM. Whenever the LLM cannot answer, the result carries
-the SLM's answer with degraded=True and the reason (running the SLM to completion if it had
-been aborted early), never silently.
+Early deferral: every tier on an executor is decided on its ConfidenceEvent. With a
+confidence-first contract that is ~5 tokens in; the request is aborted and the next tier starts in
+the same step. A tier before the last one reached through an escalation client is decided once its
+text is complete, on the confidence written in it (verbalized: the request's source must be sampled).
 
-The contract is checked here, once, for every tier and every escalation client: whatever text
-a tier returns is parsed with the request's contract (`check_contract`). Text that does not
-satisfy it (cut at the token cap, malformed, free text) is never served as an answer: the SLM's
-defers (or degrades in slm_only), the LLM's counts as an LLM failure (the SLM answer is kept,
-degraded), and the reason names the problem and the tier's finish reason.
+Faults: escalation calls are retried with exponential backoff within the request's deadline; a
+circuit breaker per client tier stops calling a dead one. When a tier cannot answer (unreachable,
+an error, text outside the contract) the question is not passed on: the result degrades to the
+answer of the highest earlier tier that can answer under the contract (a later tier saw the
+question after the earlier ones passed it on), running it to the end if an early deferral had
+aborted it, with degraded=True and the reason, never silently. A tier that defers while the next
+one is known to be down keeps its own answer, degraded, likewise.
 
-Cost = tokens x per-1k prices of each tier. llm_only_cost is what the LLM alone would have
-cost: exact when the LLM answered (the same call is what llm_only would make); otherwise an
-estimate that prices the SLM's prompt and completion token counts at LLM rates (same messages
-and contract; a different tokenizer would count somewhat differently).
+The contract is checked here, once, for every tier: whatever text a tier returns is parsed with the
+request's contract (`check_contract`). Text that does not satisfy it (cut at the token cap,
+malformed, free text) is never served as an answer: a deciding tier's defers (or degrades in
+slm_only), the last tier's counts as its failure, and the reason names the problem and the tier's
+finish reason.
+
+Each tier run is one `Attempt`; the result (its two-tier fields, answered_tier and the per-tier
+trace) is derived from the attempts alone. Cost = tokens x per-1k prices of each tier run.
+llm_only_cost is what the last tier alone would have cost: exact when it answered (the same call
+is what llm_only would make); otherwise an estimate that prices the first tier's prompt and
+completion token counts at the last tier's rates (same messages and contract; a different
+tokenizer would count somewhat differently).
 
 `stream()` yields events that map 1:1 to corea.v1.SolveEvent; `solve()` returns the result.
 """
@@ -41,15 +52,7 @@ from typing import AsyncIterator
 
 from .cascade_config import CONFIDENCE_SOURCES, MODES, CascadeConfig, ConfigError
 from .contract import ContractError, Format, Parsed, UnknownFormatError, build_messages, get_format
-from .escalation.base import (
-    Completion,
-    EscalationClient,
-    GenerationParams,
-    LLMContractError,
-    LLMError,
-    LLMRequestError,
-    LLMUnavailableError,
-)
+from .escalation.base import EscalationClient, LLMContractError
 from .escalation.breaker import CircuitBreaker
 from .evaluation.calibrators import Calibrator, CalibratorError
 from .policy import TierPolicy, Verdict, tier_draw
@@ -64,7 +67,7 @@ from .runtime.executor import (
     SamplingParams,
     TokenEvent,
 )
-from .tiers import ACCEPT, ANSWER, DEFER, FAILED, FALLBACK, Attempt, Tier, TierTrace
+from .tiers import ACCEPT, ANSWER, DEFER, FAILED, FALLBACK, Attempt, Tier, TierTrace, call_client
 
 log = logging.getLogger(__name__)
 
@@ -570,88 +573,15 @@ class _Run:
         return TierToken(text, index, k, self.tiers[k].name)
 
     async def _run_client(self, attempt: Attempt, quiet: bool = False) -> AsyncIterator[SolveEvent]:
-        """An escalation call: retries with backoff inside the deadline; the tier's breaker sees
-        every attempt's verdict. A tier that decides reads the confidence written in its text."""
-        k, cfg, plan = attempt.tier, self.cfg, self.plan
-        tier = self.tiers[k]
-        breaker = tier.breaker
-        # Keep a little of the caller's time back, so a degraded answer can still reach it: every
-        # call, retries included, ends by the same cut-off.
-        left = plan.remaining()
-        cutoff = None if left is None else plan.deadline - min(0.25, left / 10)
-        started = time.perf_counter()
-        error: LLMError | None = None
-        completion: Completion | None = None
-        verdict_given = False
-
-        def time_left() -> float | None:
-            return None if cutoff is None else cutoff - time.monotonic()
-
-        sent = 0
-        try:
-            calls = cfg.llm_retries + 1
-            for call in range(calls):
-                remaining = time_left()
-                if remaining is not None and remaining <= 0.01:
-                    error = LLMUnavailableError(f"the request's deadline passed before the {tier.label} answered")
-                    break
-                if not breaker.allow():
-                    refused = f"the {tier.label} circuit breaker is {breaker.state}"
-                    error = LLMUnavailableError(f"{error}; {refused}" if error else refused)
-                    break
-                verdict_given = False
-                timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining)
-                params = GenerationParams(
-                    contract=plan.fmt, max_new_tokens=plan.max_new_tokens, temperature=tier.config.temperature,
-                    request_id=f"{plan.request_id}-{tier.name}", timeout_s=timeout,
-                )
-                sent = 0
-                try:
-                    async for item in tier.backend.stream(plan.messages, params):
-                        if isinstance(item, Completion):
-                            completion = item
-                        elif item:
-                            sent += 1
-                            if not quiet:
-                                yield self._token(k, item, sent)
-                    if completion is None:
-                        raise LLMUnavailableError(f"the {tier.label} stream ended without a result")
-                    breaker.record_success()  # it answered; whether the answer is usable is the contract's matter
-                    verdict_given, error = True, None
-                    break
-                except LLMRequestError as err:
-                    breaker.release()
-                    verdict_given, error = True, err
-                    break
-                except LLMUnavailableError as err:
-                    breaker.record_failure()
-                    verdict_given = True
-                    error = LLMUnavailableError(f"{err} (attempt {call + 1} of {calls})")
-                    if sent:  # tokens already reached the client: a retry would repeat them
-                        break
-                if call + 1 < calls:
-                    delay = min(cfg.retry_backoff_s * (2 ** call), cfg.retry_backoff_max_s)
-                    remaining = time_left()
-                    if remaining is not None:
-                        delay = min(delay, max(remaining - 0.01, 0))
-                    await asyncio.sleep(delay)
-        except Exception as err:  # an unexpected client failure fails this request's call only
-            breaker.record_failure()
-            verdict_given = True
-            error = LLMUnavailableError(f"{type(err).__name__}: {err}")
-        finally:
-            if not verdict_given:  # cancelled, or the caller went away mid-call
-                breaker.release()
-            attempt.latency_s = time.perf_counter() - started
-        if completion is not None:
-            attempt.text, attempt.finish_reason = completion.text, completion.finish_reason
-            attempt.prompt_tokens, attempt.completion_tokens = completion.prompt_tokens, completion.completion_tokens
-            attempt.tokens_estimated, attempt.model = completion.estimated, completion.model or attempt.model
-            attempt.cost = tier.cost(completion.prompt_tokens, completion.completion_tokens)
-        if error is not None:  # finish_reason stays the endpoint's own ("" without a completion)
-            attempt.error, attempt.problem, attempt.unreachable = str(error), f"the tier failed: {error}", True
+        """An escalation call (tiers.call_client); a tier that decides reads the confidence written in its text."""
+        plan = self.plan
+        async for index, text in call_client(self.tiers[attempt.tier], attempt, plan.messages, plan.fmt,
+                                             plan.max_new_tokens, plan.request_id, plan.deadline, self.cfg):
+            if not quiet:
+                yield self._token(attempt.tier, text, index)
+        if attempt.unreachable:
             return
-        attempt.parsed, attempt.problem = check_contract(plan.fmt, completion.text, completion.finish_reason)
+        attempt.parsed, attempt.problem = check_contract(plan.fmt, attempt.text, attempt.finish_reason)
         if attempt.parsed is None:
             attempt.error = str(LLMContractError(attempt.problem))
         elif attempt.role == "decide":

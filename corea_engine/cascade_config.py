@@ -75,8 +75,9 @@ class TierConfig:
 
     def validate(self, index: int, count: int) -> None:
         where = f"tier {index} ({self.name!r})"
-        if not TIER_NAME.fullmatch(self.name or ""):
-            raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (up to 32)")
+        if not TIER_NAME.fullmatch(self.name or "") or self.name == "total":
+            raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (up to 32), not 'total' "
+                              "(the end-to-end series of the metrics)")
         for key, (low, high) in TIER_RANGES.items():
             _check_number(f"{where} {key}", getattr(self, key), low, high, False, False)
         try:

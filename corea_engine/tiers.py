@@ -14,11 +14,16 @@ about a tier is what that run did.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 from .cascade_config import TierConfig
 from .contract import Parsed
-from .escalation.base import EscalationClient
+from .escalation.base import (
+    Completion, EscalationClient, GenerationParams, LLMError, LLMRequestError, LLMUnavailableError,
+)
 from .escalation.breaker import CircuitBreaker
 from .policy import TierPolicy, Verdict
 from .runtime.executor import ConfidenceReading, Executor
@@ -127,3 +132,83 @@ class TierTrace:
                    None if v is None else v.calibrated, threshold if v is not None else None,
                    attempt.prompt_tokens, attempt.completion_tokens, attempt.latency_s * 1000, attempt.cost,
                    attempt.finish_reason)
+
+
+async def call_client(tier: Tier, attempt: Attempt, messages: list[dict], fmt, max_new_tokens: int | None,
+                      request_id: str, deadline: float | None, cfg) -> AsyncIterator[tuple[int, str]]:
+    """One escalation call of `tier`, recorded in `attempt`: yields (index, text) chunks as they come.
+
+    Retries with exponential backoff (cfg.llm_retries, retry_backoff_s, llm_timeout_s) inside the
+    request's deadline (time.monotonic()), keeping a little of it back so a degraded answer can
+    still reach the caller; the tier's breaker sees every call's verdict. A call that fails sets
+    attempt.unreachable and attempt.error; the contract is the caller's to check."""
+    breaker = tier.breaker
+    left = None if deadline is None else deadline - time.monotonic()
+    cutoff = None if left is None else deadline - min(0.25, left / 10)
+    started = time.perf_counter()
+    error: LLMError | None = None
+    completion: Completion | None = None
+    verdict_given = False
+
+    def time_left() -> float | None:
+        return None if cutoff is None else cutoff - time.monotonic()
+
+    try:
+        calls = cfg.llm_retries + 1
+        for call in range(calls):
+            remaining = time_left()
+            if remaining is not None and remaining <= 0.01:
+                error = LLMUnavailableError(f"the request's deadline passed before the {tier.label} answered")
+                break
+            if not breaker.allow():
+                refused = f"the {tier.label} circuit breaker is {breaker.state}"
+                error = LLMUnavailableError(f"{error}; {refused}" if error else refused)
+                break
+            verdict_given = False
+            timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining)
+            params = GenerationParams(contract=fmt, max_new_tokens=max_new_tokens, temperature=tier.config.temperature,
+                                      request_id=f"{request_id}-{tier.name}", timeout_s=timeout)
+            sent = 0
+            try:
+                async for item in tier.backend.stream(messages, params):
+                    if isinstance(item, Completion):
+                        completion = item
+                    elif item:
+                        sent += 1
+                        yield sent, item
+                if completion is None:
+                    raise LLMUnavailableError(f"the {tier.label} stream ended without a result")
+                breaker.record_success()  # it answered; whether the answer is usable is the contract's matter
+                verdict_given, error = True, None
+                break
+            except LLMRequestError as err:
+                breaker.release()
+                verdict_given, error = True, err
+                break
+            except LLMUnavailableError as err:
+                breaker.record_failure()
+                verdict_given = True
+                error = LLMUnavailableError(f"{err} (attempt {call + 1} of {calls})")
+                if sent:  # tokens already reached the client: a retry would repeat them
+                    break
+            if call + 1 < calls:
+                delay = min(cfg.retry_backoff_s * (2 ** call), cfg.retry_backoff_max_s)
+                remaining = time_left()
+                if remaining is not None:
+                    delay = min(delay, max(remaining - 0.01, 0))
+                await asyncio.sleep(delay)
+    except Exception as err:  # an unexpected client failure fails this request's call only
+        breaker.record_failure()
+        verdict_given = True
+        error = LLMUnavailableError(f"{type(err).__name__}: {err}")
+    finally:
+        if not verdict_given:  # cancelled, or the caller went away mid-call
+            breaker.release()
+        attempt.latency_s = time.perf_counter() - started
+    if completion is not None:
+        attempt.text, attempt.finish_reason = completion.text, completion.finish_reason
+        attempt.prompt_tokens, attempt.completion_tokens = completion.prompt_tokens, completion.completion_tokens
+        attempt.tokens_estimated, attempt.model = completion.estimated, completion.model or attempt.model
+        attempt.cost = tier.cost(completion.prompt_tokens, completion.completion_tokens)
+    if error is not None:  # finish_reason stays the endpoint's own ("" without a completion)
+        attempt.error, attempt.problem, attempt.unreachable = str(error), f"the tier failed: {error}", True
