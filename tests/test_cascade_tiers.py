@@ -241,6 +241,9 @@ def test_served_tiers_carry_the_trace_over_grpc_http_and_metrics(served, gsm8k_q
     streamed = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks if c.get("choices"))
     assert streamed == final["text"]  # only the answering tier's tokens reach the client
 
+    ready = httpx.get(f"{base}/ready", timeout=30).json()
+    assert [(t["name"], t["available"]) for t in ready["tiers"]] == [("small", True), ("mid", True), ("large", True)]
+
     text = httpx.get(metrics, timeout=30).text
     for series in ('corea_tier_decisions_total{decision="defer",tier="small"} 2.0',
                    'corea_tier_decisions_total{decision="accept",tier="mid"} 1.0',
@@ -259,3 +262,29 @@ def test_serve_refuses_bad_tiers_before_loading_a_model():
         out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve", "--port", "0", *flags],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and words in out.stderr, (flags, out.stderr)
+
+
+def test_each_tier_has_its_calibrator_checked_at_start_up(slm_executor, large, tmp_path):
+    import dataclasses
+
+    from corea_engine.evaluation.calibrators import Calibrator
+    from corea_engine.policy import TierPolicy
+
+    # fitted on answers that were all right: it maps every confidence near 1, so its tier accepts at 0.9
+    cal = Calibrator.fit([0.1, 0.5, 0.9, 0.2], [1, 1, 1, 1], kind="histogram", model="stand-in-llm")
+    path = tmp_path / "mid.json"
+    cal.save(path)
+    verdict = TierPolicy(0.9, calibrator=Calibrator.load(path)).judge(0.3, 0.5)
+    assert not verdict.defers and verdict.calibrated == pytest.approx(float(cal.apply(0.3))) and "calibrated" in verdict.reason
+    tiers = (TIERS[0], dataclasses.replace(TIERS[1], calibrator=str(path)), TIERS[2])
+    config = CascadeConfig(**{**CONFIG, "tiers": tiers})
+    mid_executor = stand_in_llm(slm_executor)  # model_name "stand-in-llm", as the calibrator says
+    try:
+        cascade = Cascade.tiered([slm_executor, mid_executor, ExecutorLLM(large)], config)
+        assert cascade.tiers[1].policy.calibrator is not None and cascade.tiers[0].policy.calibrator is None
+        with pytest.raises(ConfigError, match="calibrator of tier mid: calibrator was fitted for model 'stand-in-llm'"):
+            Cascade.tiered([slm_executor, slm_executor, ExecutorLLM(large)], config)  # another model in the middle
+        with pytest.raises(ConfigError, match="the last tier takes no calibrator"):
+            CascadeConfig(tiers=(TIERS[0], dataclasses.replace(TIERS[1], calibrator=str(path)))).validate()
+    finally:
+        mid_executor.close()

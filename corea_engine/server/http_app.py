@@ -165,7 +165,7 @@ class HttpFront:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        """200 while the SLM serves. The LLM tier's state is reported, not required: without it the
+        """200 while the SLM serves. The LLM tier's state (and every tier's, under "tiers") is reported, not required: without it the
         cascade answers degraded with the reason, and failing readiness on an LLM outage would take
         every replica out of rotation at once."""
         slm, llm_client = self.cascade.slm, self.cascade.llm
@@ -178,7 +178,9 @@ class HttpFront:
         body = {"status": "ready" if slm_up else "not ready",
                 "slm": {"model": getattr(slm, "model_name", ""), "loaded": slm_up,
                         "reason": "" if slm_up else "draining" if self.draining else "the SLM runtime is closed"},
-                "llm": llm}
+                "llm": llm,
+                "tiers": [{"name": t.name, "model": t.model_name, "available": ok, "reason": why}
+                          for t in self.cascade.tiers for ok, why in [t.available()]]}
         return JSONResponse(body, status_code=200 if slm_up else 503)
 
     # -- admission -------------------------------------------------------------------------
