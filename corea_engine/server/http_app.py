@@ -165,9 +165,9 @@ class HttpFront:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        """200 while the SLM serves. The LLM tier's state (and every tier's, under "tiers") is reported, not required: without it the
-        cascade answers degraded with the reason, and failing readiness on an LLM outage would take
-        every replica out of rotation at once."""
+        """200 while the SLM serves. The LLM tier's state (every tier's under "tiers") is reported, not
+        required: without it the cascade answers degraded with the reason, and failing readiness on
+        an LLM outage would take every replica out of rotation at once."""
         slm, llm_client = self.cascade.slm, self.cascade.llm
         slm_up = not getattr(slm, "closed", False) and not self.draining
         llm_ok, why = self.cascade.llm_available()
