@@ -1,28 +1,39 @@
-"""The COREA cascade: the SLM answers with a confidence; below the threshold the LLM answers.
+"""The COREA cascade: tiers in order, cheapest first; each answers with a confidence and passes the
+question on below its threshold; the last tier answers what reaches it.
 
-    SolveRequest -> SLM executor (contract grammar) -> ConfidenceEvent -> decision
-                 -> accept: the SLM's answer
-                 -> defer:  abort the SLM at once, call the LLM (same contract) -> its answer
+    SolveRequest -> tier 0 executor (contract grammar) -> ConfidenceEvent -> decision (policy.py)
+                 -> accept: tier 0's answer
+                 -> defer:  abort tier 0 at once, run tier 1 (same contract) -> ... -> the last tier
 
-Early deferral: the decision is taken on the ConfidenceEvent. With a confidence-first contract
-that is ~5 SLM tokens in; the SLM request is aborted and the LLM call starts in the same step.
-With an answer-first contract the SLM stops on that step anyway.
+Two tiers ("slm", "llm") are the default and the shorthand Cascade(slm, llm, config); N tiers come
+from config.tiers (Cascade.tiered). A tier is reached through an Executor (in process, or a remote
+engine over the protocol) or an escalation client (gRPC scheduler, OpenAI-compatible): tiers.py.
 
-Faults: LLM calls are retried with exponential backoff within the request's deadline; a
-circuit breaker stops calling a dead LLM. Whenever the LLM cannot answer, the result carries
-the SLM's answer with degraded=True and the reason (running the SLM to completion if it had
-been aborted early), never silently.
+Early deferral: every tier on an executor is decided on its ConfidenceEvent. With a
+confidence-first contract that is ~5 tokens in; the request is aborted and the next tier starts in
+the same step. A tier before the last one reached through an escalation client is decided once its
+text is complete, on the confidence written in it (verbalized: the request's source must be sampled).
 
-The contract is checked here, once, for every tier and every escalation client: whatever text
-a tier returns is parsed with the request's contract (`check_contract`). Text that does not
-satisfy it (cut at the token cap, malformed, free text) is never served as an answer: the SLM's
-defers (or degrades in slm_only), the LLM's counts as an LLM failure (the SLM answer is kept,
-degraded), and the reason names the problem and the tier's finish reason.
+Faults: escalation calls are retried with exponential backoff within the request's deadline; a
+circuit breaker per client tier stops calling a dead one. When a tier cannot answer (unreachable,
+an error, text outside the contract) the question is not passed on: the result degrades to the
+answer of the highest earlier tier that can answer under the contract (a later tier saw the
+question after the earlier ones passed it on), running it to the end if an early deferral had
+aborted it, with degraded=True and the reason, never silently. A tier that defers while the next
+one is known to be down keeps its own answer, degraded, likewise.
 
-Cost = tokens x per-1k prices of each tier. llm_only_cost is what the LLM alone would have
-cost: exact when the LLM answered (the same call is what llm_only would make); otherwise an
-estimate that prices the SLM's prompt and completion token counts at LLM rates (same messages
-and contract; a different tokenizer would count somewhat differently).
+The contract is checked here, once, for every tier: whatever text a tier returns is parsed with the
+request's contract (`check_contract`). Text that does not satisfy it (cut at the token cap,
+malformed, free text) is never served as an answer: a deciding tier's defers (or degrades in
+slm_only), the last tier's counts as its failure, and the reason names the problem and the tier's
+finish reason.
+
+Each tier run is one `Attempt`; the result (its two-tier fields, answered_tier and the per-tier
+trace) is derived from the attempts alone. Cost = tokens x per-1k prices of each tier run.
+llm_only_cost is what the last tier alone would have cost: exact when it answered (the same call
+is what llm_only would make); otherwise an estimate that prices the first tier's prompt and
+completion token counts at the last tier's rates (same messages and contract; a different
+tokenizer would count somewhat differently).
 
 `stream()` yields events that map 1:1 to corea.v1.SolveEvent; `solve()` returns the result.
 """
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -40,18 +52,10 @@ from typing import AsyncIterator
 
 from .cascade_config import CONFIDENCE_SOURCES, MODES, CascadeConfig, ConfigError
 from .contract import ContractError, Format, Parsed, UnknownFormatError, build_messages, get_format
-from .escalation.base import (
-    Completion,
-    EscalationClient,
-    GenerationParams,
-    LLMContractError,
-    LLMError,
-    LLMRequestError,
-    LLMUnavailableError,
-)
+from .escalation.base import EscalationClient, LLMContractError
 from .escalation.breaker import CircuitBreaker
 from .evaluation.calibrators import Calibrator, CalibratorError
-from .policy import Policy, tie_draw
+from .policy import TierPolicy, Verdict, tier_draw
 from .runtime.executor import (
     MAX_NEW_TOKENS_LIMIT,
     ConfidenceEvent,
@@ -63,12 +67,13 @@ from .runtime.executor import (
     SamplingParams,
     TokenEvent,
 )
+from .tiers import ACCEPT, ANSWER, DEFER, FAILED, FALLBACK, Attempt, Tier, TierTrace, call_client
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Cascade", "CascadeConfig", "ConfigError", "SolveRequest", "SolveResult", "InvalidSolveRequest", "DeadlineExceeded",
-    "SlmToken", "ConfidenceKnown", "Decision", "LlmToken", "Finished", "SolveEvent",
+    "SlmToken", "ConfidenceKnown", "Decision", "LlmToken", "TierToken", "Finished", "SolveEvent", "TierTrace",
 ]
 
 
@@ -87,7 +92,8 @@ class SolveRequest:
 
     question: str
     request_id: str = ""
-    threshold: float | None = None
+    threshold: float | None = None  # the first tier's
+    thresholds: tuple[float, ...] | None = None  # one per tier but the last (N tiers); threshold overrides the first
     confidence_source: str | None = None  # "expected" | "sampled"
     mode: str | None = None  # "cascade" | "slm_only" | "llm_only"
     contract: str | Format | None = None
@@ -129,6 +135,9 @@ class SolveResult:
     llm_tokens_estimated: bool = False  # the LLM's token counts were counted here, not reported by it
     confidence_calibrated: float | None = None  # after the served calibrator; the decision reads it
     tie_draw: float | None = None  # the request's uniform draw for the tie rule (policy.py)
+    answered_tier: str = ""  # the answering tier by name ("slm" / "llm" with two tiers) and index
+    answered_tier_index: int = 0
+    trace: list[TierTrace] = field(default_factory=list)  # one entry per tier run, in order
 
     @property
     def confidence(self) -> float | None:
@@ -146,7 +155,9 @@ class ConfidenceKnown:
     sampled: float
     expected: float
     distribution: tuple[float, ...]
-    slm_tokens: int
+    slm_tokens: int  # the tier's tokens when its confidence became known
+    tier_index: int = 0
+    tier_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,9 @@ class Decision:
     reason: str
     threshold: float
     confidence: float | None
+    tier_index: int = 0  # the tier that answers or runs next (tier is its two-tier name)
+    tier_name: str = ""
+    decided_by: int = 0  # the tier whose confidence decided
 
 
 @dataclass(frozen=True)
@@ -165,11 +179,21 @@ class LlmToken:
 
 
 @dataclass(frozen=True)
+class TierToken:
+    """A token of a tier between the first and the last (N > 2)."""
+
+    text: str
+    index: int
+    tier_index: int
+    tier_name: str
+
+
+@dataclass(frozen=True)
 class Finished:
     result: SolveResult
 
 
-SolveEvent = SlmToken | ConfidenceKnown | Decision | LlmToken | Finished
+SolveEvent = SlmToken | ConfidenceKnown | Decision | LlmToken | TierToken | Finished
 
 
 @dataclass
@@ -178,7 +202,7 @@ class _Plan:
 
     request_id: str
     question: str
-    threshold: float
+    thresholds: list[float]  # one per tier but the last
     source: str
     mode: str
     fmt: Format
@@ -192,32 +216,66 @@ class _Plan:
 
 # ------------------------------------------------------------------------------ the cascade
 class Cascade:
-    """SLM first; the LLM when the SLM's confidence is below the threshold."""
+    """Tiers in order, cheapest first; each but the last passes the question on below its threshold.
 
-    def __init__(self, slm: Executor, llm: EscalationClient | None, config: CascadeConfig | None = None):
-        self.slm = slm
-        self.llm = llm
+    Cascade(slm, llm, config): the two-tier shorthand (llm may be None for slm_only). Cascade.tiered(
+    backends, config): one backend per config.tier_list() entry (an Executor, or an EscalationClient
+    for any tier after the first; None where the tier is absent)."""
+
+    def __init__(self, slm: Executor | None, llm: EscalationClient | None, config: CascadeConfig | None = None,
+                 *, middle: tuple = ()):
         self.config = (config or CascadeConfig()).validate()
-        self.calibrator = self._load_calibrator()
-        self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
+        specs = self.config.tier_list()
+        backends = [slm, *middle, llm]
+        if len(backends) != len(specs):
+            raise ConfigError(f"{len(specs)} tiers are configured but {len(backends)} backends were given")
+        self.tiers = [self._tier(i, spec, backend) for i, (spec, backend) in enumerate(zip(specs, backends))]
 
-    def _load_calibrator(self) -> Calibrator | None:
-        """The configured calibrator, checked against this server's model, contract and source; ConfigError."""
+    @classmethod
+    def tiered(cls, backends: list, config: CascadeConfig) -> "Cascade":
+        return cls(backends[0], backends[-1], config, middle=tuple(backends[1:-1]))
+
+    def _tier(self, index: int, spec, backend) -> Tier:
         cfg = self.config
-        if cfg.calibrator is None:
+        policy = TierPolicy(spec.threshold, cfg.tie_defer_prob, self._load_calibrator(spec, backend))
+        breaker = None
+        if isinstance(backend, EscalationClient) or (backend is None and index > 0):
+            breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
+        return Tier(index, spec, backend, policy, breaker)
+
+    def _load_calibrator(self, spec, backend) -> Calibrator | None:
+        """The tier's calibrator, checked against its model, contract and source; ConfigError."""
+        if spec.calibrator is None:
             return None
+        source = "sampled" if spec.verbalized or isinstance(backend, EscalationClient) else self.config.confidence_source
         try:
-            calibrator = Calibrator.load(cfg.calibrator)
-            calibrator.check_serves(model=getattr(self.slm, "model_name", ""), contract=cfg.contract,
-                                    source=cfg.confidence_source)
+            calibrator = Calibrator.load(spec.calibrator)
+            calibrator.check_serves(model=getattr(backend, "model_name", ""), contract=self.config.contract, source=source)
         except CalibratorError as err:
-            raise ConfigError(f"calibrator: {err}") from None
+            raise ConfigError(f"calibrator{'' if spec.name == 'slm' else f' of tier {spec.name}'}: {err}") from None
         return calibrator
+
+    # The two-tier names, kept for callers of the shorthand.
+    @property
+    def slm(self):
+        return self.tiers[0].backend
+
+    @property
+    def llm(self):
+        return self.tiers[-1].backend
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.tiers[-1].breaker
+
+    @property
+    def calibrator(self) -> Calibrator | None:
+        return self.tiers[0].policy.calibrator
 
     # -- public API ----------------------------------------------------------------------
     async def solve(self, req: SolveRequest) -> SolveResult:
-        """The result; DeadlineExceeded when req.timeout_s passes first (the SLM and the LLM
-        call are stopped wherever they are, prefill included)."""
+        """The result; DeadlineExceeded when req.timeout_s passes first (every tier's call is
+        stopped wherever it is, prefill included)."""
         deadline = asyncio.timeout(req.timeout_s)
         try:
             async with deadline:
@@ -239,12 +297,23 @@ class Cascade:
             raise InvalidSolveRequest("question is empty")
         if len(req.question) > cfg.max_question_chars:
             raise InvalidSolveRequest(f"question is {len(req.question)} characters; the limit is {cfg.max_question_chars}")
-        threshold = cfg.threshold if req.threshold is None else req.threshold
-        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise InvalidSolveRequest(f"threshold must be a number in [0, 1], got {threshold!r}")
+        thresholds = [t.policy.threshold for t in self.tiers[:-1]]
+        if req.thresholds:
+            if len(req.thresholds) != len(thresholds):
+                raise InvalidSolveRequest(f"thresholds: give one per tier but the last ({len(thresholds)}), "
+                                          f"got {len(req.thresholds)}")
+            thresholds = list(req.thresholds)
+        if req.threshold is not None:
+            thresholds[0] = req.threshold
+        for t in thresholds:
+            if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0.0 <= t <= 1.0):
+                raise InvalidSolveRequest(f"threshold must be a number in [0, 1], got {t!r}")
         source = req.confidence_source or cfg.confidence_source
         if source not in CONFIDENCE_SOURCES:
             raise InvalidSolveRequest(f"confidence_source must be one of {', '.join(CONFIDENCE_SOURCES)}, got {source!r}")
+        if source == "expected" and any(t.is_client for t in self.tiers[1:-1]):
+            raise InvalidSolveRequest("a middle tier reached through an escalation client states only the sampled "
+                                      "(verbalized) confidence: ask for confidence_source sampled")
         cal = self.calibrator
         if cal is not None and source != cal.source:
             raise InvalidSolveRequest(f"the served calibrator reads the {cal.source} confidence, not {source}")
@@ -268,7 +337,7 @@ class Cascade:
         return _Plan(
             request_id=req.request_id or uuid.uuid4().hex[:16],
             question=req.question,
-            threshold=float(threshold),
+            thresholds=[float(t) for t in thresholds],
             source=source,
             mode=mode,
             fmt=fmt,
@@ -288,327 +357,322 @@ class Cascade:
             await run.cleanup()
 
     def llm_available(self) -> tuple[bool, str]:
-        if self.llm is None:
-            return False, "no LLM is configured"
-        if not self.breaker.would_allow():
-            return False, f"the LLM circuit breaker is {self.breaker.state} after repeated failures"
-        return True, ""
+        """The last tier's state (the two-tier name)."""
+        return self.tiers[-1].available()
 
     async def close(self) -> None:
-        if self.llm is not None:
-            await self.llm.close()
+        for tier in self.tiers[1:]:
+            if tier.is_client:
+                await tier.backend.close()
 
 
 class _Run:
-    """The state of one request as it moves through the tiers."""
+    """One request as it moves through the tiers: a list of attempts, one per tier run."""
 
     def __init__(self, cascade: Cascade, plan: _Plan):
         self.c, self.plan, self.cfg = cascade, plan, cascade.config
+        self.tiers = cascade.tiers
+        self.last = len(self.tiers) - 1
         self.started = time.perf_counter()
-        self.slm_request: Request | None = None
-        self.slm_result: Result | None = None  # the last SLM run
-        self.slm_runs: list[Result] = []
-        self.decision: Decision | None = None
-        self.slm_tokens = 0
-        self.slm_finished = False
-        self.reading = None
-        self.slm_drain: asyncio.Task | None = None
-        self.llm_task: asyncio.Task | None = None
-        self.llm_queue: asyncio.Queue = asyncio.Queue()
-        self.llm_completion: Completion | None = None
-        self.llm_parsed: Parsed | None = None  # the LLM's answer when its text satisfies the contract
-        self.llm_error: LLMError | None = None
-        self.slm_parsed: Parsed | None = None
-        self.slm_problem = "the SLM did not run"
-        self.llm_started = 0.0
-        self.llm_elapsed = 0.0
-        self.result = SolveResult(
-            request_id=plan.request_id, threshold=plan.threshold, confidence_source=plan.source,
-            mode=plan.mode, slm_model=getattr(cascade.slm, "model_name", "") if cascade.slm else "",
-            llm_model=getattr(cascade.llm, "model_name", "") if cascade.llm else "",
-        )
+        self.attempts: list[Attempt] = []
+        self.live: dict[str, Executor] = {}  # executor requests not yet finished: request id -> executor
+        self.drains: list[asyncio.Task] = []  # aborted runs counting their last tokens
 
-    def confidence(self) -> float | None:
-        if self.reading is None:
-            return None
-        return self.reading.expected if self.plan.source == "expected" else self.reading.sampled
+    def _new(self, k: int, role: str) -> Attempt:
+        tier = self.tiers[k]
+        attempt = Attempt(k, tier.name, role, model=tier.model_name)
+        self.attempts.append(attempt)
+        return attempt
 
-    def _slm_request(self) -> Request:
-        return Request(
-            messages=self.plan.messages, contract=self.plan.fmt,
-            sampling=SamplingParams(temperature=self.cfg.slm_temperature, max_new_tokens=self.plan.max_new_tokens),
-            stop_at_confidence=True, request_id=f"{self.plan.request_id}-slm-{uuid.uuid4().hex[:6]}",
-        )
+    def _latest(self, k: int) -> Attempt | None:
+        return next((a for a in reversed(self.attempts) if a.tier == k), None)
+
+    def _decision(self, to: int, deferred: bool, reason: str, by: int, confidence: float | None) -> Decision:
+        return Decision(self._legacy(to), deferred, reason, self.plan.thresholds[min(by, self.last - 1)], confidence,
+                        tier_index=to, tier_name=self.tiers[to].name, decided_by=by)
+
+    def _legacy(self, k: int) -> str:
+        """The two-tier name of tier k: slm (first), llm (last), else its name."""
+        return "slm" if k == 0 else "llm" if k == self.last else self.tiers[k].name
 
     # -- the flow ------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[SolveEvent]:
         plan = self.plan
         if plan.mode == "llm_only":
-            ok, why = self.c.llm_available()
+            ok, why = self.tiers[-1].available()
             if ok:
-                self.decision = Decision("llm", False, "mode llm_only", plan.threshold, None)
-                yield self.decision
-                self._start_llm()
-                async for event in self._llm_events():
+                yield self._decision(self.last, False, "mode llm_only", 0, None)
+                attempt = self._new(self.last, "answer")
+                async for event in self._run(attempt):
                     yield event
-                if self.llm_parsed is not None:
-                    yield Finished(self._finish())
+                if attempt.usable:
+                    attempt.decision = ANSWER
+                    yield Finished(await self.finish(attempt))
                     return
-                why = f"LLM failed: {self.llm_error}"
+                why = f"{self.tiers[-1].label} failed: {attempt.error or attempt.problem}"
             else:
-                self.decision = Decision("slm", False, f"mode llm_only but {why}", plan.threshold, None)
-                yield self.decision
-            await self._run_slm_to_completion()
-            yield Finished(self._finish(degraded_reason=why))
+                yield self._decision(0, False, f"mode llm_only but {why}", 0, None)
+            yield Finished(await self.finish(*await self._fall_back(why, self.last - 1)))
             return
 
-        decision: Decision | None = None
-        self.slm_request = self._slm_request()
-        stream = self.c.slm.submit(self.slm_request)  # InvalidRequestError propagates: bad input
-        iterator = stream.__aiter__()
-        async for event in iterator:
-            if isinstance(event, TokenEvent):
-                self.slm_tokens += 1
-                if event.text:
-                    yield SlmToken(event.text, self.slm_tokens)
-            elif isinstance(event, ConfidenceEvent):
-                self.reading = event.reading
-                r = event.reading
-                yield ConfidenceKnown(r.sampled, r.expected, tuple(r.probs), self.slm_tokens)
-                conf = self.confidence()
-                if plan.mode == "cascade" and self._defers(conf):
-                    ok, _ = self.c.llm_available()
-                    if ok:  # early deferral: abort the SLM and call the LLM in the same step
-                        self.c.slm.abort(self.slm_request.request_id)
-                        self._start_llm()
-                        self.slm_drain = asyncio.ensure_future(self._drain(iterator))
-                        decision = self.decision = Decision("llm", True, self._reason(conf), plan.threshold, conf)
-                        yield decision
-                        break
-                    # LLM known to be down: let the SLM finish so its answer can be returned.
-            elif isinstance(event, FinishedEvent):
-                self._record_slm(event.result)
-        if decision is None:
-            decision, degraded_reason = self._decide_after_slm()
-            self.decision = decision
-            yield decision
-            if not decision.deferred or decision.tier == "slm":
-                yield Finished(self._finish(degraded_reason=degraded_reason))
-                return
-            self._start_llm()
-        async for event in self._llm_events():
-            yield event
-        if self.slm_drain is not None:
-            await self.slm_drain
-        if self.llm_parsed is not None:
-            yield Finished(self._finish())
-            return
-        if self.slm_result is None or self.slm_result.finish_reason == "abort":
-            await self._run_slm_to_completion()
-        yield Finished(self._finish(degraded_reason=f"LLM failed: {self.llm_error}"))
-
-    def _defers(self, conf: float) -> bool:
-        """The policy's decision (policy.py) on the calibrated confidence; records what it read."""
-        res, cal = self.result, self.c.calibrator
-        used = conf if cal is None else float(cal.apply(conf))
-        res.confidence_calibrated = None if cal is None else used
-        res.tie_draw = tie_draw(self.cfg.tie_seed, self.plan.request_id)
-        policy = Policy(self.plan.threshold, self.cfg.tie_defer_prob)
-        defers = policy.defers(used, res.tie_draw)
-        if policy.at_tie(used) and self.cfg.tie_defer_prob > 0:
-            log.info("request %s at the tie: draw %.6f, tie_defer_prob %g -> %s", self.plan.request_id,
-                     res.tie_draw, self.cfg.tie_defer_prob, "defer" if defers else "accept")
-        return defers
-
-    def _reason(self, conf: float) -> str:
-        """Why the policy decided as it did, in the confidence it read."""
-        res, plan = self.result, self.plan
-        used = conf if res.confidence_calibrated is None else res.confidence_calibrated
-        name = f"{plan.source} confidence {conf:.3f}" + ("" if res.confidence_calibrated is None else f" (calibrated {used:.3f})")
-        if Policy(plan.threshold).at_tie(used) and self.cfg.tie_defer_prob > 0:
-            return f"{name} at threshold {plan.threshold:g}: draw {res.tie_draw:.4f} vs tie_defer_prob {self.cfg.tie_defer_prob:g}"
-        return f"{name} {'<' if used < plan.threshold else '>='} threshold {plan.threshold:g}"
-
-    def _decide_after_slm(self) -> tuple[Decision, str]:
-        """The decision once the SLM has finished (no early deferral happened)."""
-        plan, conf = self.plan, self.confidence()
-        if self.slm_parsed is None or conf is None:
-            problem = self.slm_problem if self.slm_parsed is None else "no confidence was read"
-            reason = f"SLM output unusable ({problem})"
-            if plan.mode == "slm_only":
-                return Decision("slm", False, reason, plan.threshold, conf), f"{reason}; mode slm_only forbids the LLM"
-            ok, why = self.c.llm_available()
-            return Decision("llm" if ok else "slm", True, reason, plan.threshold, conf), "" if ok else f"{reason}; {why}"
         if plan.mode == "slm_only":
-            return Decision("slm", False, "mode slm_only", plan.threshold, conf), ""
-        if not self._defers(conf):
-            return Decision("slm", False, self._reason(conf), plan.threshold, conf), ""
-        ok, why = self.c.llm_available()
-        if ok:
-            return Decision("llm", True, self._reason(conf), plan.threshold, conf), ""
-        return Decision("slm", True, self._reason(conf), plan.threshold, conf), why
+            attempt = self._new(0, "answer")
+            async for event in self._run(attempt):
+                yield event
+            if attempt.usable and attempt.confidence is not None:
+                attempt.decision = ANSWER
+                yield self._decision(0, False, "mode slm_only", 0, attempt.confidence)
+                yield Finished(await self.finish(attempt))
+                return
+            problem = attempt.problem if not attempt.usable else "no confidence was read"
+            reason = f"{self.tiers[0].label} output unusable ({problem})"
+            attempt.decision, attempt.reason = FAILED, reason
+            yield self._decision(0, False, reason, 0, attempt.confidence)
+            yield Finished(await self.finish(*await self._fall_back(f"{reason}; mode slm_only forbids the LLM", 0)))
+            return
 
-    def _record_slm(self, result: Result) -> None:
-        self.slm_result = result
-        self.slm_runs.append(result)
-        self.slm_finished = True
-        if result.finish_reason == "abort":  # stopped on purpose (early deferral): not a contract matter
-            self.slm_parsed, self.slm_problem = None, "aborted"
+        k = 0
+        while True:
+            tier = self.tiers[k]
+            attempt = self._new(k, "answer" if k == self.last else "decide")
+            async for event in self._run(attempt):
+                yield event
+            if k == self.last:
+                if attempt.usable:
+                    attempt.decision = ANSWER
+                    yield Finished(await self.finish(attempt))
+                else:
+                    attempt.decision = FAILED
+                    why = f"{tier.label} failed: {attempt.error or attempt.problem}"
+                    yield Finished(await self.finish(*await self._fall_back(why, k - 1)))
+                return
+            if attempt.decision == DEFER:  # decided early, on the confidence: the next tier is on its way
+                k += 1
+                continue
+            if attempt.unreachable and k > 0:  # a middle tier failed: degrade, do not pass on
+                attempt.decision = FAILED
+                why = f"{tier.label} failed: {attempt.error or attempt.problem}"
+                yield Finished(await self.finish(*await self._fall_back(why, k - 1)))
+                return
+            decision, why = self._decide_after(attempt)
+            yield decision
+            if attempt.decision == ACCEPT:
+                yield Finished(await self.finish(attempt))
+                return
+            if decision.tier_index == k:  # it defers, but the next tier cannot take the question
+                yield Finished(await self.finish(*await self._fall_back(why, k)))
+                return
+            k += 1
+
+    def _judge(self, attempt: Attempt) -> Verdict:
+        k, plan = attempt.tier, self.plan
+        tier = self.tiers[k]
+        policy = dataclasses.replace(tier.policy, threshold=plan.thresholds[k])
+        source = "verbalized" if tier.is_client else plan.source
+        verdict = policy.judge(attempt.confidence, tier_draw(self.cfg.tie_seed, plan.request_id, k), source)
+        if policy.policy.at_tie(verdict.used) and policy.tie_defer_prob > 0:
+            log.info("request %s tier %s at the tie: draw %.6f, tie_defer_prob %g -> %s", plan.request_id, tier.name,
+                     verdict.draw, policy.tie_defer_prob, "defer" if verdict.defers else "accept")
+        attempt.verdict = verdict
+        return verdict
+
+    def _decide_after(self, attempt: Attempt) -> tuple[Decision, str]:
+        """The decision of a tier that ran to the end (no early deferral): (event, why degraded)."""
+        k = attempt.tier
+        if not attempt.usable or attempt.confidence is None:
+            problem = attempt.problem if not attempt.usable else "no confidence was read"
+            attempt.decision, attempt.reason = DEFER, f"{self.tiers[k].label} output unusable ({problem})"
         else:
-            self.slm_parsed, self.slm_problem = check_contract(self.plan.fmt, result.text, result.finish_reason, result.error)
+            verdict = self._judge(attempt)
+            attempt.decision, attempt.reason = (DEFER if verdict.defers else ACCEPT), verdict.reason
+        if attempt.decision == ACCEPT:
+            return self._decision(k, False, attempt.reason, k, attempt.confidence), ""
+        ok, why = self.tiers[k + 1].available()
+        if ok:
+            return self._decision(k + 1, True, attempt.reason, k, attempt.confidence), ""
+        if not attempt.usable or attempt.confidence is None:
+            why = f"{attempt.reason}; {why}"
+        return self._decision(k, True, attempt.reason, k, attempt.confidence), why
 
-    async def _drain(self, iterator) -> None:
-        """Consume an aborted SLM stream up to its FinishedEvent (for the token count)."""
+    # -- running one tier ----------------------------------------------------------------
+    def _run(self, attempt: Attempt) -> AsyncIterator[SolveEvent]:
+        tier = self.tiers[attempt.tier]
+        return self._run_client(attempt) if tier.is_client else self._run_executor(attempt)
+
+    async def _run_executor(self, attempt: Attempt, quiet: bool = False) -> AsyncIterator[SolveEvent]:
+        """Stream one executor run; a tier that decides does so on its ConfidenceEvent, and an
+        early deferral aborts it (its last tokens are counted in the background)."""
+        k, plan = attempt.tier, self.plan
+        tier = self.tiers[k]
+        request = Request(
+            messages=plan.messages, contract=plan.fmt,
+            sampling=SamplingParams(temperature=tier.config.temperature, max_new_tokens=plan.max_new_tokens),
+            stop_at_confidence=True, request_id=f"{plan.request_id}-{tier.name}-{uuid.uuid4().hex[:6]}",
+        )
+        try:
+            stream = tier.backend.submit(request)
+        except Exception as err:  # the first tier: bad input, the caller's error; a later one fails like any call
+            if k == 0:
+                raise
+            attempt.finish_reason, attempt.unreachable = "error", True
+            attempt.error, attempt.problem = str(err), f"the tier failed: {err}"
+            return
+        self.live[request.request_id] = tier.backend
+        iterator = stream.__aiter__()
+        tokens = 0
         async for event in iterator:
             if isinstance(event, TokenEvent):
-                self.slm_tokens += 1
-            elif isinstance(event, FinishedEvent):
-                self._record_slm(event.result)
-
-    async def _run_slm_to_completion(self) -> None:
-        """The SLM's full answer, for a degraded result when the LLM could not answer."""
-        request = self._slm_request()
-        self.slm_request = request
-        self.slm_finished = False
-        result = await self.c.slm.generate_async(request)
-        self._record_slm(result)
-        if self.reading is None:
-            self.reading = result.confidence
-
-    # -- the LLM -------------------------------------------------------------------------
-    def _start_llm(self) -> None:
-        self.llm_started = time.perf_counter()
-        self.llm_task = asyncio.ensure_future(self._call_llm())
-
-    async def _llm_events(self) -> AsyncIterator[LlmToken]:
-        index = 0
-        while True:
-            item = await self.llm_queue.get()
-            if item is None:
-                return
-            index += 1
-            yield LlmToken(item, index)
-
-    async def _call_llm(self) -> None:
-        """Retries with backoff inside the deadline; the breaker sees every attempt's verdict."""
-        cfg, plan, breaker = self.cfg, self.plan, self.c.breaker
-        # Keep a little of the caller's time back, so a degraded answer can still reach it: every
-        # attempt, retries included, ends by the same cut-off.
-        left = plan.remaining()
-        cutoff = None if left is None else plan.deadline - min(0.25, left / 10)
-
-        def time_left() -> float | None:
-            return None if cutoff is None else cutoff - time.monotonic()
-
-        try:
-            attempts = cfg.llm_retries + 1
-            for attempt in range(attempts):
-                remaining = time_left()
-                if remaining is not None and remaining <= 0.01:
-                    self.llm_error = LLMUnavailableError("the request's deadline passed before the LLM answered")
-                    return
-                if not breaker.allow():
-                    refused = f"the LLM circuit breaker is {breaker.state}"
-                    self.llm_error = LLMUnavailableError(f"{self.llm_error}; {refused}" if self.llm_error else refused)
-                    return
-                timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining)
-                params = GenerationParams(
-                    contract=plan.fmt, max_new_tokens=plan.max_new_tokens, temperature=cfg.llm_temperature,
-                    request_id=f"{plan.request_id}-llm", timeout_s=timeout,
-                )
-                sent = 0
-                try:
-                    async for item in self.c.llm.stream(plan.messages, params):
-                        if isinstance(item, Completion):
-                            self.llm_completion = item
-                        elif item:
-                            sent += 1
-                            self.llm_queue.put_nowait(item)
-                    if self.llm_completion is None:
-                        raise LLMUnavailableError("the LLM stream ended without a result")
-                    breaker.record_success()  # it answered; whether the answer is usable is the contract's matter
-                    done = self.llm_completion
-                    self.llm_parsed, problem = check_contract(plan.fmt, done.text, done.finish_reason)
-                    if self.llm_parsed is None:
-                        self.llm_error = LLMContractError(problem)
-                    return
-                except LLMRequestError as err:
-                    breaker.release()
-                    self.llm_error = err
-                    return
-                except LLMUnavailableError as err:
-                    breaker.record_failure()
-                    self.llm_error = LLMUnavailableError(f"{err} (attempt {attempt + 1} of {attempts})")
-                    if sent:  # tokens already reached the client: a retry would repeat them
+                tokens += 1
+                if event.text and not quiet:
+                    yield self._token(k, event.text, tokens)
+            elif isinstance(event, ConfidenceEvent):
+                r = attempt.reading = event.reading
+                attempt.confidence = r.expected if plan.source == "expected" else r.sampled
+                if not quiet:
+                    yield ConfidenceKnown(r.sampled, r.expected, tuple(r.probs), tokens, tier_index=k, tier_name=tier.name)
+                if attempt.role == "decide" and plan.mode == "cascade":
+                    verdict = self._judge(attempt)
+                    ok, _ = self.tiers[k + 1].available()
+                    if verdict.defers and ok:  # early deferral: stop this tier, the next one starts now
+                        tier.backend.abort(request.request_id)
+                        attempt.decision, attempt.reason = DEFER, verdict.reason
+                        self.drains.append(asyncio.ensure_future(self._drain(iterator, attempt, request)))
+                        yield self._decision(k + 1, True, verdict.reason, k, attempt.confidence)
                         return
-                if attempt + 1 < attempts:
-                    delay = min(cfg.retry_backoff_s * (2 ** attempt), cfg.retry_backoff_max_s)
-                    remaining = time_left()
-                    if remaining is not None:
-                        delay = min(delay, max(remaining - 0.01, 0))
-                    await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            breaker.release()
-            raise
-        except Exception as err:  # an unexpected client failure degrades this request only
-            breaker.record_failure()
-            self.llm_error = LLMUnavailableError(f"{type(err).__name__}: {err}")
-        finally:
-            self.llm_elapsed = time.perf_counter() - self.llm_started
-            self.llm_queue.put_nowait(None)
+                    # the next tier is known to be down: let this one finish so its answer can be used
+            elif isinstance(event, FinishedEvent):
+                self._record(attempt, request, event.result)
+
+    async def _drain(self, iterator, attempt: Attempt, request: Request) -> None:
+        """Consume an aborted stream up to its FinishedEvent (for the token count)."""
+        async for event in iterator:
+            if isinstance(event, FinishedEvent):
+                decision, reason = attempt.decision, attempt.reason
+                self._record(attempt, request, event.result)
+                attempt.decision, attempt.reason = decision, reason
+
+    def _record(self, attempt: Attempt, request: Request, result: Result) -> None:
+        self.live.pop(request.request_id, None)
+        attempt.prompt_tokens, attempt.completion_tokens = result.prompt_tokens, result.completion_tokens
+        attempt.latency_s, attempt.finish_reason, attempt.text = result.latency_s, result.finish_reason, result.text
+        attempt.error, attempt.unreachable = result.error or "", result.finish_reason == "error"
+        if attempt.reading is None and result.confidence is not None:
+            attempt.reading = result.confidence
+            attempt.confidence = result.confidence.expected if self.plan.source == "expected" else result.confidence.sampled
+        attempt.cost = self.tiers[attempt.tier].cost(result.prompt_tokens, result.completion_tokens)
+        if result.finish_reason == "abort":  # stopped on purpose (early deferral): not a contract matter
+            attempt.parsed, attempt.problem = None, "aborted"
+        else:
+            attempt.parsed, attempt.problem = check_contract(self.plan.fmt, result.text, result.finish_reason, result.error)
+
+    def _token(self, k: int, text: str, index: int) -> SolveEvent:
+        if k == 0:
+            return SlmToken(text, index)
+        if k == self.last:
+            return LlmToken(text, index)
+        return TierToken(text, index, k, self.tiers[k].name)
+
+    async def _run_client(self, attempt: Attempt, quiet: bool = False) -> AsyncIterator[SolveEvent]:
+        """An escalation call (tiers.call_client); a tier that decides reads the confidence written in its text."""
+        plan = self.plan
+        async for index, text in call_client(self.tiers[attempt.tier], attempt, plan.messages, plan.fmt,
+                                             plan.max_new_tokens, plan.request_id, plan.deadline, self.cfg):
+            if not quiet:
+                yield self._token(attempt.tier, text, index)
+        if attempt.unreachable:
+            return
+        attempt.parsed, attempt.problem = check_contract(plan.fmt, attempt.text, attempt.finish_reason)
+        if attempt.parsed is None:
+            attempt.error = str(LLMContractError(attempt.problem))
+        elif attempt.role == "decide":
+            attempt.confidence = attempt.parsed.confidence  # verbalized: only what its text says
+
+    # -- degraded answers ----------------------------------------------------------------
+    async def _fall_back(self, why: str, below: int) -> tuple[Attempt | None, str]:
+        """(the attempt to answer with, the degraded reason). The answer is the one of the highest
+        tier at or below `below` that can answer under the contract: a later tier saw the question
+        after the earlier ones passed it on, so its answer is the best informed. A run aborted by an
+        early deferral (or never made, in llm_only) is run again to the end, silently."""
+        if self.drains:
+            await asyncio.gather(*self.drains, return_exceptions=True)
+        problems = []
+        for j in range(below, -1, -1):
+            attempt = self._latest(j)
+            if attempt is None or attempt.finish_reason == "abort" or (attempt.problem == "aborted"):
+                attempt = self._new(j, "fallback")
+                async with contextlib.aclosing(self._run(attempt)) as quiet:
+                    async for _ in quiet:
+                        pass
+                attempt.decision = FALLBACK
+            if attempt.usable:
+                return attempt, f"{why}; kept the {self.tiers[j].label} answer"
+            problems.append((self.tiers[j].label, attempt.problem))
+        if len(problems) == 1:
+            label, problem = problems[0]
+            return None, f"{why}; the {label} has no usable answer either ({problem})"
+        listed = "; ".join(f"{label}: {problem}" for label, problem in problems)
+        return None, f"{why}; no earlier tier has a usable answer either ({listed})"
 
     # -- the result ----------------------------------------------------------------------
-    def _finish(self, degraded_reason: str = "") -> SolveResult:
-        res, plan, cfg = self.result, self.plan, self.cfg
-        runs = self.slm_runs  # every SLM run counts: an aborted one and any fallback run
-        res.slm_prompt_tokens = sum(r.prompt_tokens for r in runs)
-        res.slm_completion_tokens = sum(r.completion_tokens for r in runs)
-        res.slm_latency_ms = sum(r.latency_s for r in runs) * 1000
-        if self.reading is not None:
-            res.confidence_sampled, res.confidence_expected = self.reading.sampled, self.reading.expected
-        if self.decision is not None and self.decision.deferred:
-            res.deferred, res.deferral_reason = True, self.decision.reason
-        completion = self.llm_completion
-        if self.llm_task is not None:
-            res.llm_latency_ms = self.llm_elapsed * 1000
-        if completion is not None:
-            res.llm_prompt_tokens, res.llm_completion_tokens = completion.prompt_tokens, completion.completion_tokens
-            res.llm_model = completion.model or res.llm_model
-            res.llm_finish_reason, res.llm_tokens_estimated = completion.finish_reason, completion.estimated
-        if self.slm_result is not None:
-            res.slm_finish_reason = self.slm_result.finish_reason
-
-        if self.llm_parsed is not None and not degraded_reason:
-            res.answered_by, res.text = "llm", completion.text
-            res.answer, res.reasoning = self.llm_parsed.answer, self.llm_parsed.reasoning
+    async def finish(self, answer: Attempt | None, degraded_reason: str = "") -> SolveResult:
+        """The result, derived from the attempts alone."""
+        if self.drains:
+            await asyncio.gather(*self.drains, return_exceptions=True)
+        plan, tiers, attempts = self.plan, self.tiers, self.attempts
+        first = [a for a in attempts if a.tier == 0]
+        final = [a for a in attempts if a.tier == self.last]
+        res = SolveResult(
+            request_id=plan.request_id, threshold=plan.thresholds[0], confidence_source=plan.source, mode=plan.mode,
+            slm_model=tiers[0].model_name, llm_model=tiers[-1].model_name,
+        )
+        read = [a for a in first if a.reading is not None]
+        if read:  # the tier-0 run whose answer is served, else the one that decided
+            res.confidence_sampled, res.confidence_expected = read[-1].reading.sampled, read[-1].reading.expected
+        decided = next((a for a in first if a.verdict is not None), None)
+        if decided is not None:
+            res.confidence_calibrated, res.tie_draw = decided.verdict.calibrated, decided.verdict.draw
+        deferrals = [a for a in attempts if a.decision == DEFER]
+        if deferrals:
+            res.deferred = True
+            res.deferral_reason = deferrals[0].reason if len(deferrals) == 1 else "; ".join(
+                f"{tiers[a.tier].label}: {a.reason}" for a in deferrals)
+        res.slm_prompt_tokens = sum(a.prompt_tokens for a in first)
+        res.slm_completion_tokens = sum(a.completion_tokens for a in first)
+        res.slm_latency_ms = sum(a.latency_s for a in first) * 1000
+        if first:
+            res.slm_finish_reason = first[-1].finish_reason
+        if final and self.last > 0:
+            done = final[-1]
+            res.llm_prompt_tokens = sum(a.prompt_tokens for a in final)
+            res.llm_completion_tokens = sum(a.completion_tokens for a in final)
+            res.llm_latency_ms = sum(a.latency_s for a in final) * 1000
+            res.llm_finish_reason, res.llm_tokens_estimated = done.finish_reason, done.tokens_estimated
+            res.llm_model = done.model or res.llm_model
+        if answer is not None:
+            res.answered_by, res.answered_tier, res.answered_tier_index = self._legacy(answer.tier), answer.name, answer.tier
+            res.text, res.answer, res.reasoning = answer.text, answer.parsed.answer, answer.parsed.reasoning
         else:
-            slm, parsed = self.slm_result, self.slm_parsed
-            res.answered_by, res.text = "slm", slm.text if slm else ""
-            res.answer, res.reasoning = (parsed.answer, parsed.reasoning) if parsed else ("", "")
-            if degraded_reason:
-                res.degraded = True
-                if parsed:
-                    res.degraded_reason = f"{degraded_reason}; kept the SLM answer"
-                else:
-                    res.degraded_reason = f"{degraded_reason}; the SLM has no usable answer either ({self.slm_problem})"
-
-        slm_cost, llm_cost = cfg.tier_costs(res.slm_prompt_tokens, res.slm_completion_tokens,
-                                            res.llm_prompt_tokens, res.llm_completion_tokens)
-        res.cost = slm_cost + llm_cost
-        if completion is not None:
-            res.llm_only_cost = llm_cost
-        else:  # estimate: the SLM's last run priced at LLM rates (see the module docstring)
-            last = self.slm_result
-            res.llm_only_cost = cfg.tier_costs(0, 0, last.prompt_tokens, last.completion_tokens)[1] if last else 0.0
+            res.answered_by, res.answered_tier, res.answered_tier_index = "slm", tiers[0].name, 0
+            res.text = first[-1].text if first else ""
+        if degraded_reason:
+            res.degraded, res.degraded_reason = True, degraded_reason
+        res.cost = sum(a.cost for a in attempts)
+        last = tiers[-1]
+        answered_last = [a for a in final if a.prompt_tokens or a.completion_tokens]
+        if answered_last:
+            res.llm_only_cost = sum(a.cost for a in answered_last)
+        elif first:  # estimate: the first tier's last run priced at the last tier's rates (module docstring)
+            res.llm_only_cost = last.cost(first[-1].prompt_tokens, first[-1].completion_tokens)
+        res.trace = [TierTrace.of(a, plan.thresholds[a.tier] if a.tier < self.last else None) for a in attempts]
         res.latency_ms = (time.perf_counter() - self.started) * 1000
         return res
 
     async def cleanup(self) -> None:
         """Stop whatever still runs (the client went away, or an error)."""
-        if self.slm_request is not None and not self.slm_finished:
-            self.c.slm.abort(self.slm_request.request_id)
-        for task in (self.llm_task, self.slm_drain):
-            if task is not None and not task.done():
+        for request_id, executor in list(self.live.items()):
+            executor.abort(request_id)
+        for task in self.drains:
+            if not task.done():
                 task.cancel()
                 try:
                     await task

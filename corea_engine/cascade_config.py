@@ -1,5 +1,9 @@
 """Server defaults for the cascade: a dataclass loadable from TOML/JSON and COREA_* variables.
 
+Tiers: two by default, "slm" and "llm", from the slm_*/llm_* settings below. N tiers are an ordered
+list (`tiers`: `[[cascade.tiers]]` tables in a file, `--tier name=...,address=...` flags, a JSON
+list in COREA_TIERS), cheapest first; each is a TierConfig. `tier_list()` gives the tiers either way.
+
 Precedence: built-in defaults < file < environment (COREA_THRESHOLD=0.7, COREA_MODE=slm_only,
 ...; every field name upper-cased with the COREA_ prefix) < per-request values.
 Prices are per 1,000 tokens in one configured unit (dollars by default); the defaults are
@@ -12,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -26,6 +31,93 @@ ENV_PREFIX = "COREA_"
 
 class ConfigError(ValueError):
     """A configuration value or key that is not valid; the message names it."""
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """One tier. threshold: accept its answer when its confidence >= this (not read for the last
+    tier); prices per 1k tokens. Where it runs (at most one): address (an engine speaking the
+    SglangScheduler protocol), openai_base_url (+ model: the endpoint's model name), model alone
+    (in this process; the first tier without any: the server's --model)."""
+
+    name: str
+    threshold: float = 0.5
+    prompt_price: float = 0.0
+    completion_price: float = 0.0
+    temperature: float = 0.0
+    calibrator: str | None = None
+    address: str | None = None
+    openai_base_url: str | None = None
+    model: str | None = None
+    tokenizer: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name in messages ("SLM", "LLM" for the two default tiers)."""
+        return self.name.upper() if self.name in ("slm", "llm") else self.name
+
+    @property
+    def verbalized(self) -> bool:
+        """Reached through an escalation client: its confidence is only the one written in its text."""
+        return bool(self.openai_base_url)
+
+    @classmethod
+    def parse(cls, spec: str) -> "TierConfig":
+        """A `--tier` value: comma-separated key=value, keys as the fields (dashes allowed), e.g.
+        name=mid,address=127.0.0.1:50062,threshold=0.6,prompt-price=0.0002,completion-price=0.0006."""
+        values = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ConfigError(f"tier {spec!r}: {part!r} is not key=value")
+            values[key.strip().replace("-", "_")] = value.strip()
+        return tier_from_dict(values, where=f"tier {spec!r}")
+
+    def validate(self, index: int, count: int) -> None:
+        where = f"tier {index} ({self.name!r})"
+        if not TIER_NAME.fullmatch(self.name or "") or self.name == "total":
+            raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (up to 32), not 'total' "
+                              "(the end-to-end series of the metrics)")
+        for key, (low, high) in TIER_RANGES.items():
+            _check_number(f"{where} {key}", getattr(self, key), low, high, False, False)
+        try:
+            SamplingParams(temperature=self.temperature).validate()
+        except InvalidRequestError as err:
+            raise ConfigError(f"{where} temperature: {err}") from None
+        if bool(self.address) + bool(self.openai_base_url) > 1:
+            raise ConfigError(f"{where}: give address or openai_base_url, not both")
+        if self.openai_base_url and not self.model:
+            raise ConfigError(f"{where}: openai_base_url needs model (the endpoint's model name)")
+        if index == 0 and self.openai_base_url:
+            raise ConfigError(f"{where}: the first tier runs on an executor (in process or address), "
+                              "which reads its confidence; an OpenAI endpoint can be a later tier")
+        if self.calibrator and index == count - 1:
+            raise ConfigError(f"{where}: the last tier takes no calibrator (it makes no decision)")
+
+
+TIER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+TIER_RANGES = {"threshold": (0.0, 1.0), "prompt_price": (0.0, 1e6), "completion_price": (0.0, 1e6),
+               "temperature": (0.0, 10.0)}
+
+
+def tier_from_dict(values: dict, where: str = "tier") -> TierConfig:
+    known = {f.name: f.type for f in fields(TierConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if not values.get("name"):
+        raise ConfigError(f"{where}: needs a name")
+    out = {}
+    for key, value in values.items():
+        if key in TIER_RANGES:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
+        elif value is not None:
+            value = str(value)
+        out[key] = value
+    return TierConfig(**out)
 
 
 @dataclass
@@ -76,6 +168,9 @@ class CascadeConfig:
     retry_backoff_max_s: float = 2.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 10.0
+    # N tiers, cheapest first (None: the two tiers above). The settings above that name one tier
+    # (threshold, calibrator, slm_*/llm_* prices, temperatures and endpoints) are then not read.
+    tiers: tuple[TierConfig, ...] | None = None
 
     def validate(self) -> "CascadeConfig":
         for name, (low, high, optional) in NUMERIC_RANGES.items():
@@ -99,7 +194,37 @@ class CascadeConfig:
             raise ConfigError("give llm_address or llm_openai_base_url, not both")
         if self.llm_tokenizer and self.llm_tokenizer != DEFAULT_MODEL and not Path(self.llm_tokenizer).is_dir():
             raise ConfigError(f"llm_tokenizer {self.llm_tokenizer!r} is not '{DEFAULT_MODEL}' or a folder")
+        if self.tiers is not None:
+            self._validate_tiers()
         return self
+
+    def _validate_tiers(self) -> None:
+        tiers = self.tiers
+        if not isinstance(tiers, tuple) or not all(isinstance(t, TierConfig) for t in tiers):
+            raise ConfigError("tiers must be a list of tier tables")
+        if len(tiers) < 2:
+            raise ConfigError(f"tiers: give at least two (cheapest first), got {len(tiers)}")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tiers: names must differ, got {', '.join(names)}")
+        for i, tier in enumerate(tiers):
+            tier.validate(i, len(tiers))
+            if 0 < i < len(tiers) - 1 and tier.verbalized and self.confidence_source == "expected":
+                raise ConfigError(f"tier {i} ({tier.name!r}) is an OpenAI endpoint: its confidence is the one "
+                                  "written in its text (sampled); set confidence_source = sampled")
+        if self.calibrator:
+            raise ConfigError("with tiers, give each tier its calibrator (tiers[i].calibrator), not calibrator")
+
+    def tier_list(self) -> list[TierConfig]:
+        """The tiers, cheapest first: `tiers`, or the two-tier shorthand (slm, llm)."""
+        if self.tiers is not None:
+            return list(self.tiers)
+        return [
+            TierConfig("slm", self.threshold, self.slm_prompt_price, self.slm_completion_price, self.slm_temperature,
+                       self.calibrator),
+            TierConfig("llm", self.threshold, self.llm_prompt_price, self.llm_completion_price, self.llm_temperature,
+                       None, self.llm_address, self.llm_openai_base_url, self.llm_model, self.llm_tokenizer),
+        ]
 
     def tier_costs(self, slm_prompt: int, slm_completion: int, llm_prompt: int, llm_completion: int) -> tuple[float, float]:
         """(SLM cost, LLM cost) of these token counts at the configured per-1k prices."""
@@ -125,7 +250,23 @@ class CascadeConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown cascade setting(s): {', '.join(unknown)}")
-        return cls(**{name: _coerce(name, value) for name, value in values.items()}).validate()
+        if "tiers" in values:
+            values["tiers"] = _tiers(values.pop("tiers"))
+        return cls(**{name: value if name == "tiers" else _coerce(name, value) for name, value in values.items()}).validate()
+
+
+def _tiers(value) -> tuple[TierConfig, ...] | None:
+    """A list of tier tables (a file) or its JSON text (COREA_TIERS)."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise ConfigError(f"tiers: not a JSON list of tier objects ({err})") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError("tiers must be a list of tier tables ([[cascade.tiers]] in TOML)")
+    return tuple(tier_from_dict(v, where=f"tiers[{i}]") for i, v in enumerate(value))
 
 
 def _read_file(path: Path) -> dict:

@@ -93,8 +93,10 @@ def test_sdk_sync_threshold_zero_is_answered_by_the_slm_with_the_grpc_result(liv
     # The same request over gRPC (greedy): every field of the result agrees, timings aside.
     grpc_result = dataclasses.asdict(from_response(stub.Solve(corea_pb2.SolveRequest(question=QUESTION, threshold=0.0),
                                                               timeout=600)))
-    assert {k: v for k, v in grpc_result.items() if k not in TIMING} == {
-        k: ext[k] for k in grpc_result if k not in TIMING}
+    assert {k: v for k, v in grpc_result.items() if k not in TIMING | {"trace"}} == {
+        k: ext[k] for k in grpc_result if k not in TIMING | {"trace"}}
+    untimed = lambda trace: [{k: v for k, v in t.items() if k != "latency_ms"} for t in trace]  # noqa: E731
+    assert untimed(grpc_result["trace"]) == untimed(ext["trace"]) and ext["trace"][0]["decision"] == "accept"
 
 
 def test_sdk_async_llm_only_model_is_answered_by_the_llm_tier(live):

@@ -4,6 +4,13 @@
     corea calibrate --samples runs/gsm8k/samples.jsonl --max-accuracy-drop 2
     corea calibrate --slm a.jsonl --llm b.jsonl --cost-budget 0.5 --holdout-samples other.jsonl
     corea calibrate --fit isotonic --slm rlcr:math-500:RLCR --model M --contract json --out cal.json
+    corea calibrate --tier-records A --tier-records B --tier-records C --tier-prices 1,3,10 --cost-budget 0.5
+
+N tiers (--tier-records, cheapest first): the thresholds of every tier but the last are fitted jointly
+for --cost-budget (most accurate within the budget) or --target-accuracy (cheapest reaching it), by
+an exhaustive search over each tier's distinct stated confidences on the calibration half
+(evaluation/ntier.py: exact there, no guarantee beyond it); the held-out half reports accuracy and
+cost with 95% bootstrap intervals and whether the target held.
 
 --fit KIND (isotonic, platt, histogram, temperature) fits a calibrator on the calibration half
 instead and writes it to --out (a corea.calibrator/1 file naming the model, contract and confidence
@@ -33,6 +40,9 @@ def register(sub) -> None:
     g.add_argument("--samples", default=None, help="joined sample records (e.g. a `corea eval` samples.jsonl)")
     g.add_argument("--slm-price", type=float, default=1.0, help="SLM price per completion token, when records carry no cost")
     g.add_argument("--llm-price", type=float, default=10.0, help="LLM price per completion token, when records carry no cost")
+    from .eval import add_tier_record_args
+
+    add_tier_record_args(g)
     f = p.add_argument_group("fit a calibrator instead (confidence -> probability of being right)")
     f.add_argument("--fit", choices=["isotonic", "platt", "histogram", "temperature"], default=None,
                    help="fit this calibrator on the calibration half and write it to --out")
@@ -44,7 +54,8 @@ def register(sub) -> None:
     t = p.add_mutually_exclusive_group()
     t.add_argument("--target-deferral", type=float, help="share of questions to defer, 0..1")
     t.add_argument("--max-accuracy-drop", type=float, help="points of accuracy below the LLM alone that may be lost")
-    t.add_argument("--cost-budget", type=float, help="cost as a fraction of the LLM alone, e.g. 0.5")
+    t.add_argument("--cost-budget", type=float, help="cost as a fraction of the LLM (the last tier) alone, e.g. 0.5")
+    t.add_argument("--target-accuracy", type=float, help="N tiers: the accuracy to reach (0..1), at the lowest cost")
     p.add_argument("--calibrator", default=None,
                    help="choose the threshold on this calibrator's output (what `corea serve --calibrator` compares)")
     p.add_argument("--holdout", type=float, default=0.5, help="share of the records held out to check (0: none)")
@@ -60,6 +71,10 @@ def run(args) -> int:
 
     if args.fit:
         return run_fit(args)
+    if args.tier_records:
+        return run_tiers(args)
+    if args.target_accuracy is not None:
+        raise CommandError("--target-accuracy is for N tiers (--tier-records); two tiers: --max-accuracy-drop")
     if args.target_deferral is None and args.max_accuracy_drop is None and args.cost_budget is None:
         raise CommandError("give one target (--target-deferral, --max-accuracy-drop, --cost-budget) or --fit KIND")
     from rich.console import Console
@@ -224,3 +239,36 @@ def compare(confidence, correct, cal, *, seed: int = 0, bootstrap: int = 1000) -
                 row[f"{metric}_95"] = [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]
         out[name] = row
     return out
+
+
+def run_tiers(args) -> int:
+    """Joint thresholds for N tiers on the calibration half, checked on the held-out half."""
+    from ..cli import CommandError
+    from ..evaluation.calibration import CalibrationError, split
+    from ..evaluation.ntier import FitError, fit
+    from ..evaluation.report import _clean
+    from .eval import load_tier_columns
+
+    if args.cost_budget is None and args.target_accuracy is None:
+        raise CommandError("N tiers: give --cost-budget FRACTION or --target-accuracy ACCURACY")
+    cols, prices = load_tier_columns(args)
+    try:
+        if args.holdout > 0:
+            calib_index, held_index = split(len(cols), args.holdout, args.seed)
+            calib, held = cols.subset(calib_index), cols.subset(held_index)
+        else:
+            calib, held = cols, None
+        result = fit(calib, cost_budget=args.cost_budget, target_accuracy=args.target_accuracy, holdout=held,
+                     seed=args.seed, bootstrap=args.bootstrap)
+    except (CalibrationError, FitError) as err:
+        raise CommandError(str(err)) from None
+    out = _clean(result.as_dict())
+    out["tiers"], out["prices"] = list(args.tier_records), prices
+    out["serve"] = ("corea serve " + " ".join(
+        f"--tier name={name},threshold={t:g},..." for name, t in zip(cols.names, result.thresholds)) + f" --tier name={cols.names[-1]},...")
+    text = json.dumps(out, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0

@@ -16,6 +16,11 @@ def add_cascade_args(p) -> None:
     p.add_argument("--confidence-source", choices=["expected", "sampled"], default=None)
     p.add_argument("--contract", default=None, help="json, tags, json_confidence_first, tags_confidence_first")
     p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--tier", action="append", default=None, metavar="SPEC",
+                   help="N tiers, cheapest first, one flag each (instead of --llm-*/--slm-address/--threshold): "
+                        "name=NAME[,address=HOST:PORT|openai-base-url=URL|model=SPEC][,threshold=T]"
+                        "[,prompt-price=P][,completion-price=P][,calibrator=FILE][,temperature=T][,tokenizer=SPEC]; "
+                        "or [[cascade.tiers]] tables in --config")
     g = p.add_argument_group("LLM tier (one of)")
     g.add_argument("--llm-address", default=None,
                    help="host:port of an engine speaking the SglangScheduler gRPC protocol (`corea worker`, "
@@ -39,7 +44,7 @@ def add_cascade_args(p) -> None:
 
 
 def load_config(args):
-    from ..cascade_config import CascadeConfig, ConfigError
+    from ..cascade_config import CascadeConfig, ConfigError, TierConfig
     from ..cli import CommandError
 
     try:
@@ -53,6 +58,12 @@ def load_config(args):
             changes["llm_model"] = args.llm_model
             if args.no_llm_response_format:
                 changes["llm_response_format"] = False
+        if getattr(args, "tier", None):
+            given = [flag for flag in ("threshold", "calibrator", "llm_address", "llm_openai_base_url", "llm_model",
+                                       "llm_tokenizer", "slm_address", "slm_tokenizer") if getattr(args, flag, None)]
+            if given:
+                raise CommandError(f"--tier gives every tier's settings: drop --{given[0].replace('_', '-')}")
+            changes["tiers"] = tuple(TierConfig.parse(spec) for spec in args.tier)
         return config.replace(**changes)
     except ConfigError as err:
         raise CommandError(str(err)) from None
@@ -68,6 +79,8 @@ def build_cascade(args, config=None):
     from ..runtime.torch_executor import TorchExecutor
 
     config = config or load_config(args)
+    if config.tiers is not None:
+        return build_tiers(args, config)
     local_llm = args.llm_model and not (config.llm_address or config.llm_openai_base_url)
     if config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url or local_llm):
         raise CommandError("the cascade needs an LLM tier: --llm-address, --llm-openai-base-url with --llm-model, "
@@ -98,6 +111,60 @@ def build_cascade(args, config=None):
     try:
         return Cascade(slm, llm, config), executors
     except ConfigError as err:
+        for executor in executors:
+            executor.close()
+        raise CommandError(str(err)) from None
+
+
+def build_tiers(args, config):
+    """(cascade, executors to close) for config.tiers: every tier on its executor or client.
+
+    The first tier and any middle tier with an address run on a RemoteExecutor (it reads the
+    confidence distribution); a middle tier with an OpenAI endpoint is a client (verbalized
+    confidence only); the last tier with an address or endpoint is a client; a tier with a model
+    alone runs in this process (sharing the first tier's weights when it is the same model)."""
+    import copy
+
+    from ..cascade import Cascade
+    from ..cascade_config import ConfigError
+    from ..cli import CommandError
+    from ..escalation.factory import make_tier_client
+    from ..escalation.local_llm import ExecutorLLM
+    from ..runtime.executor import ExecutorError
+    from ..runtime.remote_executor import RemoteExecutor
+    from ..runtime.torch_executor import TorchExecutor
+
+    tiers = config.tier_list()
+    executors, backends = [], []
+    try:
+        for i, tier in enumerate(tiers):
+            last = i == len(tiers) - 1
+            if tier.address and not last:
+                backend = RemoteExecutor(tier.address, tokenizer=tier.tokenizer)
+                executors.append(backend)
+            elif tier.address or tier.openai_base_url:
+                backend = make_tier_client(tier, config, secured=last)
+            elif i == 0 or tier.model:
+                first = executors[0] if executors else None
+                model = tier.model or args.model or "smollm2-135m"
+                if i == 0:
+                    tier_args = copy.copy(args)
+                    tier_args.model = model
+                    executor = make_executor(tier_args, threads=default_threads())
+                elif isinstance(first, TorchExecutor) and model == (tiers[0].model or args.model or "smollm2-135m"):
+                    executor = TorchExecutor(model_and_tokenizer=(first.model, first.tokenizer))
+                    executor.model_name = f"{first.model_name} (stand-in {tier.name})"
+                else:
+                    executor = TorchExecutor(model, device=args.device, dtype=args.dtype)
+                executors.append(executor)
+                backend = ExecutorLLM(executor) if last else executor
+            elif last and config.mode == "slm_only":
+                backend = None
+            else:
+                raise CommandError(f"tier {i} ({tier.name}) needs address=, openai-base-url= (with model=) or model=")
+            backends.append(backend)
+        return Cascade.tiered(backends, config), executors
+    except (ConfigError, ExecutorError) as err:
         for executor in executors:
             executor.close()
         raise CommandError(str(err)) from None

@@ -5,6 +5,8 @@
     corea eval --dataset gsm8k --address corea:50051 --tls-ca ca.pem --token-file t --out runs/r   (secured)
     corea eval --offline --slm rlcr:math-500:RLCR --llm rlcr:math-500:Base --out runs/rlcr
     corea eval --offline --samples runs/gsm8k/samples.jsonl --out runs/again
+    corea eval --offline --tier-records rlcr:math-500:Answer-Prob --tier-records rlcr:math-500:RLCR \
+        --tier-records rlcr:math-500:Base --tier-prices 1,3,10 --thresholds 0.99,0.6 --out runs/three   (N tiers)
     corea eval --suite rlcr --out runs/suite-rlcr            (a benchmark suite: see eval_suite.py)
 
 Writes samples.jsonl (one row per question), metrics.json, report.md and the plots listed in
@@ -39,6 +41,8 @@ def register(sub) -> None:
     g.add_argument("--samples", default=None, help="joined sample records (e.g. a previous run's samples.jsonl)")
     g.add_argument("--slm-price", type=float, default=1.0, help="SLM price per completion token, when records carry no cost")
     g.add_argument("--llm-price", type=float, default=10.0, help="LLM price per completion token, when records carry no cost")
+    add_tier_record_args(g)
+    g.add_argument("--thresholds", default=None, help="N tiers: one threshold per tier but the last, comma-separated")
     add_cascade_args(p)
     add_suite_args(p)
     add_client_args(p)
@@ -53,9 +57,9 @@ def run(args) -> int:
 
         return run_suite(args)
     if args.offline:
-        return run_offline(args)
-    if args.slm or args.llm or args.samples:
-        raise CommandError("--slm, --llm and --samples need --offline")
+        return run_offline_tiers(args) if args.tier_records else run_offline(args)
+    if args.slm or args.llm or args.samples or args.tier_records:
+        raise CommandError("--slm, --llm, --samples and --tier-records need --offline")
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be >= 1, got {args.limit}")
     if uses_client_security(args) and not args.address:
@@ -117,6 +121,85 @@ def run_offline(args) -> int:
     write_jsonl(out / "samples.jsonl", records)
     result = write_outputs(out, cols, result, f"offline: {source}")
     _print_summary(Console(), result, out)
+    return 0
+
+
+def add_tier_record_args(g) -> None:
+    g.add_argument("--tier-records", action="append", default=None, metavar="SPEC",
+                   help="N tiers: one model's records per flag, cheapest first (JSONL path or rlcr:DATASET:MODEL)")
+    g.add_argument("--tier-prices", default=None,
+                   help="N tiers: price per completion token of each tier, comma-separated (default 1, 3, 10, ...)")
+
+
+def _numbers(text: str | None, flag: str) -> list[float] | None:
+    from ..cli import CommandError
+
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CommandError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    import math
+
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise CommandError(f"{flag} must be finite and >= 0, got {text!r}")
+    return values
+
+
+def load_tier_columns(args):
+    """TierColumns from --tier-records and --tier-prices (default prices 1, 3, 10, 30, ...)."""
+    from ..cli import CommandError
+    from ..evaluation.ntier import tier_columns
+    from ..evaluation.records import RecordError
+
+    if args.slm or args.llm or args.samples:
+        raise CommandError("give --tier-records (N tiers) or --slm/--llm/--samples, not both")
+    n = len(args.tier_records)
+    prices = _numbers(args.tier_prices, "--tier-prices") or [(1, 3, 10, 30, 100, 300)[min(i, 5)] for i in range(n)]
+    try:
+        return tier_columns(args.tier_records, prices), prices
+    except RecordError as err:
+        raise CommandError(str(err)) from None
+
+
+def run_offline_tiers(args) -> int:
+    """N tiers from recorded outputs: the cascade at --thresholds, each tier, and the frontier."""
+    from ..cli import CommandError
+    from ..evaluation.metrics import calibration_summary
+    from ..evaluation.ntier import frontier, simulate
+    from ..evaluation.report import _clean
+
+    cols, prices = load_tier_columns(args)
+    if args.limit is not None:
+        cols = cols.subset(slice(0, args.limit))
+    thresholds = _numbers(args.thresholds, "--thresholds") or [0.5] * (cols.n_tiers - 1)
+    if len(thresholds) != cols.n_tiers - 1 or not all(t <= 1 for t in thresholds):
+        raise CommandError(f"--thresholds: give {cols.n_tiers - 1} numbers in [0, 1] for {cols.n_tiers} tiers")
+    outcome = simulate(cols, thresholds)
+    result = {
+        "run": {"offline": True, "tiers": list(args.tier_records), "prices per completion token": prices,
+                "note": "every tier a question reaches is paid in full (recorded answer-first outputs)"},
+        "cascade": outcome.as_dict(),
+        "tiers": [{"name": name, "accuracy": float(cols.correct[:, k].mean()), "cost": float(cols.cost[:, k].mean()),
+                   **({} if k == cols.n_tiers - 1 else calibration_summary(cols.confidence[:, k], cols.correct[:, k]))}
+                  for k, name in enumerate(cols.names)],
+        "frontier": [p.as_dict() for p in frontier(cols)],
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+    lines = [f"# Offline {cols.n_tiers}-tier cascade", "", f"tiers (cheapest first): {', '.join(args.tier_records)}; "
+             f"prices per completion token {', '.join(f'{p:g}' for p in prices)}", "",
+             "| tier | accuracy | share answered | share run | mean cost |", "|---|---|---|---|---|"]
+    for k, name in enumerate(cols.names):
+        lines.append(f"| {name} | {cols.correct[:, k].mean():.3f} | {outcome.share[k]:.3f} | {outcome.reach[k]:.3f} "
+                     f"| {cols.cost[:, k].mean():.1f} |")
+    lines += ["", f"cascade at thresholds {', '.join(f'{t:g}' for t in thresholds)}: accuracy {outcome.accuracy:.3f}, "
+              f"cost {outcome.cost:.1f} per question = {outcome.cost_fraction:.3f} of the last tier alone"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[4:]))
+    print(f"wrote {out}/: metrics.json report.md")
     return 0
 
 

@@ -76,8 +76,9 @@ def _local(args):
 
     config = load_config(args)
     request = _request(args)
-    Cascade(None, None, config).plan(request)  # refuse bad input before loading a model
-    if config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url or args.llm_model):
+    Cascade.tiered([None] * len(config.tier_list()), config).plan(request)  # refuse bad input before loading a model
+    if config.tiers is None and config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url
+                                                                   or args.llm_model):
         # Nothing configured: run the same model as a stand-in LLM tier, so that one command
         # works on a fresh machine; the result's llm_model says it is a stand-in.
         args.llm_model = stand_in = args.model or "smollm2-135m"

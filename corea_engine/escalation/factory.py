@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
-from ..cascade_config import CascadeConfig, ConfigError
+from ..cascade_config import CascadeConfig, ConfigError, TierConfig
 from .base import EscalationClient
 
 
 def make_client(config: CascadeConfig) -> EscalationClient | None:
     """The engine at llm_address (SglangScheduler protocol), or an OpenAI-compatible endpoint; None when neither is set."""
-    if config.llm_address:
+    if config.llm_openai_base_url and not config.llm_model:
+        raise ConfigError("llm_openai_base_url needs llm_model (the endpoint's model name)")
+    return make_tier_client(config.tier_list()[-1], config)
+
+
+def make_tier_client(tier: TierConfig, config: CascadeConfig, *, secured: bool = True) -> EscalationClient | None:
+    """The client of a tier with an address or an OpenAI endpoint; None for neither. secured: apply the
+    llm_tls_* / llm_token_* settings to a gRPC address (the last tier's)."""
+    if tier.address:
         from .grpc_llm import GrpcLLM
         from .grpc_security import llm_channel_security
 
-        folder = str(_tokenizer_folder(config.llm_tokenizer)) if config.llm_tokenizer else None
-        return GrpcLLM(config.llm_address, tokenizer=folder, **llm_channel_security(config))
-    if config.llm_openai_base_url:
-        if not config.llm_model:
-            raise ConfigError("llm_openai_base_url needs llm_model (the endpoint's model name)")
+        folder = str(_tokenizer_folder(tier.tokenizer)) if tier.tokenizer else None
+        return GrpcLLM(tier.address, tokenizer=folder, **(llm_channel_security(config) if secured else {}))
+    if tier.openai_base_url:
         from .openai_llm import OpenAILLM
 
         tokenizer = None
-        if config.llm_tokenizer:
+        if tier.tokenizer:
             from transformers import AutoTokenizer
 
             try:
-                tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(config.llm_tokenizer))
+                tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(tier.tokenizer))
             except (OSError, ValueError) as err:
-                raise ConfigError(f"llm_tokenizer {config.llm_tokenizer!r}: {err}") from None
-        return OpenAILLM(config.llm_openai_base_url, config.llm_model, api_key_env=config.llm_api_key_env,
+                raise ConfigError(f"llm_tokenizer {tier.tokenizer!r}: {err}") from None
+        return OpenAILLM(tier.openai_base_url, tier.model, api_key_env=config.llm_api_key_env,
                          response_format=config.llm_response_format, tokenizer=tokenizer)
     return None
 

@@ -42,7 +42,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..cascade import Cascade, ConfidenceKnown, Decision, Finished, InvalidSolveRequest, LlmToken, SlmToken, SolveRequest
+from ..cascade import (
+    Cascade, ConfidenceKnown, Decision, Finished, InvalidSolveRequest, LlmToken, SlmToken, SolveRequest, TierToken,
+)
 from ..runtime.executor import ExecutorError, InvalidRequestError
 from .auth import bearer_token, identity
 from .interceptors import ConcurrencyLimit
@@ -135,7 +137,7 @@ class HttpFront:
             return _error(err)
         if call.stream:
             writer = ChunkWriter(call)
-            headers = {"x-corea-request-id": call.solve.request_id, "x-corea-threshold": f"{plan.threshold:g}",
+            headers = {"x-corea-request-id": call.solve.request_id, "x-corea-threshold": f"{plan.thresholds[0]:g}",
                        "x-corea-mode": plan.mode, "x-corea-confidence-source": plan.source}
             return _EventStream(self._events(call, writer), release, headers)
         created = int(time.time())
@@ -163,9 +165,9 @@ class HttpFront:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        """200 while the SLM serves. The LLM tier's state is reported, not required: without it the
-        cascade answers degraded with the reason, and failing readiness on an LLM outage would take
-        every replica out of rotation at once."""
+        """200 while the SLM serves. The LLM tier's state (every tier's under "tiers") is reported, not
+        required: without it the cascade answers degraded with the reason, and failing readiness on
+        an LLM outage would take every replica out of rotation at once."""
         slm, llm_client = self.cascade.slm, self.cascade.llm
         slm_up = not getattr(slm, "closed", False) and not self.draining
         llm_ok, why = self.cascade.llm_available()
@@ -176,7 +178,9 @@ class HttpFront:
         body = {"status": "ready" if slm_up else "not ready",
                 "slm": {"model": getattr(slm, "model_name", ""), "loaded": slm_up,
                         "reason": "" if slm_up else "draining" if self.draining else "the SLM runtime is closed"},
-                "llm": llm}
+                "llm": llm,
+                "tiers": [{"name": t.name, "model": t.model_name, "available": ok, "reason": why}
+                          for t in self.cascade.tiers for ok, why in [t.available()]]}
         return JSONResponse(body, status_code=200 if slm_up else 503)
 
     # -- admission -------------------------------------------------------------------------
@@ -280,9 +284,14 @@ class HttpFront:
                     elif isinstance(event, Decision):
                         decision, decision_ms = event, (time.perf_counter() - started) * 1000
                         yield writer.decision(event, reading and reading.sampled, reading and reading.expected)
-                        if event.tier == "slm" and held:
+                        if event.tier_index == event.decided_by and held:  # the tier that spoke answers
                             yield writer.chunk({"reasoning_content": "".join(held)})
                         held = []
+                    elif isinstance(event, TierToken):  # a middle tier (N > 2): streamed once it answers
+                        if decision is not None and decision.decided_by == decision.tier_index == event.tier_index:
+                            yield writer.chunk({"reasoning_content": event.text})
+                        elif decision is None or decision.tier_index == event.tier_index:
+                            held.append(event.text)
                     elif isinstance(event, LlmToken):
                         yield writer.chunk({"reasoning_content": event.text})
                     elif isinstance(event, Finished):

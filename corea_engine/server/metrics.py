@@ -1,7 +1,9 @@
 """Prometheus metrics of the cascade service, on their own registry (one per server).
 
 Deferral rate = corea_deferred_total / corea_requests_total; savings = the sum of
-corea_llm_only_cost_total minus corea_cost_total.
+corea_llm_only_cost_total minus corea_cost_total. Per-tier series carry the tier's name in the
+label `tier` ("slm" and "llm" with two tiers), from the result's per-tier trace; per tier and
+decision, corea_tier_decisions_total counts accept / defer / answer / failed / fallback.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class CoreaMetrics:
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("corea_tokens", "Tokens per tier", ["tier", "kind"], registry=r)
         self.cost = Counter("corea_cost", "Cost per tier in the configured unit", ["tier"], registry=r)
+        self.tier_decisions = Counter("corea_tier_decisions", "Tier runs by tier and what they ended as",
+                                      ["tier", "decision"], registry=r)
         self.llm_only_cost = Counter("corea_llm_only_cost", "What the LLM alone would have cost", registry=r)
         self.inflight = Gauge("corea_inflight_requests", "Requests in flight (a batch counts its items)", registry=r)
         self.cache_entries = Gauge("corea_cache_entries", "Entries in a bounded cache or table keyed by client input",
@@ -46,21 +50,29 @@ class CoreaMetrics:
             self.deferred.labels(result.mode).inc()
         if result.degraded:
             self.degraded.inc()
-        self.answered_by.labels(result.answered_by or "none").inc()
+        self.answered_by.labels(result.answered_tier or result.answered_by or "none").inc()
         if result.confidence is not None:
             self.confidence.observe(result.confidence)
+        self.latency.labels("total").observe(result.latency_ms / 1000)
+        self.llm_only_cost.inc(result.llm_only_cost)
+        if result.trace:  # every tier that ran, by name
+            for t in result.trace:
+                self.tier_decisions.labels(t.tier, t.decision or "none").inc()
+                self.latency.labels(t.tier).observe(t.latency_ms / 1000)
+                self.tokens.labels(t.tier, "prompt").inc(t.prompt_tokens)
+                self.tokens.labels(t.tier, "completion").inc(t.completion_tokens)
+                self.cost.labels(t.tier).inc(t.cost)
+            return
         if result.slm_latency_ms:
             self.latency.labels("slm").observe(result.slm_latency_ms / 1000)
         if result.llm_latency_ms:
             self.latency.labels("llm").observe(result.llm_latency_ms / 1000)
-        self.latency.labels("total").observe(result.latency_ms / 1000)
         for tier, prompt, completion in (("slm", result.slm_prompt_tokens, result.slm_completion_tokens),
                                          ("llm", result.llm_prompt_tokens, result.llm_completion_tokens)):
             self.tokens.labels(tier, "prompt").inc(prompt)
             self.tokens.labels(tier, "completion").inc(completion)
         self.cost.labels("slm").inc(cost_split[0])
         self.cost.labels("llm").inc(cost_split[1])
-        self.llm_only_cost.inc(result.llm_only_cost)
 
     def observe_result(self, method: str, result: SolveResult, config) -> None:
         """observe() with the cost split priced by the cascade's config (gRPC and HTTP alike)."""

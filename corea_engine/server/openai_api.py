@@ -6,6 +6,7 @@ messages (their text is put before the question). Per-request policy comes from 
 
     model            corea | corea-slm-only | corea-llm-only | corea-t<threshold>, e.g. corea-t0.7
     threshold        0..1                      (overrides the server default; must agree with the model name)
+    thresholds       [0..1, ...]               (N tiers: one per tier but the last; threshold overrides the first)
     mode             cascade | slm_only | llm_only
     confidence_source expected | sampled
     contract         json | tags | json_confidence_first | tags_confidence_first
@@ -18,9 +19,10 @@ which the confidence calibration assumes); the response lists them under corea.i
 
 Response: a standard `chat.completion` whose message.content is the answer and whose
 message.reasoning_content is the answering tier's text under the contract (reasoning, answer,
-confidence; the field reasoning servers use). `usage` sums both tiers; the `corea` object holds
-every SolveResult field (as the gRPC SolveResponse has them) plus the confidence the decision
-used, the time to the decision and the ignored parameters.
+confidence; the field reasoning servers use). `usage` sums every tier; the `corea` object holds
+every SolveResult field (as the gRPC SolveResponse has them: answered_tier, answered_tier_index
+and the per-tier `trace` included) plus the confidence the decision used, the time to the decision
+and the ignored parameters.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..cascade import Decision, SolveRequest, SolveResult
 MODEL = "corea"
 MODELS = {MODEL: {}, f"{MODEL}-slm-only": {"mode": "slm_only"}, f"{MODEL}-llm-only": {"mode": "llm_only"}}
 _THRESHOLD_MODEL = re.compile(rf"{MODEL}-t(.+)")
-POLICY_FIELDS = ("threshold", "mode", "confidence_source", "contract")
+POLICY_FIELDS = ("threshold", "thresholds", "mode", "confidence_source", "contract")
 IGNORED_PARAMS = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "logit_bias",
                   "user", "response_format", "metadata", "store", "service_tier", "reasoning_effort",
                   "parallel_tool_calls", "top_logprobs", "safety_identifier", "prompt_cache_key")
@@ -92,6 +94,7 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     # the corea extension (policy per request)
     threshold: float | None = None
+    thresholds: tuple[float, ...] | None = None
     mode: str | None = None
     confidence_source: str | None = None
     contract: str | None = None
@@ -224,15 +227,20 @@ def extension(result: SolveResult, time_to_decision_ms: float | None, ignored_pa
 
 
 def usage(result: SolveResult) -> dict:
-    """Both tiers summed (each tier's own counts are in the extension)."""
+    """Every tier summed (each tier's own counts are in the extension's trace)."""
     prompt = result.slm_prompt_tokens + result.llm_prompt_tokens
     completion = result.slm_completion_tokens + result.llm_completion_tokens
+    if result.trace:
+        prompt, completion = sum(t.prompt_tokens for t in result.trace), sum(t.completion_tokens for t in result.trace)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def finish_reason(result: SolveResult) -> str:
     """OpenAI's: "length" when the answering tier was cut at its token cap, else "stop"."""
     tier = result.llm_finish_reason if result.answered_by == "llm" else result.slm_finish_reason
+    answering = [t for t in result.trace if t.tier_index == result.answered_tier_index]
+    if answering:
+        tier = answering[-1].finish_reason
     return "length" if tier == "length" else "stop"
 
 
@@ -251,6 +259,7 @@ def decision_headers(result: SolveResult) -> dict[str, str]:
     conf = result.confidence
     return {
         "x-corea-request-id": result.request_id, "x-corea-tier": result.answered_by,
+        "x-corea-tier-name": result.answered_tier, "x-corea-tier-index": str(result.answered_tier_index),
         "x-corea-deferred": str(result.deferred).lower(), "x-corea-degraded": str(result.degraded).lower(),
         "x-corea-confidence": "" if conf is None else f"{conf:.4f}", "x-corea-threshold": f"{result.threshold:g}",
         "x-corea-confidence-source": result.confidence_source, "x-corea-mode": result.mode,
@@ -274,7 +283,8 @@ class ChunkWriter:
     def decision(self, decision: Decision, confidence_sampled: float | None, confidence_expected: float | None) -> bytes:
         """Before the answering tier's tokens: which tier answers, and why."""
         return self.chunk({}, **{MODEL: {"decision": {
-            "tier": decision.tier, "deferred": decision.deferred, "reason": decision.reason,
+            "tier": decision.tier, "tier_index": decision.tier_index, "tier_name": decision.tier_name,
+            "decided_by": decision.decided_by, "deferred": decision.deferred, "reason": decision.reason,
             "threshold": decision.threshold, "confidence": decision.confidence,
             "confidence_sampled": confidence_sampled, "confidence_expected": confidence_expected}}})
 
