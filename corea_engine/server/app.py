@@ -25,7 +25,6 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
 
 from ..cascade import Cascade
 from ..protos import corea_pb2, corea_pb2_grpc
-from ..runtime.executor import Executor
 from .corea_service import CoreaService
 from .http_app import HttpFront, bind_http
 from .interceptors import ConcurrencyLimit
