@@ -160,7 +160,7 @@ def test_raw_stream_is_server_sent_events_ending_with_done(live):
 
 ERRORS = [  # (body changes, SDK exception, status, words in the message)
     ({"model": "gpt-4"}, openai.NotFoundError, 404, "does not exist"),
-    ({"model": "corea-t1.5"}, openai.BadRequestError, 400, "threshold must be"),
+    ({"model": "corea-t1.5"}, openai.BadRequestError, 400, "the model 'corea-t1.5' asks for threshold 1.5"),
     ({"threshold": -0.1}, openai.BadRequestError, 400, "threshold must be"),
     ({"model": "corea-slm-only", "mode": "cascade"}, openai.BadRequestError, 400, "contradicts"),
     ({"messages": []}, openai.BadRequestError, 400, "messages is empty"),
@@ -187,6 +187,12 @@ def test_every_error_class_through_the_sdk_and_raw_http(live, changes, exception
     with pytest.raises(exception) as err:
         sdk(base).chat.completions.create(**known, extra_body=body)
     assert err.value.status_code == status and words in err.value.message
+
+
+def test_a_threshold_model_out_of_range_names_the_model_parameter(live):
+    base, _ = live
+    r = httpx.post(f"{base}/v1/chat/completions", json={"model": "corea-t1.5", "messages": ASK}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
 
 
 def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(live):

@@ -164,7 +164,12 @@ def _policy_of(req: ChatCompletionRequest) -> dict:
     if req.model in MODELS:
         policy = dict(MODELS[req.model])
     elif (m := _THRESHOLD_MODEL.fullmatch(req.model)) and _is_number(m.group(1)):
-        policy = {"threshold": float(m.group(1))}  # out of [0, 1]: the cascade refuses it (400)
+        threshold = float(m.group(1))
+        if not 0.0 <= threshold <= 1.0:  # named here: the caller wrote a model, not a threshold field
+            raise APIError(400, f"the model '{req.model}' asks for threshold {threshold:g}; the threshold in "
+                                f"{MODEL}-t<threshold> must be in [0, 1] (e.g. {MODEL}-t0.7)",
+                           code="invalid_value", param="model")
+        policy = {"threshold": threshold}
     else:
         raise APIError(404, f"the model '{req.model}' does not exist; this server serves {', '.join(MODELS)} "
                             f"and {MODEL}-t<threshold> (e.g. {MODEL}-t0.7)", code="model_not_found", param="model")
