@@ -151,6 +151,87 @@ def test_the_tokenizer_comes_from_the_worker_verified_and_cached(tiers, slm_exec
         slm_worker.server.worker._tokenizer_zip = (data, digest)
 
 
+def test_concurrent_first_connects_fetch_the_tokenizer_once(tiers, tmp_path, monkeypatch):
+    monkeypatch.setenv("COREA_CACHE", str(tmp_path))
+    client = SchedulerClient(tiers[1].address)
+    fetches = []
+    fetch = client._fetch_tokenizer
+
+    async def counted(timeout_s):
+        fetches.append(timeout_s)
+        return await fetch(timeout_s)
+
+    client._fetch_tokenizer = counted  # a spy: the real transfer still runs
+
+    async def connect_four():
+        try:
+            await asyncio.gather(*(client.connect() for _ in range(4)))
+        finally:
+            await client.close()
+
+    asyncio.run(connect_four())
+    assert client.connected and len(fetches) == 1
+
+
+def test_close_closes_the_channels_of_every_loop(tiers):
+    """A client used on two loops (as RemoteExecutor's is): close() on one closes the other's too."""
+    import threading
+
+    import grpc
+
+    from corea_engine.runtime.scheduler_client import pb
+
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+    client = SchedulerClient(tiers[1].address)
+
+    async def info():
+        return await client.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+
+    async def stub_of_this_loop():
+        return client.stub
+
+    try:
+        assert asyncio.run_coroutine_threadsafe(info(), other).result(30).vocab_size > 0
+        stub = asyncio.run_coroutine_threadsafe(stub_of_this_loop(), other).result(30)
+        asyncio.run(client.close())  # on a loop of its own
+
+        async def call_the_old_stub():
+            return await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+
+        with pytest.raises(grpc.aio.UsageError):
+            asyncio.run_coroutine_threadsafe(call_the_old_stub(), other).result(30)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(10)
+        other.close()
+
+
+def test_a_broken_tokenizer_bundle_is_a_tokenizer_error(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    from corea_engine.runtime.scheduler_client import _unpack
+
+    monkeypatch.setenv("COREA_CACHE", str(tmp_path))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("tokenizer.json", '{"version": "1.0"}' * 200)
+    good = buf.getvalue()
+    broken = bytearray(good)
+    start = 30 + len("tokenizer.json")  # the member's compressed data follows its local header
+    broken[start:start + 40] = bytes(b ^ 0xFF for b in broken[start:start + 40])  # zlib cannot inflate it
+    with pytest.raises(TokenizerError, match="cannot unpack"):
+        _unpack(bytes(broken), "broken")
+    # A place the bundle cannot go (a file where its folder belongs) is an error, not a silent path.
+    (tmp_path / "tokenizers" / "blocked").write_text("not a folder")
+    with pytest.raises(TokenizerError, match="cannot place"):
+        _unpack(good, "blocked")
+    assert (_unpack(good, "fine") / "tokenizer.json").is_file()
+    assert not [p for p in (tmp_path / "tokenizers").iterdir() if p.name.startswith(".unpack-")]
+
+
 def test_the_llm_clients_readiness_probe_reaches_the_worker(tiers):
     """What /ready asks of the LLM tier: None while the worker answers, the reason when nothing listens."""
     from cascade_servers import free_port

@@ -8,8 +8,9 @@ digest under `<cache>/tokenizers/`). Both remote tiers use this one client:
 escalation.grpc_llm (the LLM) and runtime.remote_executor (an SLM in another process).
 
 Channels belong to the event loop that made them (grpc.aio), so there is one per loop (kept
-while the loop lives); they reconnect within a second (100 ms to 1 s backoff) so a restarted
-engine is found again quickly.
+while the loop lives; `close()` closes them all); they reconnect within a second (100 ms to 1 s
+backoff) so a restarted engine is found again quickly. Concurrent first calls on a loop share
+one `connect()`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import shutil
 import tempfile
 import weakref
 import zipfile
+import zlib
 from pathlib import Path
 
 import grpc
@@ -69,6 +71,7 @@ class SchedulerClient:
         self._options = list(channel_options) + (tls.channel_options() if tls else [])
         self._credentials = tls.credentials() if tls else None
         self._channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> (channel, stub)
+        self._connecting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> asyncio.Lock
 
     @property
     def stub(self) -> pb_grpc.SglangSchedulerStub:
@@ -94,6 +97,12 @@ class SchedulerClient:
         """
         if self.connected:
             return
+        lock = self._connecting.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:  # one GetModelInfo and one tokenizer transfer for concurrent first calls
+            if not self.connected:
+                await self._connect(timeout_s, wait_for_ready)
+
+    async def _connect(self, timeout_s: float | None, wait_for_ready: bool) -> None:
         info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self.metadata,
                                             wait_for_ready=wait_for_ready)
         folder = self.tokenizer_path or await self._fetch_tokenizer(timeout_s)
@@ -137,10 +146,19 @@ class SchedulerClient:
         return reply.success
 
     async def close(self) -> None:
-        """Close the running loop's channel (each channel can only be closed on its own loop)."""
-        entry = self._channels.pop(asyncio.get_running_loop(), None)
-        if entry is not None:
-            await entry[0].close()
+        """Close every channel, each on its own loop: this loop's now; another running loop's is
+        scheduled there (not awaited: that loop may be blocked on this one, e.g. in a sync close());
+        a stopped loop runs nothing, so its channel is dropped and grpc closes it when collected."""
+        here = asyncio.get_running_loop()
+        entries, self._channels = list(self._channels.items()), weakref.WeakKeyDictionary()
+        for loop, (channel, _) in entries:
+            if loop is here:
+                await channel.close()
+            elif loop.is_running():
+                try:
+                    asyncio.run_coroutine_threadsafe(channel.close(), loop)
+                except RuntimeError:  # it closed meanwhile
+                    pass
 
 
 def _unpack(blob: bytes, digest: str) -> Path:
@@ -151,17 +169,20 @@ def _unpack(blob: bytes, digest: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
-        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-            archive.extractall(staging)  # extractall keeps every member inside `staging`
-    except zipfile.BadZipFile as err:
-        raise TokenizerError(f"the tokenizer bundle is not a zip: {err}") from None
-    # The bundle may hold the files at its root or inside one folder.
-    entries = list(staging.iterdir())
-    source = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
-    try:
-        source.rename(target)
-    except OSError:  # another process unpacked the same digest first
-        pass
+        try:
+            with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+                archive.extractall(staging)  # extractall keeps every member inside `staging`
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            raise TokenizerError(f"cannot unpack the tokenizer bundle into {staging}: "
+                                 f"{type(err).__name__}: {err}") from None
+        # The bundle may hold the files at its root or inside one folder.
+        entries = list(staging.iterdir())
+        source = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+        try:
+            source.rename(target)
+        except OSError as err:
+            if not target.is_dir():  # else another process unpacked the same digest first
+                raise TokenizerError(f"cannot place the tokenizer at {target}: {err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
