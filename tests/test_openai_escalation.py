@@ -107,3 +107,37 @@ def test_special_token_text_reaches_the_endpoint_as_text(endpoint, slm_executor)
     ids = encode_chat(slm_executor.tokenizer, sent)
     assert ids.count(slm_executor.tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3
     assert r.answered_by == "llm" and not r.degraded, r
+
+
+def test_close_closes_the_sdk_client_of_every_loop():
+    """One SDK client per event loop (its HTTP pool is bound to it); close() on one loop closes all."""
+    import threading
+
+    llm = OpenAILLM("http://127.0.0.1:9/v1", "m")  # nothing is sent: clients are made, not used
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+
+    async def sdk_client():
+        return llm._clients.get()
+
+    try:
+        there = asyncio.run_coroutine_threadsafe(sdk_client(), other).result(30)
+        assert asyncio.run_coroutine_threadsafe(sdk_client(), other).result(30) is there  # kept per loop
+
+        async def here_then_close():
+            here = llm._clients.get()
+            await llm.close()
+            return here
+
+        here = asyncio.run(here_then_close())
+        assert here is not there and here.is_closed()
+        for _ in range(500):  # the close scheduled on its own loop runs there
+            if there.is_closed():
+                break
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01), other).result(30)
+        assert there.is_closed()
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(10)
+        other.close()

@@ -22,6 +22,7 @@ import os
 import time
 from typing import AsyncIterator
 
+from ..per_loop import PerLoop
 from ..tokenization import encode_chat, escape_special_text, special_token_texts
 from .base import Completion, EscalationClient, GenerationParams, LLMRequestError, LLMUnavailableError
 
@@ -41,18 +42,12 @@ class OpenAILLM(EscalationClient):
         self._specials = special_token_texts(tokenizer) if tokenizer is not None else []
         # Local servers (vLLM, SGLang, llama.cpp) accept any key; hosted ones read it from env.
         self._options = dict(base_url=base_url, api_key=os.environ.get(api_key_env) or "unused", max_retries=0)
-        self._client = self._loop = None
+        self._clients = PerLoop(self._new_client, lambda client: client.close())  # its HTTP pool is per loop
 
-    def _openai(self):
-        """The SDK client of the running event loop (its HTTP pool belongs to one loop)."""
-        import asyncio
-
+    def _new_client(self):
         from openai import AsyncOpenAI
 
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client, self._loop = AsyncOpenAI(**self._options), loop
-        return self._client
+        return AsyncOpenAI(**self._options)
 
     def request_body(self, messages: list[dict], params: GenerationParams) -> dict:
         """The chat.completions.create arguments for one call."""
@@ -84,7 +79,7 @@ class OpenAILLM(EscalationClient):
         usage = None
         finish = "stop"
         try:
-            response = await self._openai().chat.completions.create(**self.request_body(messages, params),
+            response = await self._clients.get().chat.completions.create(**self.request_body(messages, params),
                                                                   timeout=params.timeout_s)
             async for chunk in response:
                 if chunk.usage is not None:
@@ -107,6 +102,5 @@ class OpenAILLM(EscalationClient):
         yield Completion(text, prompt, completion, self.model_name, finish, time.perf_counter() - started, estimated)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        """Close the SDK clients of every loop (PerLoop.close)."""
+        await self._clients.close()

@@ -30,6 +30,7 @@ import grpc
 from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2 as pb, sglang_scheduler_pb2_grpc as pb_grpc
 
 from ..models import cache_dir
+from ..per_loop import PerLoop
 from ..tokenization import encode_chat
 
 __all__ = ["CHANNEL_OPTIONS", "REQUEST_ERRORS", "SchedulerClient", "TokenizerError", "pb"]
@@ -70,19 +71,18 @@ class SchedulerClient:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._options = list(channel_options) + (tls.channel_options() if tls else [])
         self._credentials = tls.credentials() if tls else None
-        self._channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> (channel, stub)
+        self._channels = PerLoop(self._open, lambda entry: entry[0].close())  # (channel, stub) per loop
         self._connecting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> asyncio.Lock
 
     @property
     def stub(self) -> pb_grpc.SglangSchedulerStub:
         """The generated stub on this client's channel of the running event loop."""
-        loop = asyncio.get_running_loop()
-        entry = self._channels.get(loop)
-        if entry is None:
-            channel = (grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
-                       if self._credentials else grpc.aio.insecure_channel(self.address, options=self._options))
-            entry = self._channels[loop] = (channel, pb_grpc.SglangSchedulerStub(channel))
-        return entry[1]
+        return self._channels.get()[1]
+
+    def _open(self) -> tuple[grpc.aio.Channel, pb_grpc.SglangSchedulerStub]:
+        channel = (grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
+                   if self._credentials else grpc.aio.insecure_channel(self.address, options=self._options))
+        return channel, pb_grpc.SglangSchedulerStub(channel)
 
     @property
     def connected(self) -> bool:
@@ -146,19 +146,8 @@ class SchedulerClient:
         return reply.success
 
     async def close(self) -> None:
-        """Close every channel, each on its own loop: this loop's now; another running loop's is
-        scheduled there (not awaited: that loop may be blocked on this one, e.g. in a sync close());
-        a stopped loop runs nothing, so its channel is dropped and grpc closes it when collected."""
-        here = asyncio.get_running_loop()
-        entries, self._channels = list(self._channels.items()), weakref.WeakKeyDictionary()
-        for loop, (channel, _) in entries:
-            if loop is here:
-                await channel.close()
-            elif loop.is_running():
-                try:
-                    asyncio.run_coroutine_threadsafe(channel.close(), loop)
-                except RuntimeError:  # it closed meanwhile
-                    pass
+        """Close the channels of every loop (PerLoop.close)."""
+        await self._channels.close()
 
 
 def _unpack(blob: bytes, digest: str) -> Path:
