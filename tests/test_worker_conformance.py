@@ -259,6 +259,31 @@ def test_concurrent_streams_each_get_their_own_tokens(worker, slm_executor):
     assert max(peak) >= 2  # they shared the batch
 
 
+def test_a_slow_submit_stalls_no_other_stream(worker, slm_executor, prompt_ids, monkeypatch):
+    """A submit held up (as by a new grammar's compile) runs off the server's loop: another
+    stream starts and finishes meanwhile, then the slow one completes too."""
+    submit, release, entered = slm_executor.submit, threading.Event(), threading.Event()
+
+    def slow_first(request):  # the real submit, after a hold on the slow request
+        if request.request_id == "slow":
+            entered.set()
+            release.wait(60)
+        return submit(request)
+
+    monkeypatch.setattr(slm_executor, "submit", slow_first)
+    slow = worker.Generate(pb.GenerateRequest(  # the call starts now; its replies are read below
+        request_id="slow", tokenized=pb.TokenizedInput(input_ids=prompt_ids),
+        sampling_params=pb.SamplingParams(max_new_tokens=2)), timeout=120)
+    try:
+        assert entered.wait(60)
+        chunks, complete = generate(worker, prompt_ids, stream=True, max_new_tokens=2, timeout=30)
+        assert len(complete.output_ids) == 2 and not slow.done()
+    finally:
+        release.set()
+    assert len(list(slow)[-1].complete.output_ids) == 2
+    assert wait_until_idle(worker) == 0
+
+
 def test_the_rpcs_it_does_not_serve_answer_unimplemented_and_it_keeps_serving(worker, prompt_ids):
     with pytest.raises(grpc.RpcError) as err:
         worker.FlushCache(common_pb2.FlushCacheRequest(), timeout=30)

@@ -16,6 +16,7 @@ check_contract parses.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import math
 import queue
@@ -277,21 +278,26 @@ class FinishedEvent:
 Event = TokenEvent | ConfidenceEvent | FinishedEvent
 
 
+# The loop a stream made off the loop belongs to (Executor.submit_async sets it in its thread).
+_consumer_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "corea_consumer_loop", default=None)
+
+
 class RequestStream:
     """Events of one request, in order, ending with a FinishedEvent.
 
-    Created inside a running event loop it is an async iterator; otherwise a blocking one.
-    `push` is safe to call from any thread.
+    Created inside a running event loop (or by submit_async for one) it is an async iterator;
+    otherwise a blocking one. `push` is safe to call from any thread.
     """
 
     def __init__(self, request_id: str):
         self.request_id = request_id
         try:
             self._loop = asyncio.get_running_loop()
-            self._queue: asyncio.Queue | queue.SimpleQueue = asyncio.Queue()
         except RuntimeError:
-            self._loop = None
-            self._queue = queue.SimpleQueue()
+            self._loop = _consumer_loop.get()
+        # asyncio.Queue binds to a loop on first use, so one made in submit_async's thread is fine.
+        self._queue: asyncio.Queue | queue.SimpleQueue = asyncio.Queue() if self._loop else queue.SimpleQueue()
         self._done = threading.Event()
         self.result: Result | None = None
 
@@ -352,6 +358,24 @@ class Executor(ABC):
 
     def close(self) -> None:
         """Release the model and threads; pending requests finish with 'abort'."""
+
+    async def submit_async(self, request: Request) -> RequestStream:
+        """submit() on a worker thread, for callers on an event loop: tokenizing and compiling a
+        grammar (up to seconds for a new schema) then hold up none of the loop's other requests.
+        The stream is this loop's async iterator. Raises what submit raises; cancelled while
+        submitting, the request is aborted once it is queued."""
+        loop = asyncio.get_running_loop()
+
+        def submit() -> RequestStream:
+            _consumer_loop.set(loop)  # in to_thread's copy of the context: this call only
+            return self.submit(request)
+
+        task = asyncio.ensure_future(asyncio.to_thread(submit))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: t.cancelled() or t.exception() or self.abort(request.request_id))
+            raise
 
     def generate(self, request: Request) -> Result:
         """Submit and block until the result (from a thread that is not running an event loop)."""

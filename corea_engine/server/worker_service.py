@@ -84,16 +84,20 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         request_id = msg.request_id or f"gen-{uuid.uuid4().hex[:12]}"
         if request_id in self.active:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} is already running")
+        self.active.add(request_id)  # before the submit's await: the same id meanwhile is refused
         try:
             request = self.to_request(msg, request_id)
-            stream = self.executor.submit(request)
-        except OutOfRangeError as err:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(err))
-        except InvalidRequestError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except ExecutorError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-        self.active.add(request_id)
+            # Off the loop: tokenizing and a grammar compile must not stall the other streams.
+            stream = await self.executor.submit_async(request)
+        except BaseException as err:
+            self.active.discard(request_id)
+            if isinstance(err, OutOfRangeError):
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(err))
+            if isinstance(err, InvalidRequestError):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            if isinstance(err, ExecutorError):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+            raise
         prompt_tokens = len(msg.tokenized.input_ids)
         rows: list = []  # (TokenEvent) of every output token
         result = None
@@ -179,7 +183,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         """Healthy when a one-token generation comes back within HEALTH_PROBE_S seconds."""
         probe = Request(input_ids=[0], sampling=SamplingParams(max_new_tokens=1), request_id=f"health-{uuid.uuid4().hex[:8]}")
         try:
-            stream = self.executor.submit(probe)
+            stream = await self.executor.submit_async(probe)
             async with asyncio.timeout(HEALTH_PROBE_S):
                 async for event in stream:
                     if isinstance(event, FinishedEvent) and event.result.finish_reason in ("stop", "length"):
