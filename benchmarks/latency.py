@@ -18,6 +18,8 @@ from corea_engine.runtime.executor import (
     ConfidenceEvent, ConfidenceReading, Executor, FinishedEvent, Request, RequestStream, Result, TokenEvent,
     TokenLogprobs,
 )
+from corea_engine.runtime.probe import resolve
+from corea_engine.runtime.sequence import Sequence, encode_prompt
 
 
 def percentile(values, q: float) -> float:
@@ -114,11 +116,14 @@ class InstantExecutor(_Instant):
 
 class InstantTokenExecutor(_Instant):
     """The stand-in model behind a worker (or a RemoteExecutor's peer): streams the token ids of a
-    fixed `answer` at once, at most max_new_tokens of them, with the logprobs a request asks for.
+    fixed `answer` at once, at most max_new_tokens of them, with the logprobs a request asks for,
+    through the executors' shared Sequence: a contract request stops at its confidence value
+    ("confidence"), as a model's executor does (its scale read from flat log-probabilities).
 
-    ends_on_eos: finish "stop" with EOS as matched_stop (not streamed) when the whole answer fits the
-    budget; otherwise, and by default, every request ends "length". prompt_tokens counts the request's
-    input_ids, or its messages through the tokenizer's chat template, as a model's executor would.
+    ends_on_eos: finish "stop" with EOS as matched_stop (not streamed) when the answer ends before
+    the budget and the confidence; otherwise, and by default, such a request ends "length".
+    prompt_tokens counts the request's input_ids, or its messages through the chat template, as a
+    model's executor would.
     """
 
     def __init__(self, tokenizer, answer: str, model_name: str = "instant", ends_on_eos: bool = False):
@@ -129,19 +134,16 @@ class InstantTokenExecutor(_Instant):
     def submit(self, request: Request) -> RequestStream:
         request.validate(16000)
         request.check_token_ids(self.vocab_size)
-        if request.input_ids is not None:
-            prompt = list(request.input_ids)
-        else:
-            prompt = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
-                                                        tokenize=True, return_dict=False)
-        ids = self.answer_ids[: request.max_new_tokens]
+        _, probe = resolve(request, self.tokenizer)
+        seq = Sequence(request, encode_prompt(self.tokenizer, request), self.tokenizer, probe=probe)
         logprobs = TokenLogprobs(-0.1, (), tuple(-2.3 for _ in request.logprob_token_ids)) if request.wants_logprobs else None
-        stream = RequestStream(request.request_id)
-        for token in ids:
-            stream.push(TokenEvent(request.request_id, token, "", logprobs))
-        stop = self.ends_on_eos and len(ids) == len(self.answer_ids)
-        stream.push(FinishedEvent(request.request_id, Result(
-            request.request_id, self.tokenizer.decode(ids), "stop" if stop else "length",
-            prompt_tokens=len(prompt), completion_tokens=len(ids), token_ids=list(ids),
-            matched_stop=self.tokenizer.eos_token_id if stop else None)))
-        return stream
+        for token in self.answer_ids:
+            record = probe.record_from_logprobs({t: -2.3 for t in probe.token_ids}) if seq.armed else None
+            seq.step(token, record=record, logprobs=logprobs)
+            if seq.finished:
+                return seq.stream
+        if self.ends_on_eos:
+            seq.finish("stop", matched_stop=self.tokenizer.eos_token_id)
+        else:
+            seq.finish("length")
+        return seq.stream
