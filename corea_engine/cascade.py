@@ -128,6 +128,8 @@ class SolveResult:
     llm_latency_ms: float = 0.0
     latency_ms: float = 0.0
     slm_model: str = ""
+    # The last tier's model: the name its engine serves under once known (its readiness probe or a
+    # first call answered); a gRPC tier's address before that; an OpenAI endpoint's configured model.
     llm_model: str = ""
     text: str = ""
     slm_finish_reason: str = ""  # the last SLM run's: confidence | stop | length | abort | error

@@ -239,12 +239,15 @@ def test_the_llm_clients_readiness_probe_reaches_the_worker(tiers):
     async def probe(address):
         llm = GrpcLLM(address)
         try:
-            return await llm.probe(timeout_s=5.0)
+            return await llm.probe(timeout_s=5.0), llm.model_name
         finally:
             await llm.close()
 
-    assert asyncio.run(probe(tiers[2].address)) is None
-    assert "UNAVAILABLE" in asyncio.run(probe(f"127.0.0.1:{free_port()}"))
+    # The answer names the served model: results show it from then on, not the address.
+    assert asyncio.run(probe(tiers[2].address)) == (None, tiers[3].model_name)
+    away = f"127.0.0.1:{free_port()}"
+    reason, name = asyncio.run(probe(away))
+    assert "UNAVAILABLE" in reason and name == away
 
 
 def test_the_protocol_clients_encode_special_token_text_as_text(tiers):

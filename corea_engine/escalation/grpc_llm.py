@@ -32,7 +32,7 @@ class GrpcLLM(EscalationClient):
         self.client = SchedulerClient(address, tokenizer=tokenizer, tls=tls, token=token,
                                       channel_options=channel_options)
         self.address = address
-        self.model_name = address  # replaced by the model the engine reports
+        self.model_name = address  # until the engine reports its model (a probe or the first call)
 
     def to_request(self, messages: list[dict], params: GenerationParams) -> pb.GenerateRequest:
         fmt = params.contract
@@ -92,12 +92,13 @@ class GrpcLLM(EscalationClient):
 
     async def probe(self, timeout_s: float = 1.0) -> str | None:
         """Is the engine reachable? None when it answers GetModelInfo (every engine speaking the
-        protocol serves it, and it runs no model), else why not."""
+        protocol serves it, and it runs no model), else why not. The answer names the model:
+        `model_name` is the engine's from then on."""
         try:
-            await self.client.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout_s,
-                                                metadata=self.client.metadata)
+            await self.client.model_info(timeout_s)
         except grpc.aio.AioRpcError as err:
             return f"LLM at {self.address}: {err.code().name}: {err.details()}"
+        self.model_name = self.client.model_name
         return None
 
     async def close(self) -> None:

@@ -103,8 +103,7 @@ class SchedulerClient:
                 await self._connect(timeout_s, wait_for_ready)
 
     async def _connect(self, timeout_s: float | None, wait_for_ready: bool) -> None:
-        info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self.metadata,
-                                            wait_for_ready=wait_for_ready)
+        info = await self.model_info(timeout_s, wait_for_ready=wait_for_ready)
         folder = self.tokenizer_path or await self._fetch_tokenizer(timeout_s)
         from transformers import AutoTokenizer
 
@@ -112,10 +111,18 @@ class SchedulerClient:
             tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(folder))
         except (OSError, ValueError) as err:
             raise TokenizerError(f"cannot load the tokenizer of {self.address} from {folder}: {err}") from None
-        self.model_name = info.served_model_name or info.model_path or self.address
         self.eos_token_ids = frozenset(info.eos_token_ids)
         self.vocab_size = info.vocab_size
         self.tokenizer = tokenizer
+
+    async def model_info(self, timeout_s: float | None = 30.0, *,
+                         wait_for_ready: bool = False) -> pb.GetModelInfoResponse:
+        """GetModelInfo (it runs no model); sets `model_name` to the name the engine serves under
+        (its model path when it reports none). Raises grpc.aio.AioRpcError."""
+        info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout_s, metadata=self.metadata,
+                                            wait_for_ready=wait_for_ready)
+        self.model_name = info.served_model_name or info.model_path or self.address
+        return info
 
     async def _fetch_tokenizer(self, timeout_s: float | None) -> Path:
         data = io.BytesIO()
