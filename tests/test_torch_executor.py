@@ -244,6 +244,10 @@ def test_bad_requests_are_refused_and_the_batch_goes_on(slm_executor, gsm8k_ques
         (["solve", "hi", "--contract", "xml"], "unknown contract"),
         (["solve", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
         (["solve", "hi", "--model", "/nonexistent/model"], "not found"),
+        # Which setting named the missing model, not only its value:
+        (["solve", "hi", "--llm-model", "/nonexistent/model"], "--llm-model: model '/nonexistent/model' not found"),
+        (["solve", "hi", "--tier", "name=a", "--tier", "name=b,model=/nonexistent/model"],
+         "tier 1 (b) model: model '/nonexistent/model' not found"),
     ],
 )
 def test_cli_reports_bad_input_with_exit_code_2(args, message):

@@ -82,6 +82,8 @@ def build_cascade(args, config=None):
     if config.tiers is not None:
         return build_tiers(args, config)
     local_llm = args.llm_model and not (config.llm_address or config.llm_openai_base_url)
+    if local_llm:
+        check_model(args.llm_model, "--llm-model")
     if config.mode != "slm_only" and not (config.llm_address or config.llm_openai_base_url or local_llm):
         raise CommandError("the cascade needs an LLM tier: --llm-address, --llm-openai-base-url with --llm-model, "
                            "--llm-model for an in-process one, or --mode slm_only")
@@ -116,6 +118,18 @@ def build_cascade(args, config=None):
         raise CommandError(str(err)) from None
 
 
+def check_model(spec: str, setting: str) -> None:
+    """A model that is not there fails before any weights load, naming the setting that gave it
+    (CommandError)."""
+    from ..cli import CommandError
+    from ..models import ModelNotFoundError, resolve_model
+
+    try:
+        resolve_model(spec)
+    except ModelNotFoundError as err:
+        raise CommandError(f"{setting}: {err}") from None
+
+
 def build_tiers(args, config):
     """(cascade, executors to close) for config.tiers: every tier on its executor or client.
 
@@ -135,6 +149,9 @@ def build_tiers(args, config):
     from ..runtime.torch_executor import TorchExecutor
 
     tiers = config.tier_list()
+    for i, tier in enumerate(tiers):
+        if tier.model and not (tier.address or tier.openai_base_url):  # run in this process
+            check_model(tier.model, f"tier {i} ({tier.name}) model")
     executors, backends = [], []
     try:
         for i, tier in enumerate(tiers):
