@@ -238,7 +238,10 @@ class Format:
         # here have no escapes (quote, backslash and control characters are not produced).
         text_class = '[^"\\\\\\x00-\\x1f]' if self.syntax == "json" else "[^<]"
         answer_class = '[^"\\\\\\x00-\\x1f]' if self.syntax == "json" else "[^<\\n]"
-        bodies = {"reasoning": f"{text_class}{{0,{r}}}", "answer": f"{answer_class}{{1,{a}}}"}
+        # An answer cannot open with what closes it ('"answer": "}' ends nothing; a tag answer
+        # already cannot start with '<'): a model that wants to stop must write an answer first.
+        answer_first = '[^"}\\\\\\x00-\\x1f]' if self.syntax == "json" else answer_class
+        bodies = {"reasoning": f"{text_class}{{0,{r}}}", "answer": f"{answer_first}{answer_class}{{0,{a - 1}}}"}
         bodies["confidence"] = self.scale.ebnf()
         seq = []
         for i, field in enumerate(self.order):

@@ -60,6 +60,19 @@ def test_grammar_refuses_out_of_contract_text(name, tokenizer, grammars):
         assert not accepted, f"{name} accepted {bad[:60]!r}"
 
 
+@pytest.mark.parametrize("name", [n for n, f in FORMATS.items() if f.syntax == "json"])
+def test_a_json_answer_cannot_open_with_the_closing_brace(name, tokenizer, grammars):
+    fmt = FORMATS[name]
+
+    def accepted(answer):
+        matcher = grammars.matcher(fmt)
+        ids = tokenizer.encode(fmt.render("ok", answer, 0.5), add_special_tokens=False)
+        return all(matcher.accept_token(t) for t in ids) and matcher.accept_token(tokenizer.eos_token_id)
+
+    assert not accepted("}") and not accepted("} 8")
+    assert accepted("8}") and accepted("{8}")  # only the first character is held to it
+
+
 def test_grammar_cache_compiles_once_per_tokenizer(tokenizer):
     cache = GrammarCache.for_tokenizer(tokenizer, 49152)
     assert GrammarCache.for_tokenizer(tokenizer, 49152) is cache
