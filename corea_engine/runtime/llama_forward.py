@@ -39,16 +39,20 @@ class LlamaDecodeStep:
         if getattr(config, "hidden_act", "silu") != "silu":
             raise UnsupportedModelError(f"the decode step runs SiLU MLPs, not {config.hidden_act!r}")
         decoder = model.model
+        self.dtype = decoder.embed_tokens.weight.dtype
+        # bf16 on CPU: oneDNN matmuls over weights reordered once run about twice as fast as
+        # F.linear's bf16 path here; fp32 keeps F.linear, the reference's own kernel.
+        self.packed = self.dtype == torch.bfloat16 and decoder.embed_tokens.weight.device.type == "cpu" \
+            and _packed_linear_available()
+        linear = _pack if self.packed else (lambda module: (F.linear, module.weight, module.bias))
         self.layers = []
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append((
                 layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                (attn.q_proj.weight, attn.q_proj.bias), (attn.k_proj.weight, attn.k_proj.bias),
-                (attn.v_proj.weight, attn.v_proj.bias), (attn.o_proj.weight, attn.o_proj.bias),
+                linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj), linear(attn.o_proj),
                 layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-                (mlp.gate_proj.weight, mlp.gate_proj.bias), (mlp.up_proj.weight, mlp.up_proj.bias),
-                (mlp.down_proj.weight, mlp.down_proj.bias),
+                linear(mlp.gate_proj), linear(mlp.up_proj), linear(mlp.down_proj),
             ))
         attn = decoder.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
@@ -57,10 +61,9 @@ class LlamaDecodeStep:
         self.kv_heads = config.num_key_value_heads
         self.embed = decoder.embed_tokens.weight
         self.norm = (decoder.norm.weight, decoder.norm.variance_epsilon)
-        self.lm_head = (model.lm_head.weight, model.lm_head.bias)
+        self.lm_head = linear(model.lm_head)
         self.inv_freq = decoder.rotary_emb.inv_freq
         self.rope_scaling = decoder.rotary_emb.attention_scaling
-        self.dtype = self.embed.dtype
         self._cos = self._sin = None
 
     def new_cache(self, max_slots: int, max_len: int) -> SlotKVCache:
@@ -95,32 +98,51 @@ class LlamaDecodeStep:
         for index, (ln1, eps1, q_proj, k_proj, v_proj, o_proj, ln2, eps2, gate, up, down) in enumerate(self.layers):
             residual = hidden
             hidden = _rms_norm(hidden, ln1, eps1)
-            q = F.linear(hidden, *q_proj).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            k = F.linear(hidden, *k_proj).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            v = F.linear(hidden, *v_proj).view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            q = _apply(q_proj, hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            k = _apply(k_proj, hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            v = _apply(v_proj, hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
             keys, values = cache.keys[index], cache.values[index]
             keys[rows, :, positions] = k[:, :, 0]
             values[rows, :, positions] = v[:, :, 0]
             keys, values = keys[:batch, :, :width], values[:batch, :, :width]
-            if mask is None:
+            if mask is None and not self.packed:  # transformers' kernel choice for an unpadded step
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None, dropout_p=0.0,
                                                      scale=self.scaling, is_causal=False, enable_gqa=True)
-            else:  # the query heads of one KV head as that head's queries: GQA without repeating KV
+            else:  # a KV head's query heads as its queries: GQA without repeating KV (5x faster in bf16)
                 packed = q.reshape(batch, self.kv_heads, self.groups, self.head_dim)
                 out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, dropout_p=0.0,
                                                      scale=self.scaling, is_causal=False)
                 out = out.reshape(batch, -1, 1, self.head_dim)
             out = out.transpose(1, 2).contiguous().reshape(batch, 1, -1).contiguous()
-            hidden = residual + F.linear(out, *o_proj)
+            hidden = residual + _apply(o_proj, out)
             residual = hidden
             hidden = _rms_norm(hidden, ln2, eps2)
-            hidden = residual + F.linear(F.silu(F.linear(hidden, *gate)) * F.linear(hidden, *up), *down)
+            hidden = residual + _apply(down, F.silu(_apply(gate, hidden)) * _apply(up, hidden))
         hidden = _rms_norm(hidden, *self.norm)
         for i in range(batch):
             cache.lengths[i] += 1
-        return F.linear(hidden, *self.lm_head)[:, -1, :].float()
+        return _apply(self.lm_head, hidden)[:, -1, :].float()
+
+
+def _apply(linear, x: torch.Tensor) -> torch.Tensor:
+    fn, weight, bias = linear
+    return fn(x, weight, bias)
+
+
+def _packed_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _pack(module):
+    """(fn, weight, bias) of a bf16 nn.Linear as a oneDNN matmul over a weight reordered once
+    (for batch 1; other batch sizes run on the same layout)."""
+    return _packed, torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 1), module.bias
 
 
 def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
