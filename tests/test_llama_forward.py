@@ -47,7 +47,7 @@ def test_a_row_alone_gets_transformers_logits_bit_for_bit(fp32):
 @torch.no_grad()
 def test_rows_of_different_lengths_match_each_row_alone_and_survive_a_retire(fp32):
     model, tokenizer, step = fp32
-    prompts = [tokenizer.encode(p) for p in (PROMPTS[1], PROMPTS[0], PROMPTS[1] + [28])]
+    prompts = [tokenizer.encode(PROMPTS[1]), tokenizer.encode(PROMPTS[0]), tokenizer.encode(PROMPTS[1]) + [28]]
     refs = [_reference(model, ids, steps=4) for ids in prompts]
     cache = step.new_cache(max_slots=4, max_len=512)
     for kv, _, _ in refs:
