@@ -37,8 +37,9 @@ def add_model_args(parser, *, prefix: str = "", default_model: str | None = None
     p = f"--{prefix}" if prefix else "--"
     parser.add_argument(f"{p}model", default=default_model, help="model: 'smollm2-135m' (embedded default) or a local folder")
     parser.add_argument(f"{p}device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument(f"{p}dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="auto: bfloat16 where the device computes it natively (AVX512-BF16/AMX, CUDA), else float32")
+    parser.add_argument(f"{p}dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 where the device computes it natively (AVX512-BF16/AMX, CUDA), else "
+                             "float32 (bf16 readings vary with the batch: a request alone and batched differ by ~0.02)")
     parser.add_argument(f"{p}backend", default="torch", choices=BACKENDS,
                         help="runtime: torch (embedded, CPU or CUDA) or sglang (GPU; needs the sglang extra)")
     # SGLang engine options, passed through to sglang.Engine (ignored by the torch backend).
@@ -69,7 +70,7 @@ def make_executor(args, *, prefix: str = "", **torch_options):
         return SglangExecutor(str(resolve_model(arg("model")).path), dtype=arg("dtype"), **options)
     from ..runtime.torch_executor import TorchExecutor
 
-    return TorchExecutor(arg("model"), device=arg("device") or "cpu", dtype=arg("dtype") or "auto", **torch_options)
+    return TorchExecutor(arg("model"), device=arg("device") or "cpu", dtype=arg("dtype") or "float32", **torch_options)
 
 
 def default_threads() -> int:

@@ -98,9 +98,10 @@ class TorchExecutor(Executor):
     """Continuous-batching executor over a Hugging Face causal LM.
 
     model: a spec for corea_engine.models.resolve_model (default: the embedded SmolLM2), or
-    pass an already loaded `model_and_tokenizer` pair. dtype: "auto" (bfloat16 where the
-    device computes it natively, else float32; see dtypes.py), "float32", "bfloat16" or
-    "float16"; the one chosen is `self.dtype`. threads: torch intra-op threads for CPU (set
+    pass an already loaded `model_and_tokenizer` pair. dtype: "float32" (the reference
+    numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
+    computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
+    is `self.dtype`. threads: torch intra-op threads for CPU (set
     deliberately: oversubscribing two cores costs up to 10x). prefix_cache: compute a contract's
     shared system prompt once and reuse its KV (False prefills every prompt whole). Raises
     ExecutorError for a model architecture the decode step does not run (llama_forward.py).
@@ -111,7 +112,7 @@ class TorchExecutor(Executor):
         model: str | None = None,
         *,
         device: str = "cpu",
-        dtype: str = "auto",
+        dtype: str = "float32",
         max_batch_size: int = 16,
         max_prompt_chars: int = 16000,
         max_prompt_tokens: int = 2048,
