@@ -74,16 +74,16 @@ def make_executor(args, *, prefix: str = "", **torch_options):
 
 
 def default_threads() -> int:
-    """Torch intra-op threads: COREA_THREADS, else every core but one (at least one).
+    """Torch intra-op threads: COREA_THREADS, else every core (one engine per process).
 
-    A core is left free because intra-op threads wait on each other every op: with one other busy
-    process on 2 cores, 2 threads ran a decode step 5-10x slower than 1 thread (measured
-    2026-11-30, benchmarks in the issue #14 report); one spare core costs little on many cores."""
+    Measured 2026-11-30 on 2 shared cores (issue #14 report): with one busy neighbour process, 2
+    threads still decoded about 2x faster than 1 (bf16 and fp32, single and 8 concurrent);
+    only under heavy oversubscription (load ~8) did 2 threads collapse (5-10x slower a step)."""
     import argparse
 
     from ..cli import CommandError
 
     try:
-        return bounded(int, 1, 4096)(os.environ.get("COREA_THREADS", max(1, (os.cpu_count() or 1) - 1)))
+        return bounded(int, 1, 4096)(os.environ.get("COREA_THREADS", os.cpu_count() or 1))
     except argparse.ArgumentTypeError as err:
         raise CommandError(f"COREA_THREADS {err}") from None
