@@ -3,9 +3,12 @@
 transformers' caches assume one position for the whole batch; here every row has its own
 (its slot's length), so the step is our own forward. It does what transformers' LlamaForCausalLM
 does for one new token with SDPA attention, op for op (RMSNorm in float32, RoPE from the same
-inv_freq, GQA via SDPA), so fp32 logits are the reference's to the bit for a row alone; the HF
+inv_freq, GQA via SDPA), so in float32 a row alone gets the reference logits to the bit; the HF
 model stays the reference in tests. Prefill still runs through the HF model (its masks for
-chunks and shared prefixes), and its KV is copied into the slots.
+chunks and shared prefixes), and its KV is copied into the slots. In bfloat16 on CPU the step
+takes faster kernels instead (oneDNN matmuls over weights reordered once, GQA by packing the
+queries); those weights are copies, so a step built before the model's weights change in place
+does not see the change.
 """
 
 from __future__ import annotations
