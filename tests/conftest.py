@@ -16,7 +16,7 @@ torch.set_num_threads(int(os.environ.get("COREA_THREADS", "2")))
 def slm_executor():
     from corea_engine.runtime.torch_executor import TorchExecutor
 
-    executor = TorchExecutor(max_batch_size=16)
+    executor = TorchExecutor(dtype="float32", max_batch_size=16)  # the reference numerics
     yield executor
     executor.close()
 

@@ -37,7 +37,9 @@ def add_model_args(parser, *, prefix: str = "", default_model: str | None = None
     p = f"--{prefix}" if prefix else "--"
     parser.add_argument(f"{p}model", default=default_model, help="model: 'smollm2-135m' (embedded default) or a local folder")
     parser.add_argument(f"{p}device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument(f"{p}dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(f"{p}dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 where the device computes it natively (AVX512-BF16/AMX, CUDA), else "
+                             "float32 (bf16 readings vary with the batch: a request alone and batched differ by ~0.02)")
     parser.add_argument(f"{p}backend", default="torch", choices=BACKENDS,
                         help="runtime: torch (embedded, CPU or CUDA) or sglang (GPU; needs the sglang extra)")
     # SGLang engine options, passed through to sglang.Engine (ignored by the torch backend).
@@ -72,7 +74,11 @@ def make_executor(args, *, prefix: str = "", **torch_options):
 
 
 def default_threads() -> int:
-    """Torch intra-op threads: COREA_THREADS, else every core (one engine per process)."""
+    """Torch intra-op threads: COREA_THREADS, else every core (one engine per process).
+
+    Measured 2026-11-30 on 2 shared cores (issue #14 report): with one busy neighbour process, 2
+    threads still decoded about 2x faster than 1 (bf16 and fp32, single and 8 concurrent);
+    only under heavy oversubscription (load ~8) did 2 threads collapse (5-10x slower a step)."""
     import argparse
 
     from ..cli import CommandError

@@ -1,8 +1,9 @@
 """The embedded runtime: continuous batching over a transformers causal LM, on CPU or CUDA.
 
 One engine thread owns the model. Between decode steps it admits waiting requests (a batched
-prefill whose KV cache is left-padded and concatenated onto the running batch), drops finished
-or aborted rows, and trims padding no row needs any more. Each step then:
+prefill through the transformers model whose KV is copied into each row's slot of a SlotKVCache)
+and retires finished or aborted rows (their slots are reused; the batch is never copied). Each
+decode step runs our own forward over the slots (llama_forward.py), then:
 
   logits [B, V] -> grammar bitmask per row (xgrammar) -> the confidence probe read on armed rows
   (probe.read_logits: corea_kernels.confidence_stats on the raw logits + bitmask) -> mask -> sample
@@ -25,6 +26,7 @@ import torch
 from ..contract import GrammarCache
 from ..models import load_model
 from ..tokenization import ChatTemplateError, encode_chat
+from .dtypes import resolve_dtype
 from .executor import (
     Executor,
     ExecutorError,
@@ -33,6 +35,7 @@ from .executor import (
     RequestStream,
     TokenLogprobs,
 )
+from .llama_forward import LlamaDecodeStep, UnsupportedModelError
 from .probe import read_logits, resolve
 from .sequence import Sequence, encode_prompt
 
@@ -79,9 +82,13 @@ class TorchExecutor(Executor):
     """Continuous-batching executor over a Hugging Face causal LM.
 
     model: a spec for corea_engine.models.resolve_model (default: the embedded SmolLM2), or
-    pass an already loaded `model_and_tokenizer` pair. threads: torch intra-op threads for
-    CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache: compute a
-    contract's shared system prompt once and reuse its KV (False prefills every prompt whole).
+    pass an already loaded `model_and_tokenizer` pair. dtype: "float32" (the reference
+    numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
+    computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
+    is `self.dtype`. threads: torch intra-op threads for CPU (set
+    deliberately: oversubscribing two cores costs up to 10x). prefix_cache: compute a contract's
+    shared system prompt once and reuse its KV (False prefills every prompt whole). Raises
+    ExecutorError for a model architecture the decode step does not run (llama_forward.py).
     """
 
     def __init__(
@@ -104,9 +111,13 @@ class TorchExecutor(Executor):
             self.model_name = getattr(self.model.config, "_name_or_path", "model") or "model"
             self.model_path = None
         else:
+            dtype = resolve_dtype(dtype, device)
             self.model, self.tokenizer, source = load_model(model, device=device, dtype=dtype)
             self.model_name, self.model_path = source.name, source.path  # the folder: tokenizer files
         self.device = next(self.model.parameters()).device
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        log.info("torch executor: %s on %s in %s, %d threads", self.model_name, self.device, self.dtype,
+                 torch.get_num_threads())
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         self.max_prompt_chars = max_prompt_chars
@@ -115,6 +126,11 @@ class TorchExecutor(Executor):
         self.max_prompt_tokens = max_prompt_tokens
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        try:
+            self._step = LlamaDecodeStep(self.model)
+        except UnsupportedModelError as err:
+            raise ExecutorError(str(err)) from None
+        self._kv = self._step.new_cache(max_batch_size, self.max_positions)
         self.grammars = GrammarCache.for_tokenizer(self.tokenizer, self.vocab_size)
         self._eos = self._eos_ids()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos)
@@ -130,10 +146,9 @@ class TorchExecutor(Executor):
         self.aborts = 0  # abort() calls that found their request (what a cancelled caller leaves behind)
         self._closed = False
         # Batch state, owned by the engine thread.
-        self._rows: list[_Sequence] = []
-        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._mask: torch.Tensor | None = None  # [B, L] 1 = real token
+        self._rows: list[_Sequence] = []  # row i lives in slot i of self._kv
         self._next: list[int] = []  # last sampled token of each row, not yet fed
+        self._bitmask = _Bitmask(max_batch_size, self.vocab_size, self.device)
         self._prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
         self._thread = threading.Thread(target=self._engine_loop, name="corea-torch-engine", daemon=True)
         self._thread.start()
@@ -296,7 +311,8 @@ class TorchExecutor(Executor):
         self._drop_finished()
 
     def _reset_batch(self) -> None:
-        self._rows, self._kv, self._mask, self._next = [], None, None, []
+        self._rows, self._next = [], []
+        self._kv.clear()
 
     def _forward(self, input_ids, attention_mask, position_ids, kv):
         from transformers import DynamicCache
@@ -395,38 +411,17 @@ class TorchExecutor(Executor):
         return kv
 
     def _merge(self, joining, kv, mask) -> None:
-        if self._kv is None:
-            self._rows, self._kv, self._mask = list(joining), kv, mask
-            self._next = [0] * len(joining)
-            return
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
-
-        def pad_left(t, n):  # pad the sequence axis (dim -2 for KV, -1 for masks) with zeros
-            if n == 0:
-                return t
-            if t.dim() == 2:
-                return torch.nn.functional.pad(t, (n, 0))
-            return torch.nn.functional.pad(t, (0, 0, n, 0))
-
-        self._kv = [
-            (
-                torch.cat([pad_left(k0, width - old_len), pad_left(k1, width - new_len)]),
-                torch.cat([pad_left(v0, width - old_len), pad_left(v1, width - new_len)]),
-            )
-            for (k0, v0), (k1, v1) in zip(self._kv, kv)
-        ]
-        self._mask = torch.cat([pad_left(self._mask, width - old_len), pad_left(mask, width - new_len)])
-        self._rows += joining
-        self._next += [0] * len(joining)
+        """Copy each joiner's prefilled KV (its real columns of `mask`) into a new slot."""
+        for j, seq in enumerate(joining):
+            self._kv.admit(kv, j, mask[j].nonzero().squeeze(1))
+            self._rows.append(seq)
+            self._next.append(0)
 
     def _decode_step(self) -> None:
         t0 = time.perf_counter()
-        batch = len(self._rows)
-        ids = torch.tensor(self._next, dtype=torch.long, device=self.device).unsqueeze(1)
-        self._mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], 1)
-        positions = (self._mask.sum(1, keepdim=True) - 1)
-        logits, self._kv = self._forward(ids, self._mask, positions, self._kv)
+        ids = torch.tensor(self._next, dtype=torch.long, device=self.device)
+        logits = self._step(ids, self._kv)
+        self.stats.forward_s += time.perf_counter() - t0
         self._process(logits, first_row=0)
         self.stats.decode_steps += 1
         self.stats.step_s += time.perf_counter() - t0
@@ -440,9 +435,9 @@ class TorchExecutor(Executor):
         constrained = [i for i, s in enumerate(rows) if s.matcher is not None]
         bitmask = None
         if constrained:
-            bitmask = xgr.allocate_token_bitmask(len(rows), self.vocab_size)
             for i in constrained:
-                rows[i].matcher.fill_next_token_bitmask(bitmask, i)
+                rows[i].matcher.fill_next_token_bitmask(self._bitmask.host, i)
+            bitmask = self._bitmask.to_device(len(rows))
         t1 = time.perf_counter()
         # The probe reads armed rows from the raw logits, the mask applied inside the kernel.
         records = [None] * len(rows)
@@ -454,13 +449,12 @@ class TorchExecutor(Executor):
         t2 = time.perf_counter()
         if constrained:
             xgr.apply_token_bitmask_inplace(
-                logits, bitmask.to(logits.device), indices=constrained if len(constrained) < len(rows) else None
+                logits, bitmask, indices=constrained if len(constrained) < len(rows) else None
             )
         t3 = time.perf_counter()
         tokens = self._sample(logits, rows)
         t4 = time.perf_counter()
-        asked = {i: self._token_logprobs(rows[i].request, logprobs[j], tokens[i])
-                 for j, i in enumerate(wanting) if tokens[i] is not None}  # None: sampling failed
+        asked = _token_logprobs(rows, wanting, logprobs, tokens) if wanting else {}
         for i, (seq, token) in enumerate(zip(rows, tokens)):
             self._advance(seq, token, first_row + i, records[i], asked.get(i))
         t5 = time.perf_counter()
@@ -468,15 +462,6 @@ class TorchExecutor(Executor):
         self.stats.confidence_s += t2 - t1
         self.stats.sample_s += t4 - t3
         self._drop_finished()
-
-    @staticmethod
-    def _token_logprobs(request: Request, logprobs: torch.Tensor, token: int) -> TokenLogprobs:
-        top = ()
-        if request.top_logprobs_num:
-            values, ids = logprobs.topk(request.top_logprobs_num)
-            top = tuple(zip(ids.tolist(), values.tolist()))
-        selected = tuple(logprobs[list(request.logprob_token_ids)].tolist()) if request.logprob_token_ids else ()
-        return TokenLogprobs(float(logprobs[token]), top, selected)
 
     def _sample(self, logits: torch.Tensor, rows: list[_Sequence]) -> list[int | None]:
         """One token per row; None for a row whose sampling failed (it is finished with the error).
@@ -534,18 +519,66 @@ class TorchExecutor(Executor):
         seq.finish(seq.finish_reason, seq.error)
 
     def _drop_finished(self) -> None:
-        keep = [i for i, s in enumerate(self._rows) if s.finish_reason is None]
-        if len(keep) == len(self._rows):
-            return
-        if not keep:
-            self._reset_batch()
-            return
-        index = torch.tensor(keep, device=self.device)
-        self._rows = [self._rows[i] for i in keep]
-        self._next = [self._next[i] for i in keep]
-        self._mask = self._mask.index_select(0, index)
-        # Columns that are padding in every remaining row are dead weight in attention.
-        first = int(self._mask.any(0).long().argmax())
-        self._mask = self._mask[:, first:]
-        self._kv = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:]) for k, v in self._kv]
+        # Swap-remove, from the end: the last row moves into the freed slot, nothing else moves.
+        for i in reversed(range(len(self._rows))):
+            if self._rows[i].finish_reason is None:
+                continue
+            self._kv.retire(i)
+            self._rows[i], self._next[i] = self._rows[-1], self._next[-1]
+            self._rows.pop()
+            self._next.pop()
+
+
+class _Bitmask:
+    """xgrammar's token bitmask [max_batch, ceil(vocab / 32)] int32, allocated once.
+
+    Rows are filled on the host by the matchers; on CPU the same tensor is applied, on an
+    accelerator the filled rows go over in one copy per step into a preallocated device twin."""
+
+    def __init__(self, rows: int, vocab_size: int, device: torch.device):
+        import xgrammar as xgr
+
+        self.host = xgr.allocate_token_bitmask(rows, vocab_size)
+        self.device = self.host
+        if device.type != "cpu":
+            self.host = self.host.pin_memory()
+            self.device = torch.empty_like(self.host, device=device)
+
+    def to_device(self, rows: int) -> torch.Tensor:
+        """The first `rows` rows, on the device ([rows, words] int32)."""
+        if self.device is self.host:
+            return self.host[:rows]
+        return self.device[:rows].copy_(self.host[:rows], non_blocking=True)
+
+
+def _token_logprobs(rows: list[_Sequence], wanting: list[int], logprobs: torch.Tensor,
+                    tokens: list[int | None]) -> dict[int, TokenLogprobs]:
+    """Row index -> the logprobs its request asked for, from `logprobs` [len(wanting), V] (rows
+    `wanting`); each kind (sampled, top-k, selected ids) is gathered for every row in one transfer.
+    A row whose sampling failed (token None) gets none."""
+    keep = [j for j, i in enumerate(wanting) if tokens[i] is not None]
+    if not keep:
+        return {}
+    index = [wanting[j] for j in keep]
+    logprobs = logprobs[keep] if len(keep) < len(wanting) else logprobs
+    requests = [rows[i].request for i in index]
+    device = logprobs.device
+    sampled = logprobs.gather(1, torch.tensor([[tokens[i]] for i in index], device=device))[:, 0].tolist()
+    k = max(r.top_logprobs_num or 0 for r in requests)
+    top_values = top_ids = None
+    if k:
+        values, ids = logprobs.topk(k)
+        top_values, top_ids = values.tolist(), ids.tolist()
+    width = max(len(r.logprob_token_ids or ()) for r in requests)
+    chosen = None
+    if width:
+        ids = [list(r.logprob_token_ids or ()) + [0] * (width - len(r.logprob_token_ids or ())) for r in requests]
+        chosen = logprobs.gather(1, torch.tensor(ids, device=device)).tolist()
+    out = {}
+    for n, (i, request) in enumerate(zip(index, requests)):
+        top = tuple(zip(top_ids[n][: request.top_logprobs_num], top_values[n][: request.top_logprobs_num])) \
+            if request.top_logprobs_num else ()
+        selected = tuple(chosen[n][: len(request.logprob_token_ids)]) if request.logprob_token_ids else ()
+        out[i] = TokenLogprobs(sampled[n], top, selected)
+    return out
 

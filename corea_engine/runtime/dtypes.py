@@ -1,0 +1,38 @@
+"""The embedded runtime's compute dtype, chosen once at start-up.
+
+"auto" picks bfloat16 where the device computes it natively (CUDA with bf16 support; a CPU
+with AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo), else float32. float32 is the reference
+numerics (tests/test_greedy_reference.py); bfloat16 halves the weight bytes read per token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """A concrete dtype name for `dtype` on `device`. Raises ValueError for an unknown name."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if str(device).startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_flags() & set(BF16_CPU_FLAGS) else "float32"
