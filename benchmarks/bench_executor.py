@@ -14,8 +14,8 @@ Every row decodes greedily, on the same GSM8K test prompts (the first --n; a con
                 are left out with the reason printed (--require-llamacpp makes it an error).
   corea         the TorchExecutor: single stream, and c concurrent for each --concurrency c (c
                 prompts submitted together: continuous batching); free text and the JSON contract.
-  transformers  `generate` on the same weights: single stream, and one static left-padded batch
-                of n (the JSON contract through xgrammar's own HF logits processor).
+  transformers  `generate` on the same weights: single stream (free text), and one static
+                left-padded batch of n (the JSON contract through xgrammar's HF logits processor).
 corea and transformers run in each of --dtypes (llama.cpp's weights are the GGUF's).
 
 Tokens are completion tokens as each engine reports them: corea's Result.completion_tokens and
@@ -205,11 +205,11 @@ class Bench:
         vocab = model.get_output_embeddings().weight.shape[0]
         grammar = GrammarCache.for_tokenizer(tokenizer, vocab).compiled(self.fmt)
         run_hf(model, tokenizer, self.messages["free text"][:1], 4)  # unmeasured warm-up
+        single = [run_hf(model, tokenizer, [m], self.budget) for m in self.messages["free text"][:n]]
+        self.add(condition, "transformers", dtype, "free text", "single stream", n,
+                 sum(t for t, _ in single), sum(s for _, s in single))
         for label, contract in self.workloads:
             compiled = grammar if contract is not None else None
-            single = [run_hf(model, tokenizer, [m], self.budget, compiled) for m in self.messages[label][:n]]
-            self.add(condition, "transformers", dtype, label, "single stream", n,
-                     sum(t for t, _ in single), sum(s for _, s in single))
             tokens, seconds = run_hf(model, tokenizer, self.messages[label][:n], self.budget, compiled)
             self.add(condition, "transformers", dtype, label, f"static batch {n}", n, tokens, seconds)
 

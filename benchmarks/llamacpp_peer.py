@@ -93,7 +93,7 @@ class LlamaCppServer:
         """
         return self.client.completions.create(
             model=MODEL_ALIAS, prompt=prompt, max_tokens=max_tokens, temperature=0.0, top_p=1.0,
-            extra_body={"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0})
+            extra_body={"repeat_penalty": 1.0})
 
     def run(self, prompts: list[str], max_tokens: int, concurrent: bool) -> tuple[int, int, float]:
         """(completion tokens as the server reports them, prompt tokens, wall seconds) for all prompts,

@@ -37,7 +37,7 @@ def test_rows_without_llamacpp(tmp_path):
         ("corea", "free text", "single stream"), ("corea", "free text", "2 concurrent"),
         ("corea", "json contract", "single stream"), ("corea", "json contract", "2 concurrent"),
         ("transformers", "free text", "single stream"), ("transformers", "free text", "static batch 2"),
-        ("transformers", "json contract", "single stream"), ("transformers", "json contract", "static batch 2"),
+        ("transformers", "json contract", "static batch 2"),
     ]
     for row in rows:
         assert row["condition"] == "idle" and row["dtype"] == "float32" and row["requests"] == 2
