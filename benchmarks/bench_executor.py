@@ -55,7 +55,7 @@ GOALS = "single stream >= 1.0x llama.cpp; 8 concurrent >= 3x llama.cpp single st
 
 @dataclass
 class Row:
-    condition: str  # "idle" or "busy neighbour"
+    condition: str  # "baseline" (the machine as it is) or "busy neighbour"
     engine: str  # "llama.cpp", "corea", "transformers"
     dtype: str
     workload: str  # "free text" or "json contract"
@@ -135,7 +135,7 @@ def busy_neighbour(on: bool):
 class Bench:
     """The rows of one run; every measurement goes through here in order."""
 
-    def __init__(self, args, questions):
+    def __init__(self, args, questions, meta: dict):
         from corea_engine.contract import build_messages, get_format
 
         self.args = args
@@ -143,12 +143,21 @@ class Bench:
         self.fmt = get_format("json").bounded(max_reasoning_chars=200, max_answer_chars=24)
         self.workloads = (("free text", None), ("json contract", self.fmt))
         self.messages = {label: [build_messages(q, contract) for q in questions] for label, contract in self.workloads}
+        self.meta = meta  # what the JSON says besides the rows
         self.rows: list[Row] = []
         self.loads: dict[str, list[float]] = {}
+
+    def save(self) -> None:
+        """Write the figures so far to --out (after every row: a long run cut short keeps its rows)."""
+        self.ratios()
+        rows = [{**asdict(r), "tok_s": r.tok_s} for r in self.rows]
+        self.args.out.parent.mkdir(parents=True, exist_ok=True)
+        self.args.out.write_text(json.dumps({**self.meta, "load_average": self.loads, "rows": rows}, indent=2) + "\n")
 
     def add(self, condition, engine, dtype, workload, mode, requests, tokens, seconds, share=None) -> None:
         row = Row(condition, engine, dtype, workload, mode, requests, tokens, seconds, share)
         self.rows.append(row)
+        self.save()
         grammar = f", grammar {100 * share:.2f}% of a step" if share is not None and workload != "free text" else ""
         print(f"  {engine:<12} {dtype:<8} {workload:<13} {mode:<15} {tokens:>5} tokens {seconds:7.2f} s "
               f"{row.tok_s:7.1f} tok/s{grammar}", flush=True)
@@ -296,10 +305,18 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
 
     questions = [e.question for e in load_gsm8k("test", limit=max([args.n, *args.concurrency]))]
-    bench = Bench(args, questions)
-    conditions = ["idle", "busy neighbour"] if args.busy_neighbour else ["idle"]
     gguf = smollm2_gguf()
     server = None if missing else llamacpp_peer.LlamaCppServer(args.llamacpp_venv, gguf, threads=threads)
+    bench = Bench(args, questions, {
+        "command": " ".join(["python", "benchmarks/bench_executor.py", *sys.argv[1:]]),
+        "config": {"n": args.n, "max_new_tokens": args.max_new_tokens, "threads": threads,
+                   "dtypes": args.dtypes, "concurrency": args.concurrency, "greedy": True},
+        "machine": machine(),
+        "llamacpp": ({"left_out": missing} if missing else
+                     {"version": server.version, "gguf": gguf.name, "api": "/v1/completions"}),
+        "goals": GOALS,
+    })
+    conditions = ["baseline", "busy neighbour"] if args.busy_neighbour else ["baseline"]
     print(f"{args.n} GSM8K prompts, greedy, max {args.max_new_tokens} new tokens, {threads} threads, "
           f"corea concurrency {args.concurrency}, dtypes {args.dtypes}")
     with server or nullcontext():
@@ -313,22 +330,8 @@ def main() -> None:
                     bench.corea(dtype, condition)
                     bench.transformers(dtype, condition)
                 bench.loads[condition].append(load_average())
-    bench.ratios()
+    bench.save()
     print_table(bench)
-
-    figures = {
-        "command": " ".join(["python", "benchmarks/bench_executor.py", *sys.argv[1:]]),
-        "config": {"n": args.n, "max_new_tokens": args.max_new_tokens, "threads": threads,
-                   "dtypes": args.dtypes, "concurrency": args.concurrency, "greedy": True},
-        "machine": machine(),
-        "load_average": bench.loads,
-        "llamacpp": ({"left_out": missing} if missing else
-                     {"version": server.version, "gguf": gguf.name, "api": "/v1/completions"}),
-        "goals": GOALS,
-        "rows": [{**asdict(r), "tok_s": r.tok_s} for r in bench.rows],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"\nfigures written to {args.out}")
 
 

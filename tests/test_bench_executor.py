@@ -40,14 +40,14 @@ def test_rows_without_llamacpp(tmp_path):
         ("transformers", "json contract", "static batch 2"),
     ]
     for row in rows:
-        assert row["condition"] == "idle" and row["dtype"] == "float32" and row["requests"] == 2
+        assert row["condition"] == "baseline" and row["dtype"] == "float32" and row["requests"] == 2
         # Both prompts ran: at least one token each, never past the budget.
         assert 2 <= row["tokens"] <= 2 * BUDGET and row["seconds"] > 0, row
         assert row["ratio"] is None  # nothing to divide by without llama.cpp
     for row in rows:
         if row["engine"] == "corea" and row["workload"] == "json contract":
             assert 0 < row["grammar_share"] < 1, row  # xgrammar ran inside the decode steps
-    assert "| idle | corea | float32 | json contract | 2 concurrent |" in proc.stdout
+    assert "| baseline | corea | float32 | json contract | 2 concurrent |" in proc.stdout
 
 
 def test_require_llamacpp_refuses_without_its_venv(tmp_path):
