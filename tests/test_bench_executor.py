@@ -1,5 +1,6 @@
-"""benchmarks/bench_executor.py, run small as a user would (a subprocess), without llama.cpp: CI does
-not build it, so the llama.cpp rows are left out with the reason, and --require-llamacpp refuses.
+"""benchmarks/bench_executor.py, run small as a user would (a subprocess). CI does not build
+llama.cpp, so there its rows are left out with the reason and --require-llamacpp refuses; where
+benchmarks/setup_llamacpp.sh has built it, test_rows_beside_llamacpp runs them too.
 
 The full run (8 prompts, 64 tokens, fp32 and bf16, 8 and 32 concurrent, beside llama.cpp) is the
 command in benchmarks/RUNTIME_SPEED.md.
@@ -12,6 +13,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_executor.py"
@@ -63,3 +66,28 @@ def test_bad_options_are_refused(tmp_path):
                          (["--concurrency", "0"], "must be >= 1")]:
         proc = bench(*args, "--out", str(tmp_path / "f.json"), timeout=120)
         assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
+
+
+@pytest.mark.expected_skip("llama.cpp is built only by benchmarks/setup_llamacpp.sh, never in CI")
+def test_rows_beside_llamacpp(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import llamacpp_peer
+
+    missing = llamacpp_peer.missing_reason(llamacpp_peer.DEFAULT_VENV)
+    if missing:
+        pytest.skip(missing)
+    out = tmp_path / "figures.json"
+    proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32",
+                 "--threads", "1", "--require-llamacpp", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["llamacpp"]["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    rows = figures["rows"]
+    peer = [r for r in rows if r["engine"] == "llama.cpp"]
+    assert [r["mode"] for r in peer] == ["single stream", "2 concurrent"]
+    for row in peer:
+        # llama.cpp does not count the end-of-sequence token: one token each at the least.
+        assert 2 <= row["tokens"] <= 2 * BUDGET, row
+    assert peer[0]["ratio"] == pytest.approx(1.0)
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["tok_s"] / peer[0]["tok_s"])
