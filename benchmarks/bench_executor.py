@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -124,7 +125,8 @@ def busy_neighbour(on: bool):
     if not on:
         yield
         return
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # It spins while its parent lives: a benchmark killed outright leaves nothing spinning.
+    proc = subprocess.Popen([sys.executable, "-c", "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"])
     try:
         yield
     finally:
@@ -285,6 +287,8 @@ def main() -> None:
     parser.add_argument("--require-llamacpp", action="store_true", help="fail when llama.cpp cannot run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the llama.cpp server and the spinner are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.n < 1 or args.max_new_tokens < 1 or not args.dtypes or any(c < 1 for c in args.concurrency):
         parser.error("--n, --max-new-tokens and every --concurrency must be >= 1; --dtypes must name one")
     for dtype in args.dtypes:

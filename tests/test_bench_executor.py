@@ -30,27 +30,30 @@ def bench(*args, timeout=600):
 def test_rows_without_llamacpp(tmp_path):
     out = tmp_path / "figures.json"
     proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32",
-                 "--threads", "1", "--llamacpp-venv", str(tmp_path / "no-venv"), "--out", str(out))
+                 "--threads", "1", "--busy-neighbour", "--llamacpp-venv", str(tmp_path / "no-venv"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"llama.cpp rows left out: no llama.cpp venv at {tmp_path / 'no-venv'}" in proc.stdout
     figures = json.loads(out.read_text())
     assert "no-venv" in figures["llamacpp"]["left_out"]
+    assert list(figures["load_average"]) == ["baseline", "busy neighbour"]
     rows = figures["rows"]
-    assert [(r["engine"], r["workload"], r["mode"]) for r in rows] == [
+    # Every row twice: on the machine as it is, then beside one spinning process.
+    assert [r["condition"] for r in rows] == ["baseline"] * 7 + ["busy neighbour"] * 7
+    assert [(r["engine"], r["workload"], r["mode"]) for r in rows] == 2 * [
         ("corea", "free text", "single stream"), ("corea", "free text", "2 concurrent"),
         ("corea", "json contract", "single stream"), ("corea", "json contract", "2 concurrent"),
         ("transformers", "free text", "single stream"), ("transformers", "free text", "static batch 2"),
         ("transformers", "json contract", "static batch 2"),
     ]
     for row in rows:
-        assert row["condition"] == "baseline" and row["dtype"] == "float32" and row["requests"] == 2
+        assert row["dtype"] == "float32" and row["requests"] == 2
         # Both prompts ran: at least one token each, never past the budget.
         assert 2 <= row["tokens"] <= 2 * BUDGET and row["seconds"] > 0, row
         assert row["ratio"] is None  # nothing to divide by without llama.cpp
     for row in rows:
         if row["engine"] == "corea" and row["workload"] == "json contract":
             assert 0 < row["grammar_share"] < 1, row  # xgrammar ran inside the decode steps
-    assert "| baseline | corea | float32 | json contract | 2 concurrent |" in proc.stdout
+    assert "| busy neighbour | corea | float32 | json contract | 2 concurrent |" in proc.stdout
 
 
 def test_require_llamacpp_refuses_without_its_venv(tmp_path):
