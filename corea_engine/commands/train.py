@@ -110,6 +110,8 @@ def run(args) -> int:
         samples = evaluate.run_samples(held_out, model=model, contract=args.contract, threads=threads)
         summary = evaluate.summarize(samples)
         (out / name).write_text(json.dumps({"summary": summary, "samples": evaluate.samples_as_dicts(samples)}, indent=1))
+        for source in ("expected", "sampled"):  # records for `corea calibrate --fit`
+            evaluate.write_records(samples, out / f"{Path(name).stem}_{source}.jsonl", source)
         print(f"{name}: accuracy {summary['accuracy']:.3f}  ECE sampled {summary['sampled']['ece']:.3f} "
               f"expected {summary['expected']['ece']:.3f}", flush=True)
         return summary

@@ -78,9 +78,11 @@ CANDIDATE_LEVELS = tuple(
         ("max", (3, 3)), ("+", (2, 2)), ("-", (2, 2)), ("*", (2, 1)), ("+", (3, 1)), ("*", (2, 2)),
     ]
 )
+GRADED = ("sum-1d", "diff-1d", "product-1d", "larger-2d", "larger-3d", "sum-2d1d", "sum-2d", "diff-2d1d")
 TASKS = {
     "arithmetic": tuple(Level(op, (d, d)) for d in DIGITS for op in OPERATIONS),
-    "graded": CANDIDATE_LEVELS[:8],
+    # greedy 0.88..0.12, at T=0.5 0.56..0.06 (8 questions per level; README "Choosing the levels")
+    "graded": tuple(next(level for level in CANDIDATE_LEVELS if level.name == name) for name in GRADED),
 }
 TASK_SEEDS = {"arithmetic": HELD_OUT_SEED, "graded": HELD_OUT_SEED + 1}
 
