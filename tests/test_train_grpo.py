@@ -121,6 +121,8 @@ def test_corea_solve_serves_the_export(trained, capsys):
         (["--split", "validation"], "is for --eval-only"),
         (["--train-layers", "-1"], "--train-layers must be 0 (all) or more"),
         (["--save-every", "-1"], "--save-every must be 0 (never) or more"),
+        (["--reward", "coca", "--contract", "json"], "--reward coca needs a confidence-first contract"),
+        (["--warm-start", "-1"], "--warm-start must be 0 (none) or more"),
     ],
 )
 def test_train_command_refuses_bad_input(argv, message, tmp_path, capsys):
