@@ -208,9 +208,11 @@ def test_coca_rewards_the_confidence_against_the_policys_accuracy():
     assert set(CONFIDENCE_REWARDS) & set(preset.weights) == {"calibration"}
 
 
-def test_correctness_logs_each_level_for_rewards_without_calibration():
+@pytest.mark.parametrize("name", ["correctness", "rlcr"])
+def test_rewards_without_calibration_log_each_level(name):
     logged = {}
-    RewardSet(JSON, prefix=PREFIX).correctness(
+    getattr(RewardSet(JSON, prefix=PREFIX), name)(
         prompts=["p", "p"], completions=[reply("12", "0.8"), reply("3", "0.4")], answer=[12, 12],
         difficulty=["sum-1d", "sum-1d"], log_metric=lambda name, value: logged.__setitem__(name, value))
     assert logged["accuracy/sum-1d"] == pytest.approx(0.5) and logged["confidence/sum-1d"] == pytest.approx(0.6)
+    assert logged["accuracy"] == pytest.approx(0.5)

@@ -168,6 +168,8 @@ class RewardSet:
         stated = [p.confidence for p in parsed if p is not None]
         if stated:
             _log(kwargs, "mean_confidence", stated)
+        _log(kwargs, "accuracy", correct)
+        _log_by_level(kwargs, parsed, correct)
         return [0.0 if p is None else c + 1 - (p.confidence - c) ** 2 for p, c in zip(parsed, correct)]
 
     def functions(self) -> tuple[list[Callable], list[float]]:
