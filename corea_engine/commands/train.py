@@ -1,8 +1,9 @@
-"""`corea train`: GRPO calibration training with the COREA confidence reward, then evaluation.
+"""`corea train`: GRPO calibration training (COREA, RLCR or CoCA reward), then evaluation.
 
 Writes into --output: model/ (safetensors, servable with `corea solve --model OUTPUT/model`),
-train_log.jsonl (one line per step), eval_before.json / eval_after.json (held-out metrics and
-per-sample records), reward_curve.png and report.md.
+checkpoints/ (step-N, and warm/ after a --warm-start), train_log.jsonl (one line per step),
+eval_before.json / eval_after.json (held-out metrics and per-sample records) with
+*_expected.jsonl / *_sampled.jsonl records for `corea calibrate --fit`, reward_curve.png, report.md.
 """
 
 from __future__ import annotations
