@@ -41,28 +41,34 @@ def test_digit_examples_end_on_the_target_digit(slm):
     rollouts = [rollout("a", "easy", True), rollout("b", "easy", False), rollout("c", "hard", False, parsed=False)]
     examples = digit_examples(tokenizer, rollouts, [0.74, 0.2, 0.0], JSON)
     assert len(examples) == 2  # the unparsed rollout teaches nothing
-    for (ids, at), digit in zip(examples, "72"):
+    for (ids, start, at), digit in zip(examples, "72"):
         assert at == len(ids) - 1 and tokenizer.decode(ids[at:]) == digit
         assert tokenizer.decode(ids[:at]).endswith('"confidence": 0.')
+        assert tokenizer.decode(ids[start:at]) == 'adding", "answer": "7", "confidence": 0.'  # the reply after the prefix
     cf = get_format("json_confidence_first")
-    (ids, at), = digit_examples(tokenizer, rollouts[:1], [0.9], cf)
+    (ids, _, at), = digit_examples(tokenizer, rollouts[:1], [0.9], cf)
     assert tokenizer.decode(ids[at:]) == "9" and tokenizer.decode(ids[:at]).endswith('{"confidence": 0.')
 
 
-def test_fitting_moves_the_digit_toward_the_target(slm):
+def test_fitting_moves_the_digit_toward_the_target_and_the_anchor_holds_the_rest(slm):
     model, tokenizer = slm
     examples = digit_examples(tokenizer, [rollout(str(i), "easy", True) for i in range(4)], [0.3] * 4, JSON)
-    ids, at = examples[0]
+    ids, start, at = examples[0]
 
-    def p_three():
+    def probs():
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids[:at]])).logits[0, -1]
-        return logits.softmax(-1)[ids[at]].item()
+            return model(input_ids=torch.tensor([ids[:at]])).logits[0].softmax(-1)
 
-    before = p_three()
+    before = probs()
     freeze_below(model, 2)  # the top blocks suffice, and keep the test short
-    losses = fit_digits(model, tokenizer, examples, epochs=3, batch_size=4, learning_rate=1e-4)
-    assert losses[-1] < losses[0] and p_three() > before
+    history = fit_digits(model, tokenizer, examples, epochs=3, batch_size=4, learning_rate=1e-4, anchor=1.0)
+    after = probs()
+    assert history[-1]["digit_loss"] < history[0]["digit_loss"]
+    assert after[-1, ids[at]] > before[-1, ids[at]]  # "3" more likely where the digit goes
+    assert 0 < history[-1]["kl"] < 0.05  # the reply's other tokens stay close to the starting model's
+    reply_tokens = torch.tensor(ids[start:at])
+    rows = torch.arange(start - 1, at - 1)
+    assert (after[rows, reply_tokens] - before[rows, reply_tokens]).abs().max() < 0.1
 
 
 def test_confidence_segment_is_the_leading_number(slm):
