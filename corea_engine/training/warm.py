@@ -87,7 +87,8 @@ def confidence_targets(rollouts: list[Rollout], target: str = "level") -> list[f
             for r in rollouts]
 
 
-def digit_examples(tokenizer, rollouts: list[Rollout], targets: list[float], fmt: Format | str) -> list[tuple[list[int], int, int]]:
+def digit_examples(tokenizer, rollouts: list[Rollout], targets: list[float],
+                   fmt: Format | str) -> list[tuple[list[int], int, int]]:
     """(token ids up to and including the confidence digit, index of the reply's first token, index
     of the digit) per parsed rollout."""
     from .grpo import build_prompt, response_prefix
