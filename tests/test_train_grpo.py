@@ -131,7 +131,7 @@ def test_train_command_refuses_bad_input(argv, message, tmp_path, capsys):
     assert err.count("\n") == 1 and message in err
 
 
-def test_segmented_credit_gives_the_confidence_tokens_their_own_advantage():
+def test_segmented_credit_gives_the_confidence_tokens_their_own_advantage(tmp_path):
     """CoCA: the confidence's tokens carry the calibration reward's group advantage, the rest the answer's."""
     from corea_engine.training.grpo import confidence_tokens
     from corea_engine.training.rewards import REWARD_PRESETS
@@ -142,7 +142,7 @@ def test_segmented_credit_gives_the_confidence_tokens_their_own_advantage():
     settings = TrainSettings(contract="json_confidence_first", steps=1, prompts_per_step=2, num_generations=4,
                              max_completion_length=16, temperature=1.0, seed=3, progress=False, save_every=None,
                              weights=preset.weights, distance=preset.distance, segmented=True, train_layers=1,
-                             output_dir="unused")
+                             output_dir=str(tmp_path))
     trainer = make_trainer(settings, model, tokenizer, problems=problems)
     torch.manual_seed(0)
     out = trainer._generate_and_score_completions([trainer.train_dataset[i // 4] for i in range(8)])
