@@ -149,6 +149,8 @@ def test_calibrate_fit_writes_a_calibrator_the_server_can_load(tmp_path):
     assert held["n"] > 200 and held["calibrated"]["ece"] < held["raw"]["ece"]
     lo, hi = held["calibrated"]["ece_95"]
     assert lo <= held["calibrated"]["ece"] <= hi
+    # the spread a threshold acts on: platt is monotone, so it neither creates nor removes all of it
+    assert 0 < held["calibrated"]["std"] and 0 < held["raw"]["std"] < 0.5
     cal = Calibrator.load(out)
     assert (cal.kind, cal.model, cal.contract, cal.source) == ("platt", "m", "json", "sampled")
     cal.check_serves(model="m", contract="json", source="sampled")

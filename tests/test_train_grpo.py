@@ -123,9 +123,41 @@ def test_corea_solve_serves_the_export(trained, capsys):
         (["--split", "validation"], "is for --eval-only"),
         (["--train-layers", "-1"], "--train-layers must be 0 (all) or more"),
         (["--save-every", "-1"], "--save-every must be 0 (never) or more"),
+        (["--reward", "coca", "--contract", "json"], "--reward coca needs a confidence-first contract"),
+        (["--warm-start", "-1"], "--warm-start must be 0 (none) or more"),
     ],
 )
 def test_train_command_refuses_bad_input(argv, message, tmp_path, capsys):
     assert main(["train", "--output", str(tmp_path / "o"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_segmented_credit_gives_the_confidence_tokens_their_own_advantage(tmp_path):
+    """CoCA: the confidence's tokens carry the calibration reward's group advantage, the rest the answer's."""
+    from corea_engine.training.grpo import confidence_tokens
+    from corea_engine.training.rewards import REWARD_PRESETS
+
+    model, tokenizer, _ = load_trainable(None)
+    preset = REWARD_PRESETS["coca"]
+    problems = [Problem(f"t{i}", f"What is {a} + {b}?", a + b, "+", 1) for i, (a, b) in enumerate([(2, 3), (4, 4)])]
+    settings = TrainSettings(contract="json_confidence_first", steps=1, prompts_per_step=2, num_generations=4,
+                             max_completion_length=16, temperature=1.0, seed=3, progress=False, save_every=None,
+                             weights=preset.weights, distance=preset.distance, segmented=True, train_layers=1,
+                             output_dir=str(tmp_path))
+    trainer = make_trainer(settings, model, tokenizer, problems=problems)
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([trainer.train_dataset[i // 4] for i in range(8)])
+    advantages, ids = out["advantages"], out["completion_ids"]
+    assert advantages.shape == ids.shape
+    rewards = trainer._rewards_per_func * trainer.reward_weights
+    names = trainer.reward_func_names
+    confidence = rewards[:, names.index("calibration")].view(2, 4)
+    answer = rewards[:, [names.index("format"), names.index("correctness")]].sum(1).view(2, 4)
+    for row in range(8):
+        k = confidence_tokens(tokenizer, ids[row])
+        assert k > 0  # the model writes a number first under the confidence-first prefix
+        for part, tokens in ((confidence, advantages[row, :k]), (answer, advantages[row, k:])):
+            group = part[row // 4]
+            expected = (group[row % 4] - group.mean()) / (group.std() + 1e-4)
+            assert torch.allclose(tokens, expected.expand_as(tokens), atol=1e-5)

@@ -9,6 +9,8 @@ import pytest
 from corea_engine.contract import get_format
 from corea_engine.training.grpo import response_prefix
 from corea_engine.training.rewards import (
+    CONFIDENCE_REWARDS,
+    REWARD_PRESETS,
     RewardSet,
     UnknownDistanceError,
     calibration_distance,
@@ -178,3 +180,39 @@ def test_parse_weights():
     for bad in ("format", "fluency=1", "format=lots"):
         with pytest.raises(ValueError, match="bad reward weight"):
             parse_weights(bad)
+
+
+def test_rlcr_is_correctness_plus_one_minus_brier():
+    rewards = RewardSet(JSON, prefix=PREFIX, weights=REWARD_PRESETS["rlcr"].weights)
+    completions = [reply("12", "0.9"), reply("12", "0.2"), reply("11", "0.9"), reply("11", "0.0"), MALFORMED[0]]
+    got = call(rewards.rlcr, completions, [12] * 5)
+    # right: 1 + 1 - (c - 1)^2; wrong: 0 + 1 - c^2; unparsed scores as "wrong, stated 1".
+    assert got == pytest.approx([1.99, 1.36, 0.19, 1.0, 0.0])
+    # a proper scoring rule: on a right answer the truthful 0.9 beats 0.2, on a wrong one 0.0 beats 0.9
+    assert got[0] > got[1] and got[3] > got[2]
+    assert [f.__name__ for f in rewards.functions()[0]] == ["format", "rlcr"]
+
+
+def test_coca_rewards_the_confidence_against_the_policys_accuracy():
+    # Confidence first: the stated confidence is scored against the group's accuracy (the
+    # probability of answering right), squared, whatever this sample's own answer.
+    preset = REWARD_PRESETS["coca"]
+    cf = get_format("json_confidence_first")
+    rewards = RewardSet(cf, prefix=response_prefix(cf), distance=preset.distance, weights=preset.weights)
+    completions = ['0.5, "reasoning": "r", "answer": "12"}', '0.9, "reasoning": "r", "answer": "11"}',
+                   '0.0, "reasoning": "r", "answer": "12"}', '0.5, "reasoning": "r", "answer": "10"}']
+    got = call(rewards.calibration, completions, [12] * 4, ids=["q"] * 4)
+    assert got == pytest.approx([0.0, -0.16, -0.25, 0.0])
+    assert call(rewards.correctness, completions, [12] * 4) == [1.0, 0.0, 1.0, 0.0]
+    assert preset.segmented and not REWARD_PRESETS["corea"].segmented
+    assert set(CONFIDENCE_REWARDS) & set(preset.weights) == {"calibration"}
+
+
+@pytest.mark.parametrize("name", ["correctness", "rlcr"])
+def test_rewards_without_calibration_log_each_level(name):
+    logged = {}
+    getattr(RewardSet(JSON, prefix=PREFIX), name)(
+        prompts=["p", "p"], completions=[reply("12", "0.8"), reply("3", "0.4")], answer=[12, 12],
+        difficulty=["sum-1d", "sum-1d"], log_metric=lambda name, value: logged.__setitem__(name, value))
+    assert logged["accuracy/sum-1d"] == pytest.approx(0.5) and logged["confidence/sum-1d"] == pytest.approx(0.6)
+    assert logged["accuracy"] == pytest.approx(0.5)

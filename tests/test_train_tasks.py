@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import re
 from collections import Counter
 
+import pytest
+
 from corea_engine.training.tasks import (
+    CANDIDATE_LEVELS,
+    TASKS,
     check_answer,
     extract_integer,
     held_out_problems,
@@ -55,3 +61,27 @@ def test_checker():
     assert extract_integer("none") is None
     assert check_answer("12", 12) and check_answer("The answer is 12", 12)
     assert not check_answer("13", 12) and not check_answer("", 12) and not check_answer("12.5", 12)
+
+
+def test_graded_task_has_its_own_fixed_disjoint_splits():
+    test, validation = held_out_problems(200, task="graded"), validation_problems(80, task="graded")
+    train = training_problems(800, seed=0, task="graded")
+    assert test == held_out_problems(200, task="graded")
+    assert {p.difficulty for p in test} == {level.name for level in TASKS["graded"]}
+    questions = [{p.question for p in split} for split in (test, validation, train)]
+    assert not questions[0] & questions[1] and not questions[0] & questions[2] and not questions[1] & questions[2]
+    assert set(Counter(p.difficulty for p in train).values()) == {100}
+    assert not {p.id for p in test} & {p.id for p in held_out_problems(200)}  # ids differ from the first task's
+    with pytest.raises(ValueError, match="unknown task 'algebra'"):
+        held_out_problems(10, task="algebra")
+
+
+def test_every_candidate_level_states_its_true_result():
+    rng = random.Random(1)
+    for level in CANDIDATE_LEVELS:
+        for i in range(20):
+            p = level.problem(rng, f"x{i}")
+            a, b = map(int, re.findall(r"\d+", p.question))
+            expected = {"+": a + b, "-": a - b, "*": a * b, "max": max(a, b)}[level.operation]
+            assert p.answer == expected and p.answer >= 0 and p.difficulty == level.name
+            assert sorted([len(str(a)), len(str(b))]) == sorted(level.digits)

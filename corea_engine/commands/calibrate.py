@@ -217,7 +217,7 @@ def _plot(held, cal, folder: str) -> list[str]:
 
 
 def compare(confidence, correct, cal, *, seed: int = 0, bootstrap: int = 1000) -> dict:
-    """ECE, AUROC and Brier of the raw and calibrated confidence, with 95% bootstrap intervals."""
+    """ECE, AUROC and Brier of the raw and calibrated confidence, with 95% bootstrap intervals, and their std."""
     import numpy as np
 
     from ..evaluation.metrics import auroc, brier, ece
@@ -237,6 +237,7 @@ def compare(confidence, correct, cal, *, seed: int = 0, bootstrap: int = 1000) -
             row[metric] = point
             if len(resampled):
                 row[f"{metric}_95"] = [float(np.quantile(resampled, 0.025)), float(np.quantile(resampled, 0.975))]
+        row["std"] = float(np.std(values))  # spread across questions: what a threshold can act on
         out[name] = row
     return out
 

@@ -1,8 +1,9 @@
-"""`corea train`: GRPO calibration training with the COREA confidence reward, then evaluation.
+"""`corea train`: GRPO calibration training (COREA, RLCR or CoCA reward), then evaluation.
 
 Writes into --output: model/ (safetensors, servable with `corea solve --model OUTPUT/model`),
-train_log.jsonl (one line per step), eval_before.json / eval_after.json (held-out metrics and
-per-sample records), reward_curve.png and report.md.
+checkpoints/ (step-N, and warm/ after a --warm-start), train_log.jsonl (one line per step),
+eval_before.json / eval_after.json (held-out metrics and per-sample records) with
+*_expected.jsonl / *_sampled.jsonl records for `corea calibrate --fit`, reward_curve.png, report.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import json
 from pathlib import Path
 
 from ..training.grpo import TrainSettings
+from ..training.rewards import REWARD_PRESETS
+from ..training.tasks import TASKS
+from ..training.warm import TARGETS
 from .common import default_threads
 
 
@@ -18,7 +22,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="GRPO calibration training (TRL) with the COREA confidence reward")
     p.add_argument("--model", default=None, help="model to train: 'smollm2-135m' (default) or a local folder")
     p.add_argument("--output", required=True, help="folder for the trained model, logs and report")
-    p.add_argument("--contract", default="json", help="output format the model learns (json, tags, ...)")
+    p.add_argument("--contract", default=None,
+                   help="output format the model learns (json, tags, ...; default json, json_confidence_first for coca)")
     # Defaults: the settings measured to work on the embedded SLM (benchmarks/training/README.md).
     d = TrainSettings()
     p.add_argument("--steps", type=int, default=d.steps, help="GRPO optimizer steps")
@@ -32,9 +37,19 @@ def register(sub) -> None:
     p.add_argument("--train-layers", type=int, default=d.train_layers,
                    help="train only the top N transformer blocks; 0: all weights")
     p.add_argument("--save-every", type=int, default=d.save_every, help="also export the model every N steps")
-    p.add_argument("--distance", default=d.distance, choices=["l1", "l2", "kl"], help="calibration reward distance")
-    p.add_argument("--weights", default="format=0.5,correctness=1,calibration=1",
-                   help="reward weights NAME=W,... over format, correctness, calibration, brier")
+    p.add_argument("--reward", default="corea", choices=list(REWARD_PRESETS),
+                   help="corea (L1 to the group accuracy), rlcr (correct + Brier, arXiv 2507.16806) or coca "
+                        "(confidence first, its own advantage, arXiv 2603.05881); --weights/--distance override it")
+    p.add_argument("--distance", default=None, choices=["l1", "l2", "kl"], help="calibration reward distance")
+    p.add_argument("--weights", default=None,
+                   help="reward weights NAME=W,... over format, correctness, calibration, brier, rlcr")
+    p.add_argument("--task", default=d.task, choices=list(TASKS),
+                   help="arithmetic (sums/products of n-digit numbers) or graded (levels the starting model gets "
+                        "right 10-90%% of the time)")
+    p.add_argument("--warm-start", type=int, default=0,
+                   help="supervised calibration before GRPO on this many training questions (0: none)")
+    p.add_argument("--warm-target", default=d.warm_target, choices=list(TARGETS),
+                   help="warm start's confidence target: the level's accuracy or the question's")
     p.add_argument("--train-size", type=int, default=d.train_size, help="generated training questions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", type=int, default=200, help="held-out questions to evaluate before and after (0: skip)")
@@ -51,7 +66,12 @@ def run(args) -> int:
     from ..training.rewards import parse_weights
     from ..training.tasks import TEST_SPLIT_MAX
 
-    get_format(args.contract)  # refuse a bad contract before loading anything
+    preset = REWARD_PRESETS[args.reward]
+    if args.contract is None:
+        args.contract = "json_confidence_first" if preset.segmented else "json"
+    fmt = get_format(args.contract)  # refuse a bad contract before loading anything
+    if preset.segmented and not fmt.confidence_first:
+        raise CommandError(f"--reward {args.reward} needs a confidence-first contract, got {args.contract}")
     for name in ("steps", "prompts_per_step", "num_generations", "max_completion_length", "train_size"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -59,6 +79,8 @@ def run(args) -> int:
         raise CommandError("--num-generations must be at least 2: GRPO compares completions within a group")
     if args.train_layers < 0:
         raise CommandError(f"--train-layers must be 0 (all) or more, got {args.train_layers}")
+    if args.warm_start < 0:
+        raise CommandError(f"--warm-start must be 0 (none) or more, got {args.warm_start}")
     if args.save_every < 0:
         raise CommandError(f"--save-every must be 0 (never) or more, got {args.save_every}")
     if not 0 <= args.eval <= TEST_SPLIT_MAX:
@@ -66,7 +88,7 @@ def run(args) -> int:
     if args.split == "validation" and not args.eval_only:
         raise CommandError("--split validation is for --eval-only (picking a checkpoint); training reports on test")
     try:
-        weights = parse_weights(args.weights)
+        weights = parse_weights(args.weights) if args.weights is not None else dict(preset.weights)
     except ValueError as err:
         raise CommandError(str(err)) from None
 
@@ -82,13 +104,15 @@ def run(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     split = validation_problems if args.split == "validation" else held_out_problems
-    held_out = split(args.eval) if args.eval else []
+    held_out = split(args.eval, task=args.task) if args.eval else []
     resolve_model(args.model)  # a missing model fails here, with exit code 2
 
     def evaluate_to(model, name: str) -> dict:
         samples = evaluate.run_samples(held_out, model=model, contract=args.contract, threads=threads)
         summary = evaluate.summarize(samples)
         (out / name).write_text(json.dumps({"summary": summary, "samples": evaluate.samples_as_dicts(samples)}, indent=1))
+        for source in ("expected", "sampled"):  # records for `corea calibrate --fit`
+            evaluate.write_records(samples, out / f"{Path(name).stem}_{source}.jsonl", source)
         print(f"{name}: accuracy {summary['accuracy']:.3f}  ECE sampled {summary['sampled']['ece']:.3f} "
               f"expected {summary['expected']['ece']:.3f}", flush=True)
         return summary
@@ -105,7 +129,8 @@ def run(args) -> int:
         prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, learning_rate=args.lr, temperature=args.temperature,
         beta=args.beta, train_layers=args.train_layers or None, save_every=args.save_every or None,
-        distance=args.distance, weights=weights, train_size=args.train_size, seed=args.seed,
+        distance=args.distance or preset.distance, weights=weights, segmented=preset.segmented, task=args.task,
+        warm_start=args.warm_start, warm_target=args.warm_target, train_size=args.train_size, seed=args.seed,
         threads=threads, progress=not args.no_progress, max_minutes=args.max_minutes,
     )
     model_dir = train(settings)

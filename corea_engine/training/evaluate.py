@@ -100,3 +100,20 @@ def _nanmean(values) -> float:
 
 def samples_as_dicts(samples: list[Sample]) -> list[dict]:
     return [asdict(s) for s in samples]
+
+
+def write_records(samples: list[Sample], path, source: str = "expected") -> None:
+    """The samples as `corea calibrate --samples` records, with the `source` confidence as the SLM's.
+
+    For fitting a calibrator on the validation split and checking it on test
+    (`corea calibrate --fit KIND --source SOURCE --samples VAL --holdout-samples TEST`).
+    """
+    import json
+
+    if source not in ("expected", "sampled"):
+        raise ValueError(f"source must be 'expected' or 'sampled', got {source!r}")
+    with open(path, "w") as f:
+        for s in samples:
+            confidence = getattr(s, source)
+            f.write(json.dumps({"id": s.id, "slm_correct": s.correct, "slm_tokens": s.completion_tokens,
+                                "slm_confidence": None if math.isnan(confidence) else confidence}) + "\n")

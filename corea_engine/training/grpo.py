@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..contract import Format, build_messages, get_format
-from .rewards import RewardSet
+from .rewards import CONFIDENCE_REWARDS, RewardSet
 from .tasks import Problem, training_problems
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,12 @@ class TrainSettings:
     save_every: int | None = 25  # also export the model every N steps to OUTPUT/checkpoints/step-N
     distance: str = "l1"
     weights: dict[str, float] = field(default_factory=lambda: {"format": 0.5, "correctness": 1.0, "calibration": 1.0})
+    # CoCA's segmented credit: confidence rewards (rewards.CONFIDENCE_REWARDS) advantage the
+    # confidence's tokens, the other rewards the rest; needs a confidence-first contract
+    segmented: bool = False
+    task: str = "arithmetic"  # tasks.TASKS
+    warm_start: int = 0  # questions for the supervised-calibration warm start (warm.py); 0: none
+    warm_target: str = "level"  # warm.TARGETS
     train_size: int = 2000
     seed: int = 0
     threads: int | None = None
@@ -157,6 +163,58 @@ def _score_completion_tokens_only() -> None:
         trl_utils._use_triton = lambda device: True
 
 
+def confidence_tokens(tokenizer, completion_ids) -> int:
+    """How many leading tokens of a confidence-first completion write the confidence value.
+
+    The completion starts right after the field's opening (the response prefix), so the value is
+    the run of tokens made only of digits, '.', '%', quotes and spaces; the first other character
+    (',' or '<' or '}') opens the next field.
+    """
+    for k, token in enumerate(completion_ids):
+        if set(tokenizer.decode([int(token)])) - set("0123456789.% \"'"):
+            return k
+    return len(completion_ids)
+
+
+def _segmented_trainer_class():
+    from trl import GRPOTrainer
+
+    class SegmentedGRPOTrainer(GRPOTrainer):
+        """GRPO with CoCA's segmented credit assignment (arXiv 2603.05881).
+
+        The confidence rewards and the answer rewards each get their own group-relative
+        advantage; the confidence's tokens take the first, every later token the second, as a
+        (completions, tokens) advantage tensor (TRL's loss accepts that shape from subclasses).
+        """
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            return self._rewards_per_func
+
+        def _generate_and_score_completions(self, inputs):
+            import torch
+
+            out = super()._generate_and_score_completions(inputs)
+            rewards = self._rewards_per_func.nan_to_num(0.0) * self.reward_weights.to(self._rewards_per_func.device)
+            is_confidence = torch.tensor([name in CONFIDENCE_REWARDS for name in self.reward_func_names])
+            g = self.num_generations
+            ids = out["completion_ids"]
+            advantages = torch.empty(ids.shape, dtype=torch.float32, device=ids.device)
+            for part, columns in (("answer", ~is_confidence), ("confidence", is_confidence)):
+                r = rewards[:, columns].sum(dim=1).view(-1, g)
+                adv = ((r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + 1e-4)).view(-1)
+                adv = adv[: len(ids)].to(ids.device)  # one process: its slice is the whole batch
+                if part == "answer":
+                    advantages[:] = adv.unsqueeze(1)
+                else:
+                    for row in range(len(ids)):
+                        advantages[row, : confidence_tokens(self.processing_class, ids[row])] = adv[row]
+            out["advantages"] = advantages
+            return out
+
+    return SegmentedGRPOTrainer
+
+
 def load_trainable(spec: str | None):
     """(model, tokenizer, source) in float32 train mode, pad token set."""
     import torch
@@ -194,10 +252,12 @@ def make_trainer(settings: TrainSettings, model, tokenizer, problems: list[Probl
     """A GRPOTrainer over `problems` (default: settings.train_size generated training problems)."""
     from trl import GRPOConfig, GRPOTrainer
 
+    fmt = get_format(settings.contract)
+    if settings.segmented and not fmt.confidence_first:
+        raise ValueError(f"segmented credit needs a confidence-first contract, got {fmt.name!r}")
     _score_completion_tokens_only()
     trainable = freeze_below(model, settings.train_layers)
     log.info("training %d of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
-    fmt = get_format(settings.contract)
     rewards = RewardSet(fmt, prefix=response_prefix(fmt), distance=settings.distance, weights=settings.weights)
     funcs, weights = rewards.functions()
     config = GRPOConfig(
@@ -224,9 +284,10 @@ def make_trainer(settings: TrainSettings, model, tokenizer, problems: list[Probl
         disable_tqdm=not settings.progress,
     )
     if problems is None:
-        problems = training_problems(settings.train_size, seed=settings.seed)
+        problems = training_problems(settings.train_size, seed=settings.seed, task=settings.task)
     dataset = build_dataset(problems, tokenizer, fmt)
-    return GRPOTrainer(
+    trainer_class = _segmented_trainer_class() if settings.segmented else GRPOTrainer
+    return trainer_class(
         model=model,
         reward_funcs=funcs,
         args=config,
@@ -260,7 +321,21 @@ def train(settings: TrainSettings) -> Path:
     model, tokenizer, source = load_trainable(settings.model)
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_settings.json").write_text(json.dumps({**asdict(settings), "model_path": str(source.path)}, indent=2))
+    record = {**asdict(settings), "model_path": str(source.path)}
+    if settings.warm_start:
+        from .warm import warm_start
+
+        freeze_below(model, settings.train_layers)
+        # its own questions (another seed), drawn like GRPO's: never a held-out one
+        problems = training_problems(settings.warm_start, seed=settings.seed + 1, task=settings.task)
+        record["warm_start_result"] = warm_start(model, tokenizer, problems, settings.contract, target=settings.warm_target,
+                                                 temperature=settings.temperature,
+                                                 max_new_tokens=settings.max_completion_length, seed=settings.seed)
+        warm = save_for_runtime(model, tokenizer, out / "checkpoints" / "warm")
+        # GRPO starts from the warm model, and its KL anchor (TRL loads the reference from the
+        # model's own path) is the warm model too, not the one before it
+        model, tokenizer, _ = load_trainable(str(warm))
+    (out / "train_settings.json").write_text(json.dumps(record, indent=2))
     trainer = make_trainer(settings, model, tokenizer)
     trainer.train()
     return save_for_runtime(trainer.model, tokenizer, out / "model")

@@ -12,6 +12,8 @@ CURVES = (
     ("rewards/format/mean", "format"),
     ("rewards/calibration/mean", "calibration (-distance)"),
     ("rewards/brier/mean", "brier"),
+    ("rewards/rlcr/mean", "rlcr (correct + 1 - brier)"),
+    ("accuracy", "accuracy"),
     ("mean_confidence", "mean stated confidence"),
 )
 

@@ -7,7 +7,15 @@
   this one included). Distances: "l1" (default), "l2", "kl" (KL between Bernoulli(accuracy) and
   Bernoulli(confidence)). A completion that states no confidence is scored as if it had stated
   the worst one (0 when the group is mostly right, 1 when mostly wrong).
-* brier (RLCR, for comparison): -(confidence - correct)^2, per sample; -1 when unparsed.
+* brier: -(confidence - correct)^2, per sample; -1 when unparsed.
+* rlcr (RLCR, arXiv 2507.16806, in one function): correct + 1 - (confidence - correct)^2, per
+  sample; 0 when unparsed (what "wrong, stated 1" scores).
+
+Presets (REWARD_PRESETS, `corea train --reward`): corea = format + correctness + calibration
+(L1 to the group accuracy); rlcr = format + rlcr; coca (arXiv 2603.05881) = format + correctness
++ calibration (squared distance to the group accuracy, the confidence being the probability of
+answering right under the current policy) on a confidence-first contract, with the calibration
+reward credited to the confidence's tokens only and the others to the rest (grpo.py, segments).
 
 Grouping. TRL's GRPOTrainer draws prompts with a RepeatSampler(mini_repeat_count=
 num_generations), so the num_generations completions of one prompt sit next to each other in
@@ -129,8 +137,10 @@ class RewardSet:
         return rewards
 
     def correctness(self, prompts, completions, answer=None, **kwargs) -> list[float]:
-        rewards = self._correct(self._parse_all(completions), answer)
+        parsed = self._parse_all(completions)
+        rewards = self._correct(parsed, answer)
         _log(kwargs, "accuracy", rewards)
+        _log_by_level(kwargs, parsed, rewards)
         return rewards
 
     def calibration(self, prompts, completions, answer=None, **kwargs) -> list[float]:
@@ -152,6 +162,16 @@ class RewardSet:
         correct = self._correct(parsed, answer)
         return [-1.0 if p is None else -((p.confidence - c) ** 2) for p, c in zip(parsed, correct)]
 
+    def rlcr(self, prompts, completions, answer=None, **kwargs) -> list[float]:
+        parsed = self._parse_all(completions)
+        correct = self._correct(parsed, answer)
+        stated = [p.confidence for p in parsed if p is not None]
+        if stated:
+            _log(kwargs, "mean_confidence", stated)
+        _log(kwargs, "accuracy", correct)
+        _log_by_level(kwargs, parsed, correct)
+        return [0.0 if p is None else c + 1 - (p.confidence - c) ** 2 for p, c in zip(parsed, correct)]
+
     def functions(self) -> tuple[list[Callable], list[float]]:
         """(reward functions, weights) for GRPOTrainer(reward_funcs=...) and GRPOConfig(reward_weights=...)."""
         funcs, weights = [], []
@@ -165,7 +185,25 @@ class RewardSet:
         return funcs, weights
 
 
-REWARD_NAMES = ("format", "correctness", "calibration", "brier")
+REWARD_NAMES = ("format", "correctness", "calibration", "brier", "rlcr")
+CONFIDENCE_REWARDS = ("calibration", "brier")  # rewards that judge only the stated confidence
+
+
+@dataclass(frozen=True)
+class RewardPreset:
+    """A named reward from the literature: weights, calibration distance, and whether it needs a
+    confidence-first contract with the confidence's reward credited to its own tokens."""
+
+    weights: dict[str, float]
+    distance: str = "l1"
+    segmented: bool = False
+
+
+REWARD_PRESETS = {
+    "corea": RewardPreset({"format": 0.5, "correctness": 1.0, "calibration": 1.0}),
+    "rlcr": RewardPreset({"format": 0.5, "rlcr": 1.0}),
+    "coca": RewardPreset({"format": 0.5, "correctness": 1.0, "calibration": 1.0}, distance="l2", segmented=True),
+}
 
 
 def _named(method, name: str) -> Callable:
