@@ -3,7 +3,7 @@ llama.cpp, so there its rows are left out with the reason and --require-llamacpp
 benchmarks/setup_llamacpp.sh has built it, test_rows_beside_llamacpp runs them too.
 
 The full run (8 prompts, 64 tokens, fp32 and bf16, 8 and 32 concurrent, beside llama.cpp) is the
-command in benchmarks/RUNTIME_SPEED.md.
+command in README ("Measured figures").
 """
 
 from __future__ import annotations
