@@ -148,7 +148,7 @@ async def call_client(tier: Tier, attempt: Attempt, messages: list[dict], fmt, m
     started = time.perf_counter()
     error: LLMError | None = None
     completion: Completion | None = None
-    verdict_given = False
+    holding = False  # this call holds a slot from breaker.allow() (the half-open trial, maybe)
 
     def time_left() -> float | None:
         return None if cutoff is None else cutoff - time.monotonic()
@@ -164,7 +164,7 @@ async def call_client(tier: Tier, attempt: Attempt, messages: list[dict], fmt, m
                 refused = f"the {tier.label} circuit breaker is {breaker.state}"
                 error = LLMUnavailableError(f"{error}; {refused}" if error else refused)
                 break
-            verdict_given = False
+            holding = True
             timeout = cfg.llm_timeout_s if remaining is None else min(cfg.llm_timeout_s, remaining)
             params = GenerationParams(contract=fmt, max_new_tokens=max_new_tokens, temperature=tier.config.temperature,
                                       request_id=f"{request_id}-{tier.name}", timeout_s=timeout)
@@ -179,15 +179,15 @@ async def call_client(tier: Tier, attempt: Attempt, messages: list[dict], fmt, m
                 if completion is None:
                     raise LLMUnavailableError(f"the {tier.label} stream ended without a result")
                 breaker.record_success()  # it answered; whether the answer is usable is the contract's matter
-                verdict_given, error = True, None
+                holding, error = False, None
                 break
             except LLMRequestError as err:
                 breaker.release()
-                verdict_given, error = True, err
+                holding, error = False, err
                 break
             except LLMUnavailableError as err:
                 breaker.record_failure()
-                verdict_given = True
+                holding = False
                 error = LLMUnavailableError(f"{err} (attempt {call + 1} of {calls})")
                 if sent:  # tokens already reached the client: a retry would repeat them
                     break
@@ -199,10 +199,10 @@ async def call_client(tier: Tier, attempt: Attempt, messages: list[dict], fmt, m
                 await asyncio.sleep(delay)
     except Exception as err:  # an unexpected client failure fails this request's call only
         breaker.record_failure()
-        verdict_given = True
+        holding = False
         error = LLMUnavailableError(f"{type(err).__name__}: {err}")
     finally:
-        if not verdict_given:  # cancelled, or the caller went away mid-call
+        if holding:  # cancelled, or the caller went away mid-call; a refused call holds nothing to free
             breaker.release()
         attempt.latency_s = time.perf_counter() - started
     if completion is not None:

@@ -3,6 +3,7 @@ conversion to corea.v1 messages, and proto generation."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -136,6 +137,29 @@ def test_breaker_opens_half_opens_and_closes():
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state == "closed" and breaker.allow()
+
+
+def test_a_call_the_half_open_breaker_refuses_leaves_the_trial_to_the_call_holding_it():
+    from corea_engine.cascade_config import TierConfig
+    from corea_engine.policy import TierPolicy
+    from corea_engine.tiers import Attempt, Tier, call_client
+
+    now = [0.0]
+    breaker = CircuitBreaker(failures=1, cooldown_s=10, clock=lambda: now[0])
+    breaker.record_failure()
+    now[0] = 10.0
+    assert breaker.allow()  # call A holds the one trial
+    tier = Tier(1, TierConfig("llm"), None, TierPolicy(0.5), breaker)  # B is refused before the backend is read
+
+    async def call_b():
+        attempt = Attempt(1, "llm", "answer")
+        async for _ in call_client(tier, attempt, [], None, 8, "b", None, CascadeConfig(llm_retries=0)):
+            pass
+        return attempt
+
+    attempt = asyncio.run(call_b())
+    assert attempt.unreachable and "half_open" in attempt.error
+    assert not breaker.would_allow()  # still A's trial: no second one may start
 
 
 @pytest.mark.parametrize("fields,message", [
