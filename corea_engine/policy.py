@@ -27,7 +27,8 @@ class Policy:
     tie_defer_prob: float = 0.0
 
     def weights(self, confidence) -> np.ndarray:
-        """Expected deferral (0, 1 or q) of each sample; NaN confidence = none stated (defers)."""
+        """Expected deferral (0, 1 or q) of each sample; NaN confidence = none stated (defers).
+        The threshold may be an array broadcast against the confidences (see `weights_grid`)."""
         conf = np.asarray(confidence, dtype=float)
         below = np.where(np.isnan(conf) | (conf < self.threshold), 1.0, 0.0)
         return np.where(np.isclose(conf, self.threshold, rtol=0, atol=EDGE_TOLERANCE), self.tie_defer_prob, below)
@@ -43,6 +44,12 @@ class Policy:
 
     def at_tie(self, confidence: float | None) -> bool:
         return confidence is not None and abs(confidence - self.threshold) <= EDGE_TOLERANCE
+
+
+def weights_grid(confidence, thresholds, tie_defer_prob: float = 0.0) -> np.ndarray:
+    """Policy(t, tie_defer_prob).weights(confidence) for every t at once: shape (n, len(thresholds))."""
+    grid = Policy(np.asarray(thresholds, dtype=float)[None, :], tie_defer_prob)
+    return grid.weights(np.asarray(confidence, dtype=float)[:, None])
 
 
 def tie_draw(seed: int, request_id: str) -> float:

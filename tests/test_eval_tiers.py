@@ -14,7 +14,7 @@ import pytest
 
 from corea_engine.evaluation.ntier import fit, frontier, simulate, sweep, tier_columns
 from corea_engine.evaluation.records import read_model_records
-from corea_engine.policy import TierPolicy, route_weights
+from corea_engine.policy import Policy, TierPolicy, route_weights, weights_grid
 
 SPECS = ["rlcr:math-500:Answer-Prob", "rlcr:math-500:RLCR", "rlcr:math-500:Base"]
 PRICES = [1.0, 3.0, 10.0]
@@ -63,6 +63,16 @@ def test_route_weights_split_ties_and_missing_confidences_per_tier():
     # row 2: no confidence defers, tier 1 accepts; row 3: tier 0 accepts
     assert w.tolist() == [[0, 1, 0], [0.5, 0.5, 0], [0, 1, 0], [1, 0, 0]]
     assert np.allclose(w.sum(axis=1), 1)
+
+
+def test_the_threshold_grid_is_the_policy_at_each_threshold():
+    conf = np.array([0.5, 0.7, 0.7 + 5e-10, math.nan, 0.9])
+    thresholds = [0.5, 0.7, 0.95]
+    grid = weights_grid(conf, thresholds, 0.25)
+    assert grid.shape == (5, 3)
+    for j, t in enumerate(thresholds):
+        assert grid[:, j].tolist() == Policy(t, 0.25).weights(conf).tolist()
+    assert grid[:, 1].tolist() == [1, 0.25, 0.25, 1, 0]
 
 
 def test_the_frontier_and_the_joint_fit_on_a_held_out_half():

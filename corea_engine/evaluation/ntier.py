@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..policy import TierPolicy, route_weights
+from ..policy import TierPolicy, route_weights, weights_grid
 from .records import RecordError, read_model_records
 
 MAX_GRID = 2_000_000  # threshold tuples a search may visit
@@ -123,17 +123,13 @@ def sweep(cols: TierColumns) -> tuple[np.ndarray, np.ndarray, list[tuple[float, 
     """(accuracy, cost fraction, thresholds) of every tuple on the grid; for each choice of the
     earlier thresholds the last deciding tier's candidates are computed at once (the same rule
     as simulate(), plain policies)."""
-    from ..policy import EDGE_TOLERANCE
-
     axes = grid(cols)
     if math.prod(len(a) for a in axes) > MAX_GRID:
         raise ValueError(f"the threshold grid has over {MAX_GRID} tuples; round the confidences first")
     d = cols.n_tiers - 2  # the last tier that decides
     last_cost = float(np.mean(cols.cost[:, -1]))
     candidates = np.asarray(axes[-1])
-    conf = cols.confidence[:, d][:, None]
-    tie = np.isclose(conf, candidates[None, :], rtol=0, atol=EDGE_TOLERANCE)
-    defer = ((np.isnan(conf) | (conf < candidates[None, :])) & ~tie).astype(float)  # (n, T)
+    defer = weights_grid(cols.confidence[:, d], candidates)  # (n, T)
     acc, frac, tuples = [], [], []
     for head in itertools.product(*axes[:-1]):
         reach, right, cost = np.ones(len(cols)), np.zeros(len(cols)), np.zeros(len(cols))
