@@ -103,7 +103,7 @@ class TierPolicy:
         calibrated = None if self.calibrator is None else used
         defers = self.policy.defers(used, draw)
         name = f"{source} confidence {confidence:.3f}" + ("" if calibrated is None else f" (calibrated {used:.3f})")
-        if self.policy.at_tie(used) and self.tie_defer_prob > 0:
+        if self.policy.at_tie(used):  # within EDGE_TOLERANCE either side: the tie rule decided
             reason = f"{name} at threshold {self.threshold:g}: draw {draw:.4f} vs tie_defer_prob {self.tie_defer_prob:g}"
         else:
             reason = f"{name} {'<' if used < self.threshold else '>='} threshold {self.threshold:g}"

@@ -75,6 +75,13 @@ def test_the_threshold_grid_is_the_policy_at_each_threshold():
     assert grid[:, 1].tolist() == [1, 0.25, 0.25, 1, 0]
 
 
+def test_a_verdict_at_the_tie_says_so_on_either_side_of_the_threshold():
+    just_below = TierPolicy(0.5).judge(0.5 - 5e-10, 0.3)
+    assert not just_below.defers and "at threshold 0.5" in just_below.reason and "<" not in just_below.reason
+    assert TierPolicy(0.5, 0.5).judge(0.5 + 5e-10, 0.3).defers
+    assert "< threshold" in TierPolicy(0.5).judge(0.49, 0.3).reason
+
+
 def test_the_frontier_and_the_joint_fit_on_a_held_out_half():
     cols = tier_columns(SPECS, PRICES)
     accuracy, fraction, tuples = sweep(cols)  # vectorised: the same figures as simulate() point by point
