@@ -196,6 +196,9 @@ class CascadeConfig:
             raise ConfigError(f"llm_tokenizer {self.llm_tokenizer!r} is not '{DEFAULT_MODEL}' or a folder")
         if self.tiers is not None:
             self._validate_tiers()
+        tiers = self.tier_list()  # the two-tier shorthand is checked as tiers too
+        for i, tier in enumerate(tiers):
+            tier.validate(i, len(tiers))
         return self
 
     def _validate_tiers(self) -> None:
@@ -208,7 +211,6 @@ class CascadeConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"tiers: names must differ, got {', '.join(names)}")
         for i, tier in enumerate(tiers):
-            tier.validate(i, len(tiers))
             if 0 < i < len(tiers) - 1 and tier.verbalized and self.confidence_source == "expected":
                 raise ConfigError(f"tier {i} ({tier.name!r}) is an OpenAI endpoint: its confidence is the one "
                                   "written in its text (sampled); set confidence_source = sampled")

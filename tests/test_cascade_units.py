@@ -216,3 +216,5 @@ def test_openai_escalation_settings_reach_the_client():
         CascadeConfig.load(env={**env, "COREA_LLM_RESPONSE_FORMAT": "maybe"})
     with pytest.raises(ConfigError, match="llm_tokenizer '/nonexistent'"):
         make_client(CascadeConfig.load(env={**env, "COREA_LLM_TOKENIZER": "/nonexistent"}))
+    with pytest.raises(ConfigError, match=r"tier 1 \('llm'\): openai_base_url needs model"):
+        CascadeConfig.load(env={"COREA_LLM_OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})  # at start-up, not at the client

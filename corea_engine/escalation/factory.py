@@ -8,8 +8,6 @@ from .base import EscalationClient
 
 def make_client(config: CascadeConfig) -> EscalationClient | None:
     """The engine at llm_address (SglangScheduler protocol), or an OpenAI-compatible endpoint; None when neither is set."""
-    if config.llm_openai_base_url and not config.llm_model:
-        raise ConfigError("llm_openai_base_url needs llm_model (the endpoint's model name)")
     return make_tier_client(config.tier_list()[-1], config)
 
 
