@@ -80,7 +80,7 @@ class TierConfig:
                               "(the end-to-end series of the metrics)")
         for key, (low, high) in TIER_RANGES.items():
             _check_number(f"{where} {key}", getattr(self, key), low, high, False, False)
-        try:
+        try:  # the executors' own rule (0, or not too close to 0); slm/llm_temperature reach it as tiers
             SamplingParams(temperature=self.temperature).validate()
         except InvalidRequestError as err:
             raise ConfigError(f"{where} temperature: {err}") from None
@@ -97,7 +97,7 @@ class TierConfig:
 
 TIER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 TIER_RANGES = {"threshold": (0.0, 1.0), "prompt_price": (0.0, 1e6), "completion_price": (0.0, 1e6),
-               "temperature": (0.0, 10.0)}
+               "temperature": (0.0, MAX_TEMPERATURE)}
 
 
 def tier_from_dict(values: dict, where: str = "tier") -> TierConfig:
@@ -183,11 +183,6 @@ class CascadeConfig:
             get_format(self.contract)
         except UnknownFormatError as err:
             raise ConfigError(str(err)) from None
-        for name in ("slm_temperature", "llm_temperature"):  # also the executors' own safe ranges
-            try:
-                SamplingParams(temperature=getattr(self, name)).validate()
-            except InvalidRequestError as err:
-                raise ConfigError(f"{name}: {err}") from None
         if (self.llm_tls_cert_file is None) != (self.llm_tls_key_file is None):
             raise ConfigError("llm_tls_cert_file and llm_tls_key_file go together (a client certificate for mTLS)")
         if self.llm_address and self.llm_openai_base_url:
@@ -303,7 +298,7 @@ NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "max_answer_chars": (1, 10_000, True),
     "max_new_tokens": (1, MAX_NEW_TOKENS_LIMIT, True),
     "max_question_chars": (1, 1_000_000, False),
-    # The bounds of a number; the temperature's own range is SamplingParams.validate's (validate() below).
+    # The bounds of a number; the temperature's own rule is SamplingParams.validate's (TierConfig.validate).
     "slm_temperature": (0.0, MAX_TEMPERATURE, False),
     "llm_temperature": (0.0, MAX_TEMPERATURE, False),
     "slm_prompt_price": (0.0, 1e6, False),
