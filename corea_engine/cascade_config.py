@@ -84,6 +84,7 @@ class TierConfig:
             SamplingParams(temperature=self.temperature).validate()
         except InvalidRequestError as err:
             raise ConfigError(f"{where} temperature: {err}") from None
+        check_tokenizer(f"{where} tokenizer", self.tokenizer)
         if bool(self.address) + bool(self.openai_base_url) > 1:
             raise ConfigError(f"{where}: give address or openai_base_url, not both")
         if self.openai_base_url and not self.model:
@@ -93,6 +94,12 @@ class TierConfig:
                               "which reads its confidence; an OpenAI endpoint can be a later tier")
         if self.calibrator and index == count - 1:
             raise ConfigError(f"{where}: the last tier takes no calibrator (it makes no decision)")
+
+
+def check_tokenizer(setting: str, spec: str | None) -> None:
+    """A tokenizer setting names the embedded model or a folder (None: unset); ConfigError naming the setting."""
+    if spec and spec != DEFAULT_MODEL and not Path(spec).expanduser().is_dir():
+        raise ConfigError(f"{setting} {spec!r} is not '{DEFAULT_MODEL}' or a folder")
 
 
 TIER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -187,8 +194,7 @@ class CascadeConfig:
             raise ConfigError("llm_tls_cert_file and llm_tls_key_file go together (a client certificate for mTLS)")
         if self.llm_address and self.llm_openai_base_url:
             raise ConfigError("give llm_address or llm_openai_base_url, not both")
-        if self.llm_tokenizer and self.llm_tokenizer != DEFAULT_MODEL and not Path(self.llm_tokenizer).is_dir():
-            raise ConfigError(f"llm_tokenizer {self.llm_tokenizer!r} is not '{DEFAULT_MODEL}' or a folder")
+        check_tokenizer("llm_tokenizer", self.llm_tokenizer)
         if self.tiers is not None:
             self._validate_tiers()
         tiers = self.tier_list()  # the two-tier shorthand is checked as tiers too

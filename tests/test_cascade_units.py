@@ -221,3 +221,18 @@ def test_openai_escalation_settings_reach_the_client():
         make_client(CascadeConfig.load(env={**env, "COREA_LLM_TOKENIZER": "/nonexistent"}))
     with pytest.raises(ConfigError, match=r"tier 1 \('llm'\): openai_base_url needs model"):
         CascadeConfig.load(env={"COREA_LLM_OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})  # at start-up, not at the client
+
+
+def test_a_tiers_tokenizer_is_checked_at_start_up_and_named_in_errors(tmp_path):
+    from pathlib import Path
+
+    from corea_engine.cascade_config import TierConfig
+    from corea_engine.escalation.factory import make_tier_client, tokenizer_folder
+
+    tiers = (TierConfig("a"), TierConfig("mid", address="127.0.0.1:9", tokenizer="/no/such/dir"), TierConfig("c"))
+    with pytest.raises(ConfigError, match=re.escape("tier 1 ('mid') tokenizer '/no/such/dir' is not 'smollm2-135m'")):
+        CascadeConfig(tiers=tiers).validate()
+    # a model spec reaches the executor as the folder it names, not as a path
+    assert (Path(tokenizer_folder("smollm2-135m", "mid tokenizer")) / "tokenizer.json").is_file()
+    with pytest.raises(ConfigError, match="^mid tokenizer: model '.*' not found"):  # a folder, but no model in it
+        make_tier_client(TierConfig("mid", address="127.0.0.1:9", tokenizer=str(tmp_path)), CascadeConfig())

@@ -142,7 +142,7 @@ def build_tiers(args, config):
     from ..cascade import Cascade
     from ..cascade_config import ConfigError
     from ..cli import CommandError
-    from ..escalation.factory import make_tier_client
+    from ..escalation.factory import make_tier_client, tokenizer_folder
     from ..escalation.local_llm import ExecutorLLM
     from ..runtime.executor import ExecutorError
     from ..runtime.remote_executor import RemoteExecutor
@@ -157,7 +157,7 @@ def build_tiers(args, config):
         for i, tier in enumerate(tiers):
             last = i == len(tiers) - 1
             if tier.address and not last:
-                backend = RemoteExecutor(tier.address, tokenizer=tier.tokenizer)
+                backend = RemoteExecutor(tier.address, tokenizer=tokenizer_folder(tier.tokenizer, f"{tier.label} tokenizer"))
                 executors.append(backend)
             elif tier.address or tier.openai_base_url:
                 backend = make_tier_client(tier, config, secured=last)

@@ -18,7 +18,7 @@ def make_tier_client(tier: TierConfig, config: CascadeConfig, *, secured: bool =
         from .grpc_llm import GrpcLLM
         from .grpc_security import llm_channel_security
 
-        folder = str(_tokenizer_folder(tier.tokenizer)) if tier.tokenizer else None
+        folder = tokenizer_folder(tier.tokenizer, f"{tier.label} tokenizer")
         return GrpcLLM(tier.address, tokenizer=folder, **(llm_channel_security(config) if secured else {}))
     if tier.openai_base_url:
         from .openai_llm import OpenAILLM
@@ -28,19 +28,22 @@ def make_tier_client(tier: TierConfig, config: CascadeConfig, *, secured: bool =
             from transformers import AutoTokenizer
 
             try:
-                tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(tier.tokenizer))
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(tier.tokenizer, f"{tier.label} tokenizer"))
             except (OSError, ValueError) as err:
-                raise ConfigError(f"llm_tokenizer {tier.tokenizer!r}: {err}") from None
+                raise ConfigError(f"{tier.label} tokenizer {tier.tokenizer!r}: {err}") from None
         return OpenAILLM(tier.openai_base_url, tier.model, api_key_env=config.llm_api_key_env,
                          response_format=config.llm_response_format, tokenizer=tokenizer)
     return None
 
 
-def _tokenizer_folder(spec: str):
-    """llm_tokenizer is a model spec ('smollm2-135m') or a local folder: the folder to load."""
+def tokenizer_folder(spec: str | None, setting: str) -> str | None:
+    """A tokenizer setting (a model spec such as 'smollm2-135m', or a local folder) as the folder to
+    load; None for unset. ConfigError naming `setting` when there is no such model."""
     from ..models import ModelNotFoundError, resolve_model
 
+    if not spec:
+        return None
     try:
-        return resolve_model(spec).path
+        return str(resolve_model(spec).path)
     except ModelNotFoundError as err:
-        raise ConfigError(f"llm_tokenizer: {err}") from None
+        raise ConfigError(f"{setting}: {err}") from None
