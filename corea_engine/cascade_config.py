@@ -176,7 +176,8 @@ class CascadeConfig:
     breaker_failures: int = 5
     breaker_cooldown_s: float = 10.0
     # N tiers, cheapest first (None: the two tiers above). The settings above that name one tier
-    # (threshold, calibrator, slm_*/llm_* prices, temperatures and endpoints) are then not read.
+    # (ONE_TIER_SETTINGS: threshold, calibrator, slm_*/llm_* prices, temperatures and endpoints)
+    # are then refused.
     tiers: tuple[TierConfig, ...] | None = None
 
     def validate(self) -> "CascadeConfig":
@@ -215,8 +216,10 @@ class CascadeConfig:
             if 0 < i < len(tiers) - 1 and tier.verbalized and self.confidence_source == "expected":
                 raise ConfigError(f"tier {i} ({tier.name!r}) is an OpenAI endpoint: its confidence is the one "
                                   "written in its text (sampled); set confidence_source = sampled")
-        if self.calibrator:
-            raise ConfigError("with tiers, give each tier its calibrator (tiers[i].calibrator), not calibrator")
+        for name in ONE_TIER_SETTINGS:  # not read with tiers: refused rather than silently ignored
+            if getattr(self, name) != _DEFAULTS[name]:
+                key = name.removeprefix("slm_").removeprefix("llm_")
+                raise ConfigError(f"with tiers, give each tier its {key} (tiers[i].{key}), not {name}")
 
     def tier_list(self) -> list[TierConfig]:
         """The tiers, cheapest first: `tiers`, or the two-tier shorthand (slm, llm)."""
@@ -292,6 +295,11 @@ def _read_file(path: Path) -> dict:
 
 
 _TYPES = {f.name: f.type for f in fields(CascadeConfig)}
+_DEFAULTS = {f.name: f.default for f in fields(CascadeConfig)}
+# What tier_list() makes the two default tiers of; each tier of `tiers` has its own.
+ONE_TIER_SETTINGS = ("threshold", "calibrator", "slm_prompt_price", "slm_completion_price", "llm_prompt_price",
+                     "llm_completion_price", "slm_temperature", "llm_temperature", "llm_address",
+                     "llm_openai_base_url", "llm_model", "llm_tokenizer")
 _OPEN = 1e-9  # a lower bound just above zero: "must be > 0"
 
 # Every numeric setting: (lowest, highest, None allowed). A setting outside its range would start

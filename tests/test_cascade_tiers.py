@@ -137,6 +137,10 @@ def test_tiers_are_checked_at_start_up_and_per_request(slm_executor, large):
         CascadeConfig(tiers=(TIERS[0], TierConfig("mid", 1.5), TIERS[2])).validate()
     with pytest.raises(ConfigError, match="OpenAI endpoint: its confidence is the one written in its text"):
         CascadeConfig(tiers=(TIERS[0], TierConfig("mid", openai_base_url="http://127.0.0.1:9/v1", model="m"), TIERS[2])).validate()
+    for setting, value, key in (("threshold", 0.9, "threshold"), ("llm_completion_price", 1.0, "completion_price"),
+                                ("slm_temperature", 0.5, "temperature"), ("llm_address", "h:1", "address")):
+        with pytest.raises(ConfigError, match=rf"with tiers, give each tier its {key} \(tiers\[i\]\.{key}\), not {setting}"):
+            CascadeConfig(tiers=TIERS, **{setting: value}).validate()
     with pytest.raises(ConfigError, match="unknown key"):
         TierConfig.parse("name=x,price=3")
     assert TierConfig.parse("name=mid,address=127.0.0.1:5,threshold=0.6,prompt-price=1").threshold == 0.6
