@@ -262,7 +262,10 @@ def test_serve_refuses_bad_tiers_before_loading_a_model():
 
     for flags, words in ((["--tier", "name=a"], "at least two"),
                          (["--tier", "name=a", "--tier", "name=b,threshold=2"], "tier 1 ('b') threshold must be"),
-                         (["--tier", "name=a", "--tier", "name=b", "--threshold", "0.5"], "drop --threshold")):
+                         (["--tier", "name=a", "--tier", "name=b", "--threshold", "0.5"], "drop --threshold"),
+                         # a tier with nowhere to run is found before the first tier's model is looked for
+                         (["--model", "/no/such/model", "--tier", "name=a", "--tier", "name=b", "--tier", "name=c"],
+                          "tier 1 (b) needs address=")):
         out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve", "--port", "0", *flags],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and words in out.stderr, (flags, out.stderr)

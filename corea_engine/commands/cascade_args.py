@@ -149,9 +149,12 @@ def build_tiers(args, config):
     from ..runtime.torch_executor import TorchExecutor
 
     tiers = config.tier_list()
-    for i, tier in enumerate(tiers):
+    for i, tier in enumerate(tiers):  # before any weights load or connection opens
         if tier.model and not (tier.address or tier.openai_base_url):  # run in this process
             check_model(tier.model, f"tier {i} ({tier.name}) model")
+        placed = i == 0 or tier.address or tier.openai_base_url or tier.model
+        if not placed and not (i == len(tiers) - 1 and config.mode == "slm_only"):
+            raise CommandError(f"tier {i} ({tier.name}) needs address=, openai-base-url= (with model=) or model=")
     executors, backends = [], []
     try:
         for i, tier in enumerate(tiers):
@@ -175,13 +178,13 @@ def build_tiers(args, config):
                     executor = TorchExecutor(model, device=args.device, dtype=args.dtype)
                 executors.append(executor)
                 backend = ExecutorLLM(executor) if last else executor
-            elif last and config.mode == "slm_only":
+            else:  # the last tier under slm_only (checked above)
                 backend = None
-            else:
-                raise CommandError(f"tier {i} ({tier.name}) needs address=, openai-base-url= (with model=) or model=")
             backends.append(backend)
         return Cascade.tiered(backends, config), executors
-    except (ConfigError, ExecutorError) as err:
+    except BaseException as err:  # whatever failed, what was built is closed
         for executor in executors:
             executor.close()
-        raise CommandError(str(err)) from None
+        if isinstance(err, (ConfigError, ExecutorError)):
+            raise CommandError(str(err)) from None
+        raise
