@@ -512,7 +512,7 @@ class _Run:
             stop_at_confidence=True, request_id=f"{plan.request_id}-{tier.name}-{uuid.uuid4().hex[:6]}",
         )
         try:
-            stream = tier.backend.submit(request)
+            stream = await tier.backend.submit_async(request)  # tokenizing, grammar compile: off the loop
         except Exception as err:  # the first tier: bad input, the caller's error; a later one fails like any call
             if k == 0:
                 raise

@@ -22,7 +22,7 @@ class ExecutorLLM(EscalationClient):
             stop_at_confidence=True, request_id=params.request_id or f"llm-{time.monotonic_ns()}",
         )
         try:
-            stream = self.executor.submit(request)
+            stream = await self.executor.submit_async(request)  # tokenizing, grammar compile: off the loop
         except InvalidRequestError as err:
             raise LLMRequestError(str(err)) from None
         finished = False
