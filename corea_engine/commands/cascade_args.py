@@ -149,9 +149,11 @@ def build_tiers(args, config):
     from ..runtime.torch_executor import TorchExecutor
 
     tiers = config.tier_list()
-    for i, tier in enumerate(tiers):
+    for i, tier in enumerate(tiers):  # refuse a tier with nothing to run on before loading any model
         if tier.model and not (tier.address or tier.openai_base_url):  # run in this process
             check_model(tier.model, f"tier {i} ({tier.name}) model")
+        elif i > 0 and not (tier.address or tier.openai_base_url) and not (i == len(tiers) - 1 and config.mode == "slm_only"):
+            raise CommandError(f"tier {i} ({tier.name}) needs address=, openai-base-url= (with model=) or model=")
     executors, backends = [], []
     try:
         for i, tier in enumerate(tiers):
@@ -175,10 +177,8 @@ def build_tiers(args, config):
                     executor = TorchExecutor(model, device=args.device, dtype=args.dtype)
                 executors.append(executor)
                 backend = ExecutorLLM(executor) if last else executor
-            elif last and config.mode == "slm_only":
+            else:  # the last tier in slm_only mode (checked above)
                 backend = None
-            else:
-                raise CommandError(f"tier {i} ({tier.name}) needs address=, openai-base-url= (with model=) or model=")
             backends.append(backend)
         return Cascade.tiered(backends, config), executors
     except (ConfigError, ExecutorError) as err:
