@@ -139,6 +139,8 @@ def test_tiers_are_checked_at_start_up_and_per_request(slm_executor, large):
         CascadeConfig(tiers=(TIERS[0], TierConfig("mid", openai_base_url="http://127.0.0.1:9/v1", model="m"), TIERS[2])).validate()
     with pytest.raises(ConfigError, match="unknown key"):
         TierConfig.parse("name=x,price=3")
+    with pytest.raises(ConfigError, match=r"tier 1 \('mid'\): address must be HOST:PORT, got 'nohost'"):
+        CascadeConfig(tiers=(TIERS[0], TierConfig("mid", address="nohost"), TIERS[2])).validate()
     assert TierConfig.parse("name=mid,address=127.0.0.1:5,threshold=0.6,prompt-price=1").threshold == 0.6
     cascade = Cascade.tiered([slm_executor, slm_executor, ExecutorLLM(large)], CascadeConfig(**CONFIG))
     with pytest.raises(InvalidSolveRequest, match="one per tier but the last"):
