@@ -152,7 +152,7 @@ def build_tiers(args, config):
     for i, tier in enumerate(tiers):  # refuse a tier with nothing to run on before loading any model
         if tier.model and not (tier.address or tier.openai_base_url):  # run in this process
             check_model(tier.model, f"tier {i} ({tier.name}) model")
-        elif i > 0 and not (tier.address or tier.openai_base_url) and not (i == len(tiers) - 1 and config.mode == "slm_only"):
+        elif i > 0 and not (tier.address or tier.openai_base_url or (i == len(tiers) - 1 and config.mode == "slm_only")):
             raise CommandError(f"tier {i} ({tier.name}) needs address=, openai-base-url= (with model=) or model=")
     executors, backends = [], []
     try:

@@ -40,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="GRPO optimizer steps")
     p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step")
     p.add_argument("--num-generations", type=int, default=d.num_generations, help="completions per question (the GRPO group)")
-    p.add_argument("--max-completion-length", type=int, default=d.max_completion_length, help="tokens a rollout may write")
+    p.add_argument("--max-completion-length", type=int, default=d.max_completion_length,
+                   help="tokens a rollout may write")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
     p.add_argument("--temperature", type=float, default=d.temperature, help="rollout sampling temperature")
@@ -64,7 +65,8 @@ def register(sub) -> None:
                    help="warm start's confidence target: the accuracy of the question's level (its kind, e.g. "
                         "2-digit sums) or of the question itself over its rollouts, shrunk toward its level's")
     p.add_argument("--train-size", type=int, default=d.train_size, help="generated training questions")
-    p.add_argument("--seed", type=int, default=0, help="seeds the training questions and the sampling (the held-out splits are fixed)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the training questions and the sampling (the held-out splits are fixed)")
     p.add_argument("--eval", type=int, default=200, help="held-out questions to evaluate before and after (0: skip)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --model on the held-out split")
     p.add_argument("--split", default="test", choices=["test", "validation"],
