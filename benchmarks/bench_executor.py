@@ -276,14 +276,15 @@ def csv(kind):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8, help="prompts of the single-stream and batch rows")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens a request may write (greedy)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch and llama.cpp threads (0: the executor's own choice, llama.cpp gets torch's count)")
     parser.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv(str), default=["float32", "bfloat16"],
                         help="comma-separated torch dtypes for corea and transformers")
     parser.add_argument("--concurrency", type=csv(int), default=[8, 32], help="corea's concurrent rows")
     parser.add_argument("--busy-neighbour", action="store_true", help="also run every row beside one spinning process")
-    parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV)
+    parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV,
+                        help="llama-cpp-python's own venv, built by benchmarks/setup_llamacpp.sh (default: %(default)s)")
     parser.add_argument("--require-llamacpp", action="store_true", help="fail when llama.cpp cannot run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON")
     args = parser.parse_args()
@@ -337,6 +338,8 @@ def main() -> None:
     bench.save()
     print_table(bench)
     print(f"\nfigures written to {args.out}")
+    if missing:  # said again where the reader looks, after the table
+        print(f"llama.cpp rows left out: {missing}")
 
 
 if __name__ == "__main__":

@@ -307,9 +307,10 @@ class Cascade:
             thresholds = list(req.thresholds)
         if req.threshold is not None:
             thresholds[0] = req.threshold
-        for t in thresholds:
+        for k, t in enumerate(thresholds):
             if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0.0 <= t <= 1.0):
-                raise InvalidSolveRequest(f"threshold must be a number in [0, 1], got {t!r}")
+                which = f"tier {k} ('{self.tiers[k].name}') " if len(thresholds) > 1 else ""
+                raise InvalidSolveRequest(f"{which}threshold must be a number in [0, 1], got {t!r}")
         source = req.confidence_source or cfg.confidence_source
         if source not in CONFIDENCE_SOURCES:
             raise InvalidSolveRequest(f"confidence_source must be one of {', '.join(CONFIDENCE_SOURCES)}, got {source!r}")

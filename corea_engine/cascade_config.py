@@ -85,6 +85,8 @@ class TierConfig:
         except InvalidRequestError as err:
             raise ConfigError(f"{where} temperature: {err}") from None
         check_tokenizer(f"{where} tokenizer", self.tokenizer)
+        if self.address and ":" not in self.address:  # else the first call waits out its connect timeout
+            raise ConfigError(f"{where}: address must be HOST:PORT, got {self.address!r}")
         if bool(self.address) + bool(self.openai_base_url) > 1:
             raise ConfigError(f"{where}: give address or openai_base_url, not both")
         if self.openai_base_url and not self.model:
@@ -111,7 +113,7 @@ def tier_from_dict(values: dict, where: str = "tier") -> TierConfig:
     known = {f.name: f.type for f in fields(TierConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     if not values.get("name"):
         raise ConfigError(f"{where}: needs a name")
     out = {}

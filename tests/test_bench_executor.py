@@ -33,6 +33,7 @@ def test_rows_without_llamacpp(tmp_path):
                  "--threads", "1", "--busy-neighbour", "--llamacpp-venv", str(tmp_path / "no-venv"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"llama.cpp rows left out: no llama.cpp venv at {tmp_path / 'no-venv'}" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("llama.cpp rows left out:")  # also after the table
     figures = json.loads(out.read_text())
     assert "no-venv" in figures["llamacpp"]["left_out"]
     assert list(figures["load_average"]) == ["baseline", "busy neighbour"]

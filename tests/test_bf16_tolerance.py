@@ -42,6 +42,17 @@ def test_auto_is_bf16_exactly_where_the_cpu_computes_it():
         resolve_dtype("int4")
 
 
+def test_a_device_that_is_not_here_is_a_clear_start_up_error():
+    import subprocess
+    import sys
+
+    missing = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"  # one past the GPUs
+    for device, words in (("gpu", "device must be cpu, cuda or cuda:N, got 'gpu'"), (missing, f"device '{missing}'")):
+        out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "solve", "q", "--mode", "slm_only", "--device", device],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, (device, out.stderr)
+
+
 def test_bf16_greedy_outputs_stay_within_the_stated_agreement(bf16_executor):
     assert bf16_executor.dtype == "bfloat16"
     questions = [e.question for e in load_gsm8k("test", limit=20)]

@@ -143,11 +143,13 @@ def test_tiers_are_checked_at_start_up_and_per_request(slm_executor, large):
             CascadeConfig(tiers=TIERS, **{setting: value}).validate()
     with pytest.raises(ConfigError, match="unknown key"):
         TierConfig.parse("name=x,price=3")
+    with pytest.raises(ConfigError, match=r"tier 1 \('mid'\): address must be HOST:PORT, got 'nohost'"):
+        CascadeConfig(tiers=(TIERS[0], TierConfig("mid", address="nohost"), TIERS[2])).validate()
     assert TierConfig.parse("name=mid,address=127.0.0.1:5,threshold=0.6,prompt-price=1").threshold == 0.6
     cascade = Cascade.tiered([slm_executor, slm_executor, ExecutorLLM(large)], CascadeConfig(**CONFIG))
     with pytest.raises(InvalidSolveRequest, match="one per tier but the last"):
         cascade.plan(SolveRequest("q", thresholds=(0.5,)))
-    with pytest.raises(InvalidSolveRequest, match="threshold must be a number in"):
+    with pytest.raises(InvalidSolveRequest, match=r"tier 1 \('mid'\) threshold must be a number in"):
         cascade.plan(SolveRequest("q", thresholds=(0.5, 2.0)))
     assert cascade.plan(SolveRequest("q", threshold=0.1, thresholds=(0.5, 0.7))).thresholds == [0.1, 0.7]
 
@@ -208,6 +210,7 @@ def served(mid, tmp_path_factory):
             banner = line
             break
     assert banner, f"corea serve exited with {proc.wait()} before serving"
+    assert "in process: smollm2-135m (cpu, float32), smollm2-135m (stand-in large) (cpu, float32)" in banner, banner
     grpc_port = int(banner.split(" on port ")[1].split()[0])
     http_port = int(banner.split("OpenAI HTTP API on port ")[1].split(",")[0].split()[0])
     metrics_port = int(banner.rsplit(":", 1)[1].split("/")[0])
@@ -265,10 +268,11 @@ def test_serve_refuses_bad_tiers_before_loading_a_model():
                          (["--tier", "name=a", "--tier", "name=b", "--threshold", "0.5"], "drop --threshold"),
                          # a tier with nowhere to run is found before the first tier's model is looked for
                          (["--model", "/no/such/model", "--tier", "name=a", "--tier", "name=b", "--tier", "name=c"],
-                          "tier 1 (b) needs address=")):
+                          "tier 1 (b) needs address="),
+                         (["--tier", "name=a", "--tier", "name=b"], "tier 1 (b) needs address=")):
         out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "serve", "--port", "0", *flags],
                              capture_output=True, text=True, timeout=120)
-        assert out.returncode == 2 and words in out.stderr, (flags, out.stderr)
+        assert out.returncode == 2 and words in out.stderr and "Loading weights" not in out.stderr, (flags, out.stderr)
 
 
 def test_each_tier_has_its_calibrator_checked_at_start_up(slm_executor, large, tmp_path):

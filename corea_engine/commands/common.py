@@ -73,6 +73,12 @@ def make_executor(args, *, prefix: str = "", **torch_options):
     return TorchExecutor(arg("model"), device=arg("device") or "cpu", dtype=arg("dtype") or "float32", **torch_options)
 
 
+def runtime_of(executor) -> str:
+    """Where an in-process executor computes, e.g. 'cpu, bfloat16' (what --dtype auto chose); '' for a remote one."""
+    dtype = getattr(executor, "dtype", None)
+    return f"{executor.device}, {dtype}" if dtype and hasattr(executor, "device") else ""
+
+
 def default_threads() -> int:
     """Torch intra-op threads: COREA_THREADS, else every core (one engine per process).
 

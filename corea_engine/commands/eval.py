@@ -175,7 +175,8 @@ def run_offline_tiers(args) -> int:
         cols = cols.subset(slice(0, args.limit))
     thresholds = _numbers(args.thresholds, "--thresholds") or [0.5] * (cols.n_tiers - 1)
     if len(thresholds) != cols.n_tiers - 1 or not all(t <= 1 for t in thresholds):
-        raise CommandError(f"--thresholds: give {cols.n_tiers - 1} numbers in [0, 1] for {cols.n_tiers} tiers")
+        raise CommandError(f"--thresholds: give one number in [0, 1] per tier but the last ({cols.n_tiers - 1} "
+                           f"for {cols.n_tiers} tiers)")
     outcome = simulate(cols, thresholds)
     result = {
         "run": {"offline": True, "tiers": list(args.tier_records), "prices per completion token": prices,

@@ -8,6 +8,7 @@ eval_before.json / eval_after.json (held-out metrics and per-sample records) wit
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -18,8 +19,18 @@ from ..training.warm import TARGETS
 from .common import default_threads
 
 
+class _WithDefaults(argparse.HelpFormatter):
+    """Help that shows each flag's default, where it has one (the measured settings live in TrainSettings)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
 def register(sub) -> None:
-    p = sub.add_parser("train", help="GRPO calibration training (TRL) with the COREA confidence reward")
+    p = sub.add_parser("train", help="GRPO calibration training (TRL) with the COREA confidence reward",
+                       formatter_class=_WithDefaults)
     p.add_argument("--model", default=None, help="model to train: 'smollm2-135m' (default) or a local folder")
     p.add_argument("--output", required=True, help="folder for the trained model, logs and report")
     p.add_argument("--contract", default=None,
@@ -29,9 +40,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="GRPO optimizer steps")
     p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step")
     p.add_argument("--num-generations", type=int, default=d.num_generations, help="completions per question (the GRPO group)")
-    p.add_argument("--max-completion-length", type=int, default=d.max_completion_length)
+    p.add_argument("--max-completion-length", type=int, default=d.max_completion_length,
+                   help="tokens a rollout may write")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
-    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
     p.add_argument("--temperature", type=float, default=d.temperature, help="rollout sampling temperature")
     p.add_argument("--beta", type=float, default=d.beta, help="KL penalty to the starting model (0: none)")
     p.add_argument("--train-layers", type=int, default=d.train_layers,
@@ -47,11 +59,14 @@ def register(sub) -> None:
                    help="arithmetic (sums/products of n-digit numbers) or graded (levels the starting model gets "
                         "right 10-90%% of the time)")
     p.add_argument("--warm-start", type=int, default=0,
-                   help="supervised calibration before GRPO on this many training questions (0: none)")
+                   help="before GRPO, train the confidence digit toward the model's own measured accuracy "
+                        "(supervised) on this many training questions (0: none)")
     p.add_argument("--warm-target", default=d.warm_target, choices=list(TARGETS),
-                   help="warm start's confidence target: the level's accuracy or the question's")
+                   help="warm start's confidence target: the accuracy of the question's level (its kind, e.g. "
+                        "2-digit sums) or of the question itself over its rollouts, shrunk toward its level's")
     p.add_argument("--train-size", type=int, default=d.train_size, help="generated training questions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the training questions and the sampling (the held-out splits are fixed)")
     p.add_argument("--eval", type=int, default=200, help="held-out questions to evaluate before and after (0: skip)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --model on the held-out split")
     p.add_argument("--split", default="test", choices=["test", "validation"],

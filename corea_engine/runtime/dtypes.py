@@ -27,6 +27,25 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def check_device(device: str) -> torch.device:
+    """`device` ('cpu', 'cuda', 'cuda:N') as torch.device; ValueError naming it when it is no such
+    device or not present here (this torch without CUDA, an index past the GPUs)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA GPU here (torch {torch.__version__}, "
+                             f"built {'without CUDA' if torch.version.cuda is None else 'for CUDA ' + torch.version.cuda})")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r}: only {count} CUDA GPU(s) here")
+    return parsed
+
+
 def resolve_dtype(dtype: str, device: str = "cpu") -> str:
     """A concrete dtype name for `dtype` on `device`. Raises ValueError for an unknown name."""
     if dtype not in DTYPES:

@@ -26,7 +26,7 @@ import torch
 from ..contract import GrammarCache
 from ..models import load_model
 from ..tokenization import ChatTemplateError, encode_chat
-from .dtypes import resolve_dtype
+from .dtypes import check_device, resolve_dtype
 from .executor import (
     Executor,
     ExecutorError,
@@ -111,6 +111,10 @@ class TorchExecutor(Executor):
             self.model_name = getattr(self.model.config, "_name_or_path", "model") or "model"
             self.model_path = None
         else:
+            try:
+                check_device(device)  # a clear error before any weights load
+            except ValueError as err:
+                raise ExecutorError(str(err)) from None
             dtype = resolve_dtype(dtype, device)
             self.model, self.tokenizer, source = load_model(model, device=device, dtype=dtype)
             self.model_name, self.model_path = source.name, source.path  # the folder: tokenizer files
