@@ -60,3 +60,14 @@ def corea_server(slm, llm_address: str, *, max_inflight: int = 64, metrics_port=
     cascade = Cascade(slm, GrpcLLM(llm_address), cfg)
     return ServerThread(lambda: build_server(cascade, port=0, host="127.0.0.1", max_inflight=max_inflight),
                         metrics_port=metrics_port).start()
+
+
+def serve_banner(proc) -> tuple[str, int, int]:
+    """(the banner line, gRPC port, HTTP port) of a `corea serve --http-port 0` process, read from
+    its stdout: the banner comes once the models are loaded and both ports are bound."""
+    for line in proc.stdout:
+        if line.startswith("corea serve:"):
+            grpc_port = int(line.split(" on port ")[1].split()[0])
+            http_port = int(line.split("OpenAI HTTP API on port ")[1].split(",")[0].split()[0])
+            return line, grpc_port, http_port
+    raise AssertionError(f"corea serve exited with {proc.wait()} before serving")

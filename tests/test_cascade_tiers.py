@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from cascade_servers import SMALL, stand_in_llm, worker_server
+from cascade_servers import SMALL, serve_banner, stand_in_llm, worker_server
 from corea_engine.cascade import (
     Cascade, CascadeConfig, ConfidenceKnown, Decision, Finished, InvalidSolveRequest, SolveRequest, TierToken,
 )
@@ -204,15 +204,8 @@ def served(mid, tmp_path_factory):
          "--tier", f"name=mid,address={worker.address},prompt-price=1,completion-price=2",
          "--tier", "name=large,model=smollm2-135m,prompt-price=10,completion-price=20"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    banner = ""
-    for line in proc.stdout:
-        if line.startswith("corea serve:"):
-            banner = line
-            break
-    assert banner, f"corea serve exited with {proc.wait()} before serving"
+    banner, grpc_port, http_port = serve_banner(proc)
     assert "in process: smollm2-135m (cpu, float32), smollm2-135m (stand-in large) (cpu, float32)" in banner, banner
-    grpc_port = int(banner.split(" on port ")[1].split()[0])
-    http_port = int(banner.split("OpenAI HTTP API on port ")[1].split(",")[0].split()[0])
     metrics_port = int(banner.rsplit(":", 1)[1].split("/")[0])
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     yield corea_pb2_grpc.CoreaStub(channel), f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics"

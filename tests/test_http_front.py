@@ -26,7 +26,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from cascade_servers import SMALL, llm_server, stand_in_llm
+from cascade_servers import SMALL, llm_server, serve_banner, stand_in_llm
 from corea_engine.cascade import Cascade, CascadeConfig
 from corea_engine.escalation.grpc_llm import GrpcLLM
 from corea_engine.escalation.local_llm import ExecutorLLM
@@ -54,14 +54,7 @@ def live(tmp_path_factory):
         [sys.executable, "-m", "corea_engine.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
          "--no-metrics", "--llm-model", "smollm2-135m", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    banner = ""
-    for line in proc.stdout:  # the banner comes once the model is loaded and both ports are bound
-        if line.startswith("corea serve:"):
-            banner = line
-            break
-    assert banner, f"corea serve exited with {proc.wait()} before serving"
-    grpc_port = int(banner.split(" on port ")[1].split()[0])
-    http_port = int(banner.split("OpenAI HTTP API on port ")[1].split(",")[0].split()[0])
+    _, grpc_port, http_port = serve_banner(proc)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     yield f"http://127.0.0.1:{http_port}", corea_pb2_grpc.CoreaStub(channel)
     channel.close()
