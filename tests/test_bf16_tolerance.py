@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from corea_engine.evaluation.datasets import load_gsm8k
-from corea_engine.runtime.dtypes import BF16_CPU_FLAGS, cpu_flags, resolve_dtype
+from corea_engine.runtime.dtypes import BF16_CPU_FLAGS, DTYPES, cpu_flags, resolve_dtype
 from corea_engine.runtime.torch_executor import TorchExecutor
 from tests.test_llama_forward import PROMPTS, _reference
 from tests.tools.record_greedy_reference import cases
@@ -40,6 +40,16 @@ def test_auto_is_bf16_exactly_where_the_cpu_computes_it():
     assert resolve_dtype("float32") == "float32"
     with pytest.raises(ValueError, match="int4"):
         resolve_dtype("int4")
+
+
+def test_the_cli_offers_exactly_the_runtime_dtypes():
+    import argparse
+
+    from corea_engine.commands.common import add_model_args
+
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    assert next(a for a in parser._actions if a.dest == "dtype").choices is DTYPES  # one list, not a copy
 
 
 def test_bf16_greedy_outputs_stay_within_the_stated_agreement(bf16_executor):
