@@ -525,7 +525,7 @@ class _Run:
         tokens = 0
         async for event in iterator:
             if isinstance(event, TokenEvent):
-                tokens += 1
+                tokens += event.token_id is not None  # None: the held-back text flushed at the end
                 if event.text and not quiet:
                     yield self._token(k, event.text, tokens)
             elif isinstance(event, ConfidenceEvent):

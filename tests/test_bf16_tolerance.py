@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from corea_engine.evaluation.datasets import load_gsm8k
-from corea_engine.runtime.dtypes import BF16_CPU_FLAGS, cpu_flags, resolve_dtype
+from corea_engine.runtime.dtypes import BF16_CPU_FLAGS, DTYPES, cpu_flags, resolve_dtype
 from corea_engine.runtime.torch_executor import TorchExecutor
 from tests.test_llama_forward import PROMPTS, _reference
 from tests.tools.record_greedy_reference import cases
@@ -51,6 +51,16 @@ def test_a_device_that_is_not_here_is_a_clear_start_up_error():
         out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "solve", "q", "--mode", "slm_only", "--device", device],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, (device, out.stderr)
+
+
+def test_the_cli_offers_exactly_the_runtime_dtypes():
+    import argparse
+
+    from corea_engine.commands.common import add_model_args
+
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    assert next(a for a in parser._actions if a.dest == "dtype").choices is DTYPES  # one list, not a copy
 
 
 def test_bf16_greedy_outputs_stay_within_the_stated_agreement(bf16_executor):

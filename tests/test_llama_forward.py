@@ -89,3 +89,21 @@ def test_another_architecture_is_refused_by_name(fp32):
             LlamaDecodeStep(model)
     finally:
         config.model_type = saved
+
+
+def test_an_idle_cache_frees_storage_a_long_request_grew():
+    from corea_engine.runtime.kv_cache import _KEEP_COLUMNS, SlotKVCache
+
+    cache = SlotKVCache(1, 1, 2, max_slots=4, max_len=4 * _KEEP_COLUMNS, dtype=torch.float32, device=torch.device("cpu"))
+    kv = [(torch.ones(1, 1, 3 * _KEEP_COLUMNS, 2), torch.ones(1, 1, 3 * _KEEP_COLUMNS, 2))]
+    short, long_ = cache.admit(kv, 0, torch.arange(8)), cache.admit(kv, 0, torch.arange(2 * _KEEP_COLUMNS))
+    assert cache.capacity >= 2 * _KEEP_COLUMNS and cache.slots == 2
+    cache.retire(long_)
+    assert cache.capacity >= 2 * _KEEP_COLUMNS  # a live slot keeps the storage
+    cache.retire(short)
+    assert cache.keys is None and cache.capacity == 0  # idle: the long request's columns are freed
+    cache.admit(kv, 0, torch.arange(8))
+    cache.clear()
+    assert 0 < cache.capacity <= _KEEP_COLUMNS  # a typical width is kept for reuse
+    cache.admit(kv, 0, torch.arange(8))
+    assert cache.lengths == [8] and torch.equal(cache.keys[0, 0, :, :8], torch.ones(1, 8, 2))

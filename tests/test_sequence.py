@@ -86,6 +86,28 @@ def test_held_back_text_is_streamed_once_it_cannot_be_a_stop(tokenizer):
     assert not any(d.endswith(" four") for d in deltas[:-1])  # " four" waited for the next token
 
 
+@pytest.mark.parametrize("end", ["eos", "engine"])
+def test_held_back_text_is_streamed_when_the_request_ends_without_a_stop_string(tokenizer, end):
+    # " four" may start "four five": held back while running, it is part of the answer once the
+    # request ends on end-of-sequence (the executors' stops_on path) or on the engine's own finish.
+    ids = tokenizer.encode(" one two four", add_special_tokens=False)
+    seq = Sequence(Request(prompt="p", sampling=SamplingParams(max_new_tokens=16, stop=("four five",))), [0],
+                   tokenizer, eos_token_ids=(tokenizer.eos_token_id,))
+    for token in ids:
+        seq.step(token)
+    assert seq.text[seq.streamed:] == "four"  # the stop's possible start waited
+    if end == "eos":
+        assert seq.stops_on(tokenizer.eos_token_id)
+        seq.finish("stop", matched_stop=tokenizer.eos_token_id)
+    else:
+        seq.finish("stop")
+    events = events_of(seq)
+    streamed = "".join(e.text for e in events if isinstance(e, TokenEvent))
+    assert streamed == seq.result.text == " one two four"
+    assert [e.token_id for e in events if isinstance(e, TokenEvent)] == [*ids, None]  # the flush is no token
+    assert isinstance(events[-1], FinishedEvent) and seq.result.token_ids == ids
+
+
 @pytest.fixture(scope="module")
 def remote(slm_executor):
     worker = worker_server(slm_executor)

@@ -90,18 +90,20 @@ def test_async_stream_and_concurrent_requests(slm_executor):
     executor = executor_over(ReplayEngine(script), slm_executor)
 
     async def consume():
-        kinds = []
+        kinds, tokens = [], []
         async for event in executor.submit(request_for("json")):
             kinds.append(type(event))
+            if isinstance(event, TokenEvent) and event.token_id is not None:  # None: the probe's suffix
+                tokens.append(event.token_id)
         results = await asyncio.gather(*(executor.generate_async(request_for("json")) for _ in range(4)))
-        return kinds, results
+        return kinds, tokens, results
 
     try:
-        kinds, results = asyncio.run(consume())
+        kinds, tokens, results = asyncio.run(consume())
     finally:
         executor.close()
     assert kinds[-1] is FinishedEvent and kinds.count(ConfidenceEvent) == 1
-    assert kinds.count(TokenEvent) == len(want.token_ids)
+    assert tokens == want.token_ids
     assert all(r.text == want.text and r.finish_reason == "confidence" for r in results)
     rids = [call["rid"] for call in executor.engine.calls]
     assert len(set(rids)) == 5  # one SGLang rid per request

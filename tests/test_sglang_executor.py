@@ -29,13 +29,13 @@ from sglang_helpers import (
 from corea_engine.cascade import check_contract
 from corea_engine.contract import FORMATS
 from corea_engine.runtime.executor import ConfidenceEvent, FinishedEvent, Request, SamplingParams, TokenEvent
+from corea_engine.runtime.probe import ConfidenceProbe
 from corea_engine.runtime.sglang_executor import ChunkDecoder
 from corea_engine.runtime.sglang_protocol import (
     DEVICE_CONFIDENCE_KEY,
     PARAM_SCALE_IDS,
     PARAM_SCALE_VALUES,
     confidence_stop_regex,
-    stats_from_token_logprobs,
 )
 from corea_kernels import confidence_stats_reference
 
@@ -86,10 +86,12 @@ def test_decoded_results_match_the_torch_executor(slm_executor, name):
     # Events: one TokenEvent per token, the ConfidenceEvent right after the symbol's token.
     events = drain(seq)
     kinds = [type(e) for e in events]
-    assert kinds.count(TokenEvent) == len(want.token_ids) and kinds.count(ConfidenceEvent) == 1
-    assert kinds.index(ConfidenceEvent) == want.confidence.position + 1
-    streamed = "".join(e.text for e in events if isinstance(e, TokenEvent))
-    assert want.text.startswith(streamed) and want.text == streamed + ("" if fmt.confidence_first else fmt.confidence_suffix)
+    token_events = [e for e in events if isinstance(e, TokenEvent)]
+    assert [e.token_id for e in token_events if e.token_id is not None] == want.token_ids
+    assert kinds.count(ConfidenceEvent) == 1 and kinds.index(ConfidenceEvent) == want.confidence.position + 1
+    # The probe's suffix, forced by the grammar and never sampled, is streamed last, with no token.
+    assert "".join(e.text for e in token_events) == want.text
+    assert (token_events[-1].token_id is None) == (not fmt.confidence_first)
 
 
 def test_compact_logprob_row_gives_the_full_row_statistics_at_every_position(slm_executor):
@@ -97,16 +99,18 @@ def test_compact_logprob_row_gives_the_full_row_statistics_at_every_position(slm
     # term of the compact row must carry it for mass, expected value and entropy to come out right.
     _, logits, masks, entries = recorded(slm_executor, "json")
     fmt = FORMATS_UNDER_TEST["json"]
-    scale_ids = fmt.scale.token_ids(slm_executor.tokenizer)
+    probe = ConfidenceProbe.for_format(fmt, slm_executor.tokenizer)
+    scale_ids = list(probe.token_ids)
     want = confidence_stats_reference(logits, torch.tensor(scale_ids), torch.tensor(fmt.scale.values), masks[:-1])
     masses = []
     for p, row_entries in enumerate(entries):
-        got = stats_from_token_logprobs(row_entries, scale_ids, fmt.scale.values)
-        torch.testing.assert_close(got.probs[0], want.probs[p], atol=2e-6, rtol=1e-4)
-        assert abs(float(got.mass[0]) - float(want.mass[p])) < 2e-5  # fp32 sums of ~50k terms
+        # As the executor reads SGLang's output_token_ids_logprobs row: through the probe.
+        expected, mass, entropy, *probs = probe.record_from_logprobs({t: lp for lp, t, *_ in row_entries})
+        torch.testing.assert_close(torch.tensor(probs), want.probs[p], atol=2e-6, rtol=1e-4)
+        assert abs(mass - float(want.mass[p])) < 2e-5  # fp32 sums of ~50k terms
         if float(want.mass[p]) > 1e-3:
-            assert abs(float(got.expected[0]) - float(want.expected[p])) < 1e-4
-            assert abs(float(got.entropy[0]) - float(want.entropy[p])) < 1e-3
+            assert abs(expected - float(want.expected[p])) < 1e-4
+            assert abs(entropy - float(want.entropy[p])) < 1e-3
         masses.append(float(want.mass[p]))
     assert min(masses) < 1e-3 and max(masses) > 0.99  # both kinds of position were covered
 

@@ -161,3 +161,21 @@ def test_segmented_credit_gives_the_confidence_tokens_their_own_advantage(tmp_pa
             group = part[row // 4]
             expected = (group[row % 4] - group.mean()) / (group.std() + 1e-4)
             assert torch.allclose(tokens, expected.expand_as(tokens), atol=1e-5)
+
+
+def test_the_trl_internals_the_segmented_trainer_relies_on_exist():
+    # SegmentedGRPOTrainer overrides two private GRPOTrainer methods and reads its attributes;
+    # setup.py allows any trl>=0.20, so a TRL that renames them must fail here, not mid-training.
+    import inspect
+
+    from trl import GRPOTrainer
+
+    def params(method):
+        return list(inspect.signature(getattr(GRPOTrainer, method)).parameters)
+
+    assert params("_calculate_rewards") == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert params("_generate_and_score_completions") == ["self", "inputs"]
+    source = inspect.getsource(GRPOTrainer)
+    for name in ("reward_func_names", "reward_weights", "num_generations", "processing_class"):
+        assert f"self.{name}" in source, name
+    assert '"completion_ids"' in source and '"advantages"' in source  # the keys of the method's output

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ..runtime.dtypes import DTYPES
+
 BACKENDS = ("torch", "sglang")
 
 
@@ -37,7 +39,7 @@ def add_model_args(parser, *, prefix: str = "", default_model: str | None = None
     p = f"--{prefix}" if prefix else "--"
     parser.add_argument(f"{p}model", default=default_model, help="model: 'smollm2-135m' (embedded default) or a local folder")
     parser.add_argument(f"{p}device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument(f"{p}dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument(f"{p}dtype", default="float32", choices=DTYPES,
                         help="auto: bfloat16 where the device computes it natively (AVX512-BF16/AMX, CUDA), else "
                              "float32 (bf16 readings vary with the batch: a request alone and batched differ by ~0.02)")
     parser.add_argument(f"{p}backend", default="torch", choices=BACKENDS,

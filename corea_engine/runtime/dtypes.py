@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -53,5 +51,7 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> str:
     if dtype != "auto":
         return dtype
     if str(device).startswith("cuda"):
+        import torch  # here, not at the top: the CLI's parser takes DTYPES without loading torch
+
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if cpu_flags() & set(BF16_CPU_FLAGS) else "float32"

@@ -256,9 +256,11 @@ class TokenLogprobs:
 @dataclass(frozen=True)
 class TokenEvent:
     request_id: str
-    token_id: int
+    # None only for the last event of a request that ends with text still held back: it carries
+    # that text and is no output token.
+    token_id: int | None
     # The newly decoded text: "" until a multi-byte character completes, and text that may start a
-    # stop string waits until it cannot (a request that ends on end-of-sequence has it in Result.text).
+    # stop string waits until it cannot; joined over a request's events it is Result.text.
     text: str
     logprobs: TokenLogprobs | None = None  # when the request asked for any
 

@@ -3,8 +3,9 @@
 Each slot holds one sequence's positions 0..length-1 with no padding, so a row's next token
 goes at column `length` (which is also its RoPE position). Admitting a sequence writes only its
 own slot; retiring one moves the last row's live part into the freed slot (swap-remove), so the
-rest of the batch is never copied. Storage grows by doubling (rows and columns) and is reused
-for the executor's lifetime.
+rest of the batch is never copied. Storage grows by doubling (rows and columns) and is reused;
+once no slot is live, storage wider than _KEEP_COLUMNS is freed, so one long request does not pin
+slots x its length for the executor's lifetime.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 _COLUMN_BLOCK = 128  # columns are reserved in multiples of this
+_KEEP_COLUMNS = 1024  # an idle cache keeps storage up to this width (typical requests reuse it)
 
 
 class SlotKVCache:
@@ -76,7 +78,13 @@ class SlotKVCache:
             self.values[:, slot, :, :n] = self.values[:, last, :, :n]
             self.lengths[slot] = n
         self.lengths.pop()
+        self._release_if_idle()
 
     def clear(self) -> None:
-        """Retire every slot (storage is kept)."""
+        """Retire every slot (storage up to _KEEP_COLUMNS wide is kept)."""
         self.lengths = []
+        self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        if not self.lengths and self.capacity > _KEEP_COLUMNS:
+            self.keys = self.values = None

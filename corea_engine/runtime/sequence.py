@@ -203,8 +203,9 @@ class Sequence:
 
     def finish(self, reason: str, error: str | None = None, *, matched_stop: int | str | None = None,
                usage: tuple[int, int] | None = None) -> Result:
-        """End the request (once; later calls return the first Result) and push its FinishedEvent.
-        usage: (prompt tokens, completion tokens) as an engine counted them, else ours."""
+        """End the request (once; later calls return the first Result) and push its FinishedEvent,
+        after a TokenEvent without a token for text not streamed yet, so the streamed text always
+        joins to Result.text. usage: (prompt tokens, completion tokens) as an engine counted them, else ours."""
         if self.result is not None:
             return self.result
         self.finish_reason = self.finish_reason or reason
@@ -225,5 +226,8 @@ class Sequence:
             token_ids=list(self.generated),
             matched_stop=self.matched_stop,
         )
+        if self.streamed < len(self.text):  # held back as a possible stop's start, or the probe's suffix
+            self.stream.push(TokenEvent(self.request_id, None, self.text[self.streamed:]))
+            self.streamed = len(self.text)
         self.stream.push(FinishedEvent(self.request_id, self.result))
         return self.result

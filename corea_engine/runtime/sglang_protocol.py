@@ -20,7 +20,6 @@ import re
 
 from ..contract import Format
 from .executor import Request
-from .probe import stats_from_logprobs
 
 # Key of the per-token records written by the device-side logit processor (sglang_plugin.py).
 DEVICE_CONFIDENCE_KEY = "corea_confidence"
@@ -73,19 +72,6 @@ def build_sampling_params(request: Request, *, device_confidence_ids: list[int] 
                 PARAM_SCALE_VALUES: list(fmt.scale.values),
             }
     return params
-
-
-def stats_from_token_logprobs(entries, scale_ids: list[int], values) -> object:
-    """ConfidenceStats for one position from SGLang's ``output_token_ids_logprobs[position]``.
-
-    entries: a list of ``(logprob, token_id, text_or_None)`` for the requested ids, in any order;
-    read as the probe reads any engine's log-probabilities (probe.stats_from_logprobs).
-    """
-    by_id = {int(token_id): float(logprob) for logprob, token_id, *_ in entries}
-    missing = [t for t in scale_ids if t not in by_id]
-    if missing:
-        raise ValueError(f"SGLang returned no log-probability for scale token ids {missing}")
-    return stats_from_logprobs([by_id[t] for t in scale_ids], values)
 
 
 def finish_reason_of(meta_info: dict) -> tuple[str | None, str | None]:

@@ -28,6 +28,7 @@ from ..models import load_model
 from ..tokenization import ChatTemplateError, encode_chat
 from .dtypes import check_device, resolve_dtype
 from .executor import (
+    MAX_NEW_TOKENS_LIMIT,
     Executor,
     ExecutorError,
     InvalidRequestError,
@@ -134,7 +135,8 @@ class TorchExecutor(Executor):
             self._step = LlamaDecodeStep(self.model)
         except UnsupportedModelError as err:
             raise ExecutorError(str(err)) from None
-        self._kv = self._step.new_cache(max_batch_size, self.max_positions)
+        # No request needs more columns than its longest prompt plus the largest budget.
+        self._kv = self._step.new_cache(max_batch_size, min(self.max_positions, self.max_prompt_tokens + MAX_NEW_TOKENS_LIMIT))
         self.grammars = GrammarCache.for_tokenizer(self.tokenizer, self.vocab_size)
         self._eos = self._eos_ids()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self._eos)

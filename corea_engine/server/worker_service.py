@@ -104,7 +104,7 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         try:
             async with asyncio.timeout(context.time_remaining()):
                 async for event in stream:
-                    if isinstance(event, TokenEvent):
+                    if isinstance(event, TokenEvent) and event.token_id is not None:  # the wire carries ids
                         rows.append(event)
                         if msg.stream:
                             yield pb.GenerateResponse(request_id=request_id, chunk=pb.GenerateStreamChunk(
