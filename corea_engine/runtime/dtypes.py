@@ -25,9 +25,11 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def check_device(device: str) -> torch.device:
+def check_device(device: str):
     """`device` ('cpu', 'cuda', 'cuda:N') as torch.device; ValueError naming it when it is no such
     device or not present here (this torch without CUDA, an index past the GPUs)."""
+    import torch  # here, not at the top: the CLI's parser takes DTYPES without loading torch
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
