@@ -73,18 +73,26 @@ class TierConfig:
             values[key.strip().replace("-", "_")] = value.strip()
         return tier_from_dict(values, where=f"tier {spec!r}")
 
-    def validate(self, index: int, count: int) -> None:
+    def validate(self, index: int, count: int, shorthand: bool = False) -> None:
+        """ConfigError naming the setting; `shorthand`: this tier was made from the two-tier settings
+        (threshold, slm_*/llm_*), so errors name those."""
         where = f"tier {index} ({self.name!r})"
+
+        def setting(key: str) -> str:
+            if not shorthand:
+                return f"{where} {key}"
+            return key if key == "threshold" else f"{self.name}_{key}"
+
         if not TIER_NAME.fullmatch(self.name or "") or self.name == "total":
             raise ConfigError(f"{where}: name must be letters, digits, '-' or '_' (up to 32), not 'total' "
                               "(the end-to-end series of the metrics)")
         for key, (low, high) in TIER_RANGES.items():
-            _check_number(f"{where} {key}", getattr(self, key), low, high, False, False)
+            _check_number(setting(key), getattr(self, key), low, high, False, False)
         try:  # the executors' own rule (0, or not too close to 0); slm/llm_temperature reach it as tiers
             SamplingParams(temperature=self.temperature).validate()
         except InvalidRequestError as err:
-            raise ConfigError(f"{where} temperature: {err}") from None
-        check_tokenizer(f"{where} tokenizer", self.tokenizer)
+            raise ConfigError(f"{setting('temperature')}: {err}") from None
+        check_tokenizer(setting("tokenizer"), self.tokenizer)
         if self.address and ":" not in self.address:  # else the first call waits out its connect timeout
             raise ConfigError(f"{where}: address must be HOST:PORT, got {self.address!r}")
         if bool(self.address) + bool(self.openai_base_url) > 1:
@@ -197,12 +205,11 @@ class CascadeConfig:
             raise ConfigError("llm_tls_cert_file and llm_tls_key_file go together (a client certificate for mTLS)")
         if self.llm_address and self.llm_openai_base_url:
             raise ConfigError("give llm_address or llm_openai_base_url, not both")
-        check_tokenizer("llm_tokenizer", self.llm_tokenizer)
         if self.tiers is not None:
             self._validate_tiers()
         tiers = self.tier_list()  # the two-tier shorthand is checked as tiers too
         for i, tier in enumerate(tiers):
-            tier.validate(i, len(tiers))
+            tier.validate(i, len(tiers), shorthand=self.tiers is None)
         return self
 
     def _validate_tiers(self) -> None:

@@ -39,7 +39,7 @@ def test_config_file_then_environment(tmp_path):
     ({"COREA_RETRY_BACKOFF_S": "-inf"}, "retry_backoff_s must be a number in [0"),
     ({"COREA_BREAKER_FAILURES": "0"}, "breaker_failures must be an integer in [1"),
     ({"COREA_LLM_TEMPERATURE": "nan"}, "llm_temperature must be a number in [0, 10]"),
-    ({"COREA_SLM_TEMPERATURE": "0.001"}, "tier 0 ('slm') temperature: temperature must be 0 (greedy) or in [0.01"),
+    ({"COREA_SLM_TEMPERATURE": "0.001"}, "slm_temperature: temperature must be 0 (greedy) or in [0.01"),
     ({"COREA_TIERS": '[{"name": "a", "temperature": 10.5}, {"name": "b"}]'}, "tier 0 ('a') temperature must be a number in [0, 10]"),
     ({"COREA_MAX_REASONING_CHARS": "0"}, "max_reasoning_chars must be an integer in [1"),
     ({"COREA_MAX_QUESTION_CHARS": "-5"}, "max_question_chars must be an integer in [1"),
