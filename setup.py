@@ -67,7 +67,9 @@ setup(
         # fastapi + uvicorn: the OpenAI-compatible test server (tests/openai_compat_server.py)
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.3", "hypothesis>=6", "triton>=3.0", "psutil>=5.9", "httpx",
                 "fastapi>=0.110", "uvicorn>=0.29"],
-        "train": ["trl>=0.20", "datasets>=3"],
+        # trl: SegmentedGRPOTrainer overrides private GRPOTrainer methods (checked by
+        # tests/test_train_grpo.py), so only the minor release it was built and tested on.
+        "train": ["trl>=1.16,<1.17", "datasets>=3"],
         # GPU serving (corea_engine/runtime/sglang_executor.py). On a CPU machine use
         # scripts/install_sglang_cpu.sh instead: a plain install replaces torch with a CUDA build.
         "sglang": ["sglang>=0.5,<0.6"],
