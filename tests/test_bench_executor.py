@@ -54,6 +54,9 @@ def test_rows_without_llamacpp(tmp_path):
     for row in rows:
         if row["engine"] == "corea" and row["workload"] == "json contract":
             assert 0 < row["grammar_share"] < 1, row  # xgrammar ran inside the decode steps
+        assert (row["prefill_share"] is not None) == (row["engine"] == "corea"), row
+        if row["engine"] == "corea":
+            assert 0 < row["prefill_share"] < 1, row  # every prompt was prefilled inside the row's time
     assert "| busy neighbour | corea | float32 | json contract | 2 concurrent |" in proc.stdout
 
 

@@ -358,10 +358,12 @@ def test_joiners_of_unlike_lengths_prefill_in_separate_passes(slm_executor, gsm8
     texts = ["What is 2 + 3?", "What is 4 + 5?", long_question]
     assert len(slm_executor._encode(ask(long_question))) - len(slm_executor._encode(ask(texts[0]))) > 64
     solo = [slm_executor.generate(ask(t)) for t in texts]
-    before = slm_executor.stats.prefills
+    before = slm_executor.stats.prefills, slm_executor.stats.prefill_padding
     with slm_executor._lock:  # re-entrant: all three join in one admission
         streams = [slm_executor.submit(ask(t)) for t in texts]
     batched = [s.wait(timeout=300) for s in streams]
-    assert slm_executor.stats.prefills - before == 2
+    short = [len(slm_executor._encode(ask(t))) for t in texts[:2]]
+    assert slm_executor.stats.prefills - before[0] == 2
+    assert slm_executor.stats.prefill_padding - before[1] == max(short) - min(short)  # the long one pads nobody
     for text, a, b in zip(texts, solo, batched):
         assert_same_or_near_tie(slm_executor, ask(text), a, b)

@@ -58,6 +58,7 @@ class StepStats:
     decode_steps: int = 0
     prefills: int = 0
     prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix is not)
+    prefill_padding: int = 0  # padding positions run beside them (rows shorter than their group's longest)
     prefill_s: float = 0.0  # whole prefills: cached-prefix lookups, prompt forward passes, first tokens
     prefix_hits: int = 0  # prefills that reused a cached shared prefix
     prefill_chunks: int = 0  # forward passes over prompt tokens (a long prompt takes several)
@@ -369,6 +370,7 @@ class TorchExecutor(Executor):
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = p + (mask.cumsum(1) - 1).clamp(min=0)
         self.stats.prefill_tokens += sum(len(x) for x in suffixes)
+        self.stats.prefill_padding += n * width - sum(len(x) for x in suffixes)
         kv = None
         if p:
             kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
