@@ -23,7 +23,8 @@ transformers' new tokens, both up to and including the end-of-sequence token; ll
 usage.completion_tokens, which leaves the end-of-sequence token out (one token less for each
 request that stops before the budget). tok/s is a row's tokens over its wall time; "x llama.cpp"
 divides by llama.cpp's single-stream tok/s measured under the same condition. grammar is the
-executor's time in bitmask fill/apply/accept over its decode-step time (StepStats), JSON rows.
+executor's time in bitmask fill/apply/accept over its decode-step time (StepStats), JSON rows;
+prefill is the share of a corea row's wall time spent prefilling joiners (StepStats.prefill_s).
 
 --busy-neighbour runs every row a second time while one other process spins on the CPU (started
 before those rows, not pinned to a core, stopped after them). Results: a table on stdout and the
@@ -65,6 +66,7 @@ class Row:
     tokens: int
     seconds: float
     grammar_share: float | None = None  # corea JSON rows: grammar_s / step_s
+    prefill_share: float | None = None  # corea rows: prefill_s / seconds
     ratio: float | None = None  # tok/s over llama.cpp single stream, same condition
 
     @property
@@ -82,8 +84,9 @@ def count_real(row: list[int], eos: set[int]) -> int:
     return n
 
 
-def run_executor(executor, requests, concurrent: bool) -> tuple[int, float, float | None]:
-    """(completion tokens, wall seconds, grammar share of the decode steps) for `requests`."""
+def run_executor(executor, requests, concurrent: bool) -> tuple[int, float, float | None, float]:
+    """(completion tokens, wall seconds, grammar share of the decode steps, prefill share of the
+    wall time) for `requests`."""
     executor.stats.reset()
     t0 = time.perf_counter()
     if concurrent:
@@ -96,7 +99,7 @@ def run_executor(executor, requests, concurrent: bool) -> tuple[int, float, floa
         raise RuntimeError(f"corea: {len(failed)} request(s) failed: {failed[0].error}")
     stats = executor.stats
     share = stats.grammar_s / stats.step_s if stats.step_s else None
-    return sum(r.completion_tokens for r in results), elapsed, share
+    return sum(r.completion_tokens for r in results), elapsed, share, stats.prefill_s / elapsed
 
 
 def run_hf(model, tokenizer, messages_list, max_new_tokens, compiled_grammar=None) -> tuple[int, float]:
@@ -156,13 +159,15 @@ class Bench:
         self.args.out.parent.mkdir(parents=True, exist_ok=True)
         self.args.out.write_text(json.dumps({**self.meta, "load_average": self.loads, "rows": rows}, indent=2) + "\n")
 
-    def add(self, condition, engine, dtype, workload, mode, requests, tokens, seconds, share=None) -> None:
-        row = Row(condition, engine, dtype, workload, mode, requests, tokens, seconds, share)
+    def add(self, condition, engine, dtype, workload, mode, requests, tokens, seconds, share=None,
+            prefill=None) -> None:
+        row = Row(condition, engine, dtype, workload, mode, requests, tokens, seconds, share, prefill)
         self.rows.append(row)
         self.save()
         grammar = f", grammar {100 * share:.2f}% of a step" if share is not None and workload != "free text" else ""
+        prefilled = f", prefill {100 * prefill:.1f}% of the time" if prefill is not None else ""
         print(f"  {engine:<12} {dtype:<8} {workload:<13} {mode:<15} {tokens:>5} tokens {seconds:7.2f} s "
-              f"{row.tok_s:7.1f} tok/s{grammar}", flush=True)
+              f"{row.tok_s:7.1f} tok/s{grammar}{prefilled}", flush=True)
 
     def llamacpp(self, server, condition: str) -> None:
         from corea_engine.models import resolve_model
@@ -199,11 +204,11 @@ class Bench:
             for c in levels:
                 run_executor(executor, requests("free text", None, c, budget=2), concurrent=True)
             for label, contract in self.workloads:
-                tokens, seconds, share = run_executor(executor, requests(label, contract, n), concurrent=False)
-                self.add(condition, "corea", dtype, label, "single stream", n, tokens, seconds, share)
+                tokens, seconds, share, prefill = run_executor(executor, requests(label, contract, n), concurrent=False)
+                self.add(condition, "corea", dtype, label, "single stream", n, tokens, seconds, share, prefill)
                 for c in levels:
-                    tokens, seconds, share = run_executor(executor, requests(label, contract, c), concurrent=True)
-                    self.add(condition, "corea", dtype, label, f"{c} concurrent", c, tokens, seconds, share)
+                    tokens, seconds, share, prefill = run_executor(executor, requests(label, contract, c), concurrent=True)
+                    self.add(condition, "corea", dtype, label, f"{c} concurrent", c, tokens, seconds, share, prefill)
         finally:
             executor.close()
 
@@ -234,14 +239,16 @@ class Bench:
 
 
 def print_table(bench: Bench) -> None:
-    head = ("condition", "engine", "dtype", "workload", "mode", "tokens", "seconds", "tok/s", "x llama.cpp", "grammar")
+    head = ("condition", "engine", "dtype", "workload", "mode", "tokens", "seconds", "tok/s", "x llama.cpp", "grammar",
+            "prefill")
     print("\n| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for r in bench.rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         grammar = f"{100 * r.grammar_share:.2f}%" if r.grammar_share is not None and r.workload != "free text" else "-"
+        prefill = f"{100 * r.prefill_share:.1f}%" if r.prefill_share is not None else "-"
         print(f"| {r.condition} | {r.engine} | {r.dtype} | {r.workload} | {r.mode} | {r.tokens} | "
-              f"{r.seconds:.2f} | {r.tok_s:.1f} | {ratio} | {grammar} |")
+              f"{r.seconds:.2f} | {r.tok_s:.1f} | {ratio} | {grammar} | {prefill} |")
     print(f"\nGoals: {GOALS}.")
     for condition in dict.fromkeys(r.condition for r in bench.rows):
         for dtype in bench.args.dtypes:

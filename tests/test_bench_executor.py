@@ -54,6 +54,9 @@ def test_rows_without_llamacpp(tmp_path):
     for row in rows:
         if row["engine"] == "corea" and row["workload"] == "json contract":
             assert 0 < row["grammar_share"] < 1, row  # xgrammar ran inside the decode steps
+        assert (row["prefill_share"] is not None) == (row["engine"] == "corea"), row
+        if row["engine"] == "corea":
+            assert 0 < row["prefill_share"] < 1, row  # every prompt was prefilled inside the row's time
     assert "| busy neighbour | corea | float32 | json contract | 2 concurrent |" in proc.stdout
 
 
@@ -95,3 +98,23 @@ def test_rows_beside_llamacpp(tmp_path):
     assert peer[0]["ratio"] == pytest.approx(1.0)
     for row in rows:
         assert row["ratio"] == pytest.approx(row["tok_s"] / peer[0]["tok_s"])
+
+
+def test_breakdown_prints_a_row_per_workload_and_level():
+    script = ROOT / "benchmarks" / "executor_breakdown.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script), "--dtype", "float32", "--concurrency", "1,2",
+                           "--max-new-tokens", "3", "--cprofile", "5"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| free text") or
+            line.startswith("| json contract")]
+    assert [(r[0].lstrip("| "), r[1]) for r in rows] == [("free text", "1"), ("free text", "2"),
+                                                        ("json contract", "1"), ("json contract", "2")]
+    for row in rows:
+        assert float(row[2]) > 0 and int(row[6]) >= 1, row  # tokens came out of decode steps
+        assert row[5].split(" + ")[0] != "0", row  # prompt tokens went through the model
+    assert "tottime" in proc.stdout  # the engine thread's profile
+    bad = subprocess.run([sys.executable, str(script), "--concurrency", "0"], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=ROOT)
+    assert bad.returncode == 2 and "--concurrency" in bad.stderr

@@ -49,6 +49,21 @@ def test_detokenizer_equals_a_full_decode_on_the_recorded_generations(tokenizer)
         assert not any("\ufffd" in d for d in deltas), key
 
 
+def test_detokenizer_decodes_as_the_tokenizer_does_with_and_without_space_clean_up(tokenizer):
+    """The backend shortcut is taken only where the tokenizer would not clean up spaces; a tokenizer
+    that would goes through its own decode. Both equal a full decode."""
+    import copy
+
+    cleaning = copy.deepcopy(tokenizer)
+    cleaning.clean_up_tokenization_spaces = True
+    for tok, shortcut in ((tokenizer, True), (cleaning, False)):
+        detok = Detokenizer(tok)
+        assert (detok._backend_decode is not None) == shortcut
+        for key, ids in list(REFERENCE.items())[:5]:
+            detok = Detokenizer(tok)
+            assert "".join(detok.add(t) for t in ids) == tok.decode(ids, skip_special_tokens=True), key
+
+
 def test_detokenizer_holds_back_half_characters(tokenizer):
     ids = tokenizer.encode(HARD_TEXT, add_special_tokens=False)
     assert any(tokenizer.decode([t]).endswith("\ufffd") for t in ids)  # the text does split characters

@@ -268,10 +268,14 @@ def wait_for(condition, limit_s=300.0):
 
 
 @pytest.mark.parametrize("words", [900, 1400])
-def test_abort_during_prefill_stops_the_prompt_within_a_chunk(slm_executor, gsm8k_questions, words):
+def test_abort_during_prefill_stops_the_prompt_within_a_chunk(slm_executor, gsm8k_questions, words, monkeypatch):
     """An abort that lands while a long prompt is being prefilled is not lost: it is refused no
     more, the prompt stops after the chunk in flight, and a prompt prefilled beside it goes on."""
     from corea_engine.runtime import torch_executor
+
+    # Prompts of unlike lengths are prefilled in separate passes; a pass that costs this much
+    # keeps the two in one, so the aborted row leaves a pass the other row goes on in.
+    monkeypatch.setattr(torch_executor, "PREFILL_PASS_COST_TOKENS", 1 << 20)
 
     text = " ".join(LONG_TEXT.split()[:words])
     victim = Request(messages=[{"role": "user", "content": text}], sampling=SamplingParams(max_new_tokens=50))
@@ -314,3 +318,52 @@ def test_contract_output_in_any_script_ends_within_the_budget(slm_executor):
     tok = slm_executor.tokenizer
     ratios = [len(tok.encode(p.reasoning, add_special_tokens=False)) / max(len(p.reasoning), 1) for p in parsed]
     assert max(ratios) > 1.0, ratios  # some reasoning cost more than a token a character
+
+
+def test_prefill_groups_minimise_padded_columns_plus_passes():
+    """Joiners are split into prefill passes by prompt length: each index once, each group a run
+    of neighbours by length, and no split of the sorted lengths costs less (brute force)."""
+    import itertools
+    import random
+
+    from corea_engine.runtime.torch_executor import length_buckets
+
+    def cost(lengths, groups, pass_cost):
+        return sum(len(g) * max(lengths[i] for i in g) + pass_cost for g in groups)
+
+    assert length_buckets([], 32) == []
+    assert length_buckets([90, 90, 90], 32) == [[0, 1, 2]]  # nothing to pad: one pass
+    assert length_buckets([60, 500, 58], 32) == [[2, 0], [1]]  # the long prompt pads nobody
+    rng = random.Random(7)
+    for _ in range(200):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 8))]
+        pass_cost = rng.choice([0, 32, 1000])
+        groups = length_buckets(lengths, pass_cost)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        flat = [lengths[i] for g in groups for i in g]
+        assert flat == sorted(lengths)
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        best = min(cost(lengths, [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], pass_cost)
+                   for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k))
+        assert cost(lengths, groups, pass_cost) == best
+
+
+def test_joiners_of_unlike_lengths_prefill_in_separate_passes(slm_executor, gsm8k_questions):
+    """Two short prompts and a long one joining together: two prefill passes (the short ones are
+    not padded to the long one), and every request decodes its solo tokens."""
+    def ask(text):
+        return Request(messages=[{"role": "user", "content": text}], sampling=SamplingParams(max_new_tokens=6))
+
+    long_question = max(gsm8k_questions, key=len)
+    texts = ["What is 2 + 3?", "What is 4 + 5?", long_question]
+    assert len(slm_executor._encode(ask(long_question))) - len(slm_executor._encode(ask(texts[0]))) > 64
+    solo = [slm_executor.generate(ask(t)) for t in texts]
+    before = slm_executor.stats.prefills, slm_executor.stats.prefill_padding
+    with slm_executor._lock:  # re-entrant: all three join in one admission
+        streams = [slm_executor.submit(ask(t)) for t in texts]
+    batched = [s.wait(timeout=300) for s in streams]
+    short = [len(slm_executor._encode(ask(t))) for t in texts[:2]]
+    assert slm_executor.stats.prefills - before[0] == 2
+    assert slm_executor.stats.prefill_padding - before[1] == max(short) - min(short)  # the long one pads nobody
+    for text, a, b in zip(texts, solo, batched):
+        assert_same_or_near_tie(slm_executor, ask(text), a, b)

@@ -21,7 +21,9 @@ import itertools
 import math
 import queue
 import threading
+import weakref
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..contract import Format, UnknownFormatError, get_format
@@ -285,6 +287,49 @@ _consumer_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = conte
     "corea_consumer_loop", default=None)
 
 
+class _Mailbox:
+    """Events bound for one event loop's streams, handed over in one wake-up of the loop: an
+    engine step pushes a token for every row, and the loop takes them all at once instead of
+    being woken (and taking the GIL) once per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: deque = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, target: asyncio.Queue, event: Event) -> None:
+        self._items.append((target, event))
+        with self._lock:
+            if self._scheduled:  # a drain is pending and will see this event
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the consumer's loop is gone; nobody is listening
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:  # first: an event posted from here on schedules another drain
+            self._scheduled = False
+        items = self._items
+        while items:
+            target, event = items.popleft()
+            target.put_nowait(event)
+
+
+_mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
+_mailboxes_lock = threading.Lock()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    with _mailboxes_lock:
+        box = _mailboxes.get(loop)
+        if box is None:
+            box = _mailboxes[loop] = _Mailbox(loop)
+        return box
+
+
 class RequestStream:
     """Events of one request, in order, ending with a FinishedEvent.
 
@@ -300,19 +345,17 @@ class RequestStream:
             self._loop = _consumer_loop.get()
         # asyncio.Queue binds to a loop on first use, so one made in submit_async's thread is fine.
         self._queue: asyncio.Queue | queue.SimpleQueue = asyncio.Queue() if self._loop else queue.SimpleQueue()
+        self._mailbox = _mailbox(self._loop) if self._loop else None
         self._done = threading.Event()
         self.result: Result | None = None
 
     def push(self, event: Event) -> None:
         if isinstance(event, FinishedEvent):
             self.result = event.result
-        if self._loop is None:
+        if self._mailbox is None:
             self._queue.put(event)
         else:
-            try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-            except RuntimeError:  # the consumer's loop is gone; nobody is listening
-                pass
+            self._mailbox.post(self._queue, event)
         if isinstance(event, FinishedEvent):
             self._done.set()
 

@@ -64,8 +64,15 @@ class Detokenizer:
         self.ids: list[int] = []
         self._prefix = 0  # the window's context starts here ...
         self._read = 0  # ... and its text has been emitted up to here
+        # A fast tokenizer's decode is its Rust backend's plus an optional clean-up of spaces; without
+        # the clean-up the backend gives the same text for ~0.7 us a call instead of ~4.4 (two calls a token).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend_decode = backend.decode if backend is not None and \
+            getattr(tokenizer, "clean_up_tokenization_spaces", None) is False else None
 
     def _decode(self, ids: list[int]) -> str:
+        if self._backend_decode is not None:
+            return self._backend_decode(ids, skip_special_tokens=self.skip_special_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     def add(self, token: int) -> str:

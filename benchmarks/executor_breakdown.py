@@ -1,0 +1,98 @@
+"""Where the TorchExecutor's time goes at c concurrent requests: prefill, the decode step's forward,
+and the per-step work around it (StepStats).
+
+    python benchmarks/executor_breakdown.py [--dtype bfloat16] [--concurrency 8,32] [--threads 1]
+        [--max-new-tokens 64] [--cprofile 30]
+
+The workload is bench_executor.py's: the first c GSM8K test questions submitted together, greedy,
+free text and the JSON contract (bounded as there). For each it prints wall time; the share spent
+prefilling joiners (prompt tokens, padding positions run beside them, forward passes); decode steps
+and the ms of one step: its forward, and the rest (grammar: bitmask fill/apply/accept and each row's
+Sequence.step; confidence: the probe; sample: argmax or sampling; these three also count the first
+token of each prefill pass, so "forward" = step minus them is a slight underestimate). --cprofile N
+profiles the engine thread over the measured runs and prints its N most expensive functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--concurrency", default="8,32", help="comma-separated concurrent requests")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--cprofile", type=int, default=0, help="print the engine thread's N top functions")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    if not levels or min(levels) < 1 or args.max_new_tokens < 1:
+        parser.error("--concurrency needs counts >= 1 and --max-new-tokens must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    from corea_engine.contract import build_messages, get_format
+    from corea_engine.evaluation.datasets import load_gsm8k
+    from corea_engine.runtime import Request, SamplingParams
+    from corea_engine.runtime import torch_executor
+
+    profile = cProfile.Profile() if args.cprofile else None
+    engine_loop = torch_executor.TorchExecutor._engine_loop
+
+    def profiled_loop(self):  # the engine thread's own profile: cProfile follows one thread
+        profile.enable()
+        try:
+            engine_loop(self)
+        finally:
+            profile.disable()
+
+    if profile is not None:
+        torch_executor.TorchExecutor._engine_loop = profiled_loop
+    fmt = get_format("json").bounded(max_reasoning_chars=200, max_answer_chars=24)
+    questions = [e.question for e in load_gsm8k("test", limit=max(levels))]
+    executor = torch_executor.TorchExecutor(dtype=args.dtype, max_batch_size=max(levels), threads=args.threads)
+
+    def run(count, contract, budget):
+        requests = [Request(messages=build_messages(q, contract), contract=contract,
+                            sampling=SamplingParams(max_new_tokens=budget), stop_at_confidence=False)
+                    for q in questions[:count]]
+        executor.stats.reset()
+        t0 = time.perf_counter()
+        results = [s.wait() for s in [executor.submit(r) for r in requests]]
+        return sum(r.completion_tokens for r in results), time.perf_counter() - t0
+
+    try:
+        for contract in (None, fmt):  # unmeasured: grammar compiled, kernels warm at every batch size
+            for c in levels:
+                run(c, contract, 2)
+        if profile is not None:
+            profile.clear()  # from here on: the measured runs only
+        print(f"{args.dtype}, {args.threads} thread(s), {args.max_new_tokens} new tokens, greedy")
+        print("| workload | c | tok/s | wall s | prefill s (share) | prompt tokens + padding, passes | steps | "
+              "ms/step | forward | grammar + Sequence | confidence | sample |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for label, contract in (("free text", None), ("json contract", fmt)):
+            for c in levels:
+                tokens, wall = run(c, contract, args.max_new_tokens)
+                s = executor.stats
+                steps = max(1, s.decode_steps)
+                around = s.grammar_s + s.confidence_s + s.sample_s  # of the decode steps and the first tokens
+                print(f"| {label} | {c} | {tokens / wall:.1f} | {wall:.2f} | {s.prefill_s:.2f} ({s.prefill_s / wall:.0%}) | "
+                      f"{s.prefill_tokens} + {s.prefill_padding}, {s.prefill_chunks} | {s.decode_steps} | "
+                      f"{1e3 * s.step_s / steps:.1f} | {1e3 * (s.step_s - around) / steps:.1f} | "
+                      f"{1e3 * s.grammar_s / steps:.2f} | {1e3 * s.confidence_s / steps:.2f} | "
+                      f"{1e3 * s.sample_s / steps:.2f} |", flush=True)
+    finally:
+        executor.close()
+    if profile is not None:
+        print()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(args.cprofile)
+
+
+if __name__ == "__main__":
+    main()
