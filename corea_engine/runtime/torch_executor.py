@@ -26,7 +26,7 @@ import torch
 from ..contract import GrammarCache
 from ..models import load_model
 from ..tokenization import ChatTemplateError, encode_chat
-from .dtypes import check_device, resolve_dtype
+from .dtypes import check_device, check_quantization, resolve_dtype
 from .executor import (
     MAX_NEW_TOKENS_LIMIT,
     Executor,
@@ -86,7 +86,8 @@ class TorchExecutor(Executor):
     pass an already loaded `model_and_tokenizer` pair. dtype: "float32" (the reference
     numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
-    is `self.dtype`. threads: torch intra-op threads for CPU (set
+    is `self.dtype`. quantization: "none" or "int8wo" (weight-only int8 decode step; bfloat16 on
+    CPU only, see dtypes.check_quantization), `self.quantization`. threads: torch intra-op threads for CPU (set
     deliberately: oversubscribing two cores costs up to 10x). prefix_cache: compute a contract's
     shared system prompt once and reuse its KV (False prefills every prompt whole). Raises
     ExecutorError for a model architecture the decode step does not run (llama_forward.py).
@@ -104,6 +105,7 @@ class TorchExecutor(Executor):
         threads: int | None = None,
         model_and_tokenizer: tuple | None = None,
         prefix_cache: bool = True,
+        quantization: str = "none",
     ):
         if threads is not None:
             torch.set_num_threads(threads)
@@ -114,6 +116,7 @@ class TorchExecutor(Executor):
         else:
             try:
                 check_device(device)  # a clear error before any weights load
+                check_quantization(quantization, resolve_dtype(dtype, device), device)
             except ValueError as err:
                 raise ExecutorError(str(err)) from None
             dtype = resolve_dtype(dtype, device)
@@ -121,8 +124,12 @@ class TorchExecutor(Executor):
             self.model_name, self.model_path = source.name, source.path  # the folder: tokenizer files
         self.device = next(self.model.parameters()).device
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        log.info("torch executor: %s on %s in %s, %d threads", self.model_name, self.device, self.dtype,
-                 torch.get_num_threads())
+        try:
+            self.quantization = check_quantization(quantization, self.dtype, str(self.device))
+        except ValueError as err:
+            raise ExecutorError(str(err)) from None
+        log.info("torch executor: %s on %s in %s%s, %d threads", self.model_name, self.device, self.dtype,
+                 "" if self.quantization == "none" else f", {self.quantization}", torch.get_num_threads())
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         self.max_prompt_chars = max_prompt_chars
@@ -132,7 +139,7 @@ class TorchExecutor(Executor):
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         try:
-            self._step = LlamaDecodeStep(self.model)
+            self._step = LlamaDecodeStep(self.model, self.quantization)
         except UnsupportedModelError as err:
             raise ExecutorError(str(err)) from None
         # No request needs more columns than its longest prompt plus the largest budget.
