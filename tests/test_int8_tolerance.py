@@ -2,10 +2,10 @@
 
 The executor runs at most INT8_MAX_ROWS rows a step, so every step multiplies the int8 weights
 (larger batches take the bf16 copy, which tests/test_bf16_tolerance.py bounds).
-Stated bounds (measured 2026-11-30 on this CPU, batched as below, the same in two runs: 40/40
-first tokens, 13/40 outputs identical, 60% of reference tokens before the first difference on
-average, 11 json readings at fp32's position with the expected confidence within 0.025; a
-step's logits within 0.89 of fp32):
+Stated bounds (measured 2026-11-30 on this CPU, batched as below: 40/40 first tokens, 18/40
+outputs identical, 72% of reference tokens before the first difference on average, 13 json
+readings at fp32's position with the expected confidence within 0.020; a step's logits within
+0.57 of fp32. With the lm_head in int8 too: 13/40, 60%, 11 readings within 0.025, logits 0.89):
   - greedy, the 20-question set (free text + json contract, tests/data/greedy_reference.json):
     every first token equal, >= MIN_IDENTICAL of 40 outputs identical, >= MIN_PREFIX of reference
     tokens before the first difference on average;
@@ -33,9 +33,9 @@ from tests.test_llama_forward import PROMPTS, _reference
 from tests.tools.record_greedy_reference import cases
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "greedy_reference.json").read_text())["outputs"]
-MIN_IDENTICAL, MIN_PREFIX, MIN_READINGS = 9, 0.5, 8
-LOGIT_TOLERANCE = 1.3
-READING_TOLERANCE = 0.08
+MIN_IDENTICAL, MIN_PREFIX, MIN_READINGS = 13, 0.6, 10
+LOGIT_TOLERANCE = 0.9
+READING_TOLERANCE = 0.06
 
 
 @pytest.fixture(scope="module")

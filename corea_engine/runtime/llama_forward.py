@@ -12,8 +12,8 @@ in tests/test_bf16_tolerance.py): q, k and v as one matmul, gate and up as one, 
 on q and k together, GQA by packing a KV head's queries; on CPU the matmuls are oneDNN's over
 weights reordered once. quantization="int8wo" (weight-only int8, bf16 activations) also stores
 every linear as symmetric per-output-channel int8 and multiplies with torch._weight_int8pack_mm
-for small batches, where a step is bound by reading the weights (bounds in
-tests/test_int8_tolerance.py). These weights are copies, so a step built before the model's
+for small batches, where a step is bound by reading the weights; the lm_head stays bf16
+(bounds in tests/test_int8_tolerance.py). These weights are copies, so a step built before the model's
 weights change in place does not see the change.
 """
 
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from .kv_cache import SlotKVCache
 
-# int8 weights below this many rows a step, packed bf16 at and above it: measured 2026-11-30
-# (whole step, 1 thread, SmolLM2-135M) int8 is faster at batch 1-INT8_MAX_ROWS, bf16 above.
+# int8wo multiplies the int8 weights up to this many rows a step and the bf16 copy above it.
+# Measured 2026-11-30 (whole step, 1 thread, SmolLM2-135M, 100-token context, load ~3.5): int8
+# 10-25% faster than bf16 at batch 1-4, even at 8, slower at 16 (73 vs 55 ms).
 INT8_MAX_ROWS = 4
 
 SUPPORTED = ("llama",)  # same block as SmolLM2: RMSNorm, RoPE, GQA, SiLU-gated MLP
@@ -88,7 +89,9 @@ class LlamaDecodeStep:
         self.intermediate_size = config.intermediate_size
         self.embed = decoder.embed_tokens.weight
         self.norm = (decoder.norm.weight, decoder.norm.variance_epsilon)
-        self.lm_head = linear(model.lm_head)
+        # The lm_head stays bf16 under int8wo: int8 did not make the step faster (measured:
+        # within noise at batch 1-4), and the logits, which the probe reads, stay closer to fp32.
+        self.lm_head = linear(model.lm_head) if self.reference else _fused((model.lm_head,), self.packed, "none")
         self.inv_freq = decoder.rotary_emb.inv_freq
         self.rope_scaling = decoder.rotary_emb.attention_scaling
         self._cos = self._sin = None
