@@ -12,7 +12,8 @@ readings at fp32's position with the expected confidence within 0.020; a step's 
   - one decode step: logits within LOGIT_TOLERANCE of fp32, same top-1 token;
   - the probe: where a json answer reaches its confidence at the same position as fp32 (at
     least MIN_READINGS of 20), the expected confidence within READING_TOLERANCE of fp32's.
-A broken quantization (a wrong scale, a transposed weight) fails the first-token check outright.
+A broken quantization fails (measured: every scale 10% off moves the logits 1.8-2.1 from fp32;
+output channels shifted by one row change the top-1 token).
 """
 
 from __future__ import annotations
