@@ -60,6 +60,13 @@ def test_int8wo_needs_bf16_activations_on_the_cpu():
     assert "Traceback" not in out.stderr
 
 
+def test_the_start_up_line_names_the_quantization(int8_executor, slm_executor):
+    from corea_engine.commands.common import runtime_of
+
+    assert runtime_of(int8_executor) == "cpu, bfloat16, int8wo"
+    assert runtime_of(slm_executor) == "cpu, float32"
+
+
 def test_quantize_int8_is_symmetric_per_output_channel():
     weight = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.5, -0.75]], dtype=torch.bfloat16)
     qweight, scales = quantize_int8(weight)
