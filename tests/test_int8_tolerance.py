@@ -28,6 +28,7 @@ import torch
 
 from corea_engine.evaluation.datasets import load_gsm8k
 from corea_engine.runtime.dtypes import check_quantization
+from corea_engine.runtime.executor import ExecutorError
 from corea_engine.runtime.llama_forward import INT8_MAX_ROWS, quantize_int8
 from corea_engine.runtime.torch_executor import TorchExecutor
 from tests.test_llama_forward import PROMPTS, _reference
@@ -46,8 +47,10 @@ def int8_executor():
     executor.close()
 
 
-def test_int8wo_needs_bf16_activations_on_the_cpu():
+def test_int8wo_needs_bf16_activations_on_the_cpu(slm_executor):
     assert check_quantization("int8wo", "bfloat16", "cpu") == "int8wo"
+    with pytest.raises(ExecutorError, match="int8wo runs on bfloat16 activations, not float32"):
+        TorchExecutor(model_and_tokenizer=(slm_executor.model, slm_executor.tokenizer), quantization="int8wo")
     with pytest.raises(ValueError, match="bfloat16 activations, not float32"):
         check_quantization("int8wo", "float32")
     with pytest.raises(ValueError, match="on the CPU, not cuda"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dtypes import check_quantization
 from .kv_cache import SlotKVCache
 
 # int8wo multiplies the int8 weights up to this many rows a step and the bf16 copy above it.
@@ -40,8 +41,8 @@ class LlamaDecodeStep:
     """Callable: (tokens [B] long, cache) -> logits [B, vocab] float32; rows are slots 0..B-1.
 
     Writes each row's new key/value at column cache.lengths[i] and advances the lengths.
-    quantization: "none" or "int8wo" (bfloat16 models only; dtypes.check_quantization is the rule).
-    Raises UnsupportedModelError at construction for another architecture or RoPE type.
+    quantization: "none" or "int8wo". Raises UnsupportedModelError at construction for another
+    architecture or RoPE type, ValueError for a quantization dtypes.check_quantization refuses.
     """
 
     def __init__(self, model, quantization: str = "none"):
@@ -55,19 +56,20 @@ class LlamaDecodeStep:
             raise UnsupportedModelError(f"the decode step runs SiLU MLPs, not {config.hidden_act!r}")
         decoder = model.model
         self.dtype = decoder.embed_tokens.weight.dtype
-        self.quantization = quantization
-        if quantization == "int8wo" and self.dtype != torch.bfloat16:
-            raise ValueError(f"int8wo runs on bfloat16 activations, not {self.dtype}")
+        self.quantization = check_quantization(quantization, str(self.dtype).removeprefix("torch."),
+                                               str(decoder.embed_tokens.weight.device))
         # float32 is the reference: op for op as transformers, F.linear (its kernel), unfused.
         self.reference = self.dtype == torch.float32 and quantization == "none"
         # bf16 on CPU: oneDNN matmuls over weights reordered once run about twice as fast as
         # F.linear's bf16 path here.
         self.packed = self.dtype == torch.bfloat16 and decoder.embed_tokens.weight.device.type == "cpu" \
             and _packed_linear_available()
-        if self.reference:
-            linear = lambda *modules: _Linear(modules[0].weight, modules[0].bias)  # noqa: E731
-        else:
-            linear = lambda *modules: _fused(modules, self.packed, quantization)  # noqa: E731
+
+        def linear(*modules):
+            if self.reference:
+                return _Linear(modules[0].weight, modules[0].bias)
+            return _fused(modules, self.packed, quantization)
+
         self.layers = []
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -86,7 +88,6 @@ class LlamaDecodeStep:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
         self.embed = decoder.embed_tokens.weight
         self.norm = (decoder.norm.weight, decoder.norm.variance_epsilon)
         # The lm_head stays bf16 under int8wo: int8 did not make the step faster (measured:

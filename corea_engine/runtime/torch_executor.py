@@ -36,7 +36,7 @@ from .executor import (
     RequestStream,
     TokenLogprobs,
 )
-from .llama_forward import LlamaDecodeStep, UnsupportedModelError
+from .llama_forward import LlamaDecodeStep
 from .probe import read_logits, resolve
 from .sequence import Sequence, encode_prompt
 
@@ -87,10 +87,11 @@ class TorchExecutor(Executor):
     numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
     is `self.dtype`. quantization: "none" or "int8wo" (weight-only int8 decode step; bfloat16 on
-    CPU only, see dtypes.check_quantization), `self.quantization`. threads: torch intra-op threads for CPU (set
-    deliberately: oversubscribing two cores costs up to 10x). prefix_cache: compute a contract's
-    shared system prompt once and reuse its KV (False prefills every prompt whole). Raises
-    ExecutorError for a model architecture the decode step does not run (llama_forward.py).
+    CPU only, see dtypes.check_quantization), `self.quantization`. threads: torch intra-op
+    threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
+    compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
+    whole). Raises ExecutorError for a model architecture the decode step does not run
+    (llama_forward.py) or a quantization it cannot run with this dtype and device.
     """
 
     def __init__(
@@ -124,10 +125,7 @@ class TorchExecutor(Executor):
             self.model_name, self.model_path = source.name, source.path  # the folder: tokenizer files
         self.device = next(self.model.parameters()).device
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        try:
-            self.quantization = check_quantization(quantization, self.dtype, str(self.device))
-        except ValueError as err:
-            raise ExecutorError(str(err)) from None
+        self.quantization = quantization
         log.info("torch executor: %s on %s in %s%s, %d threads", self.model_name, self.device, self.dtype,
                  "" if self.quantization == "none" else f", {self.quantization}", torch.get_num_threads())
         self.max_batch_size = max_batch_size
@@ -140,7 +138,7 @@ class TorchExecutor(Executor):
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         try:
             self._step = LlamaDecodeStep(self.model, self.quantization)
-        except UnsupportedModelError as err:
+        except ValueError as err:  # UnsupportedModelError, or a quantization this model cannot run
             raise ExecutorError(str(err)) from None
         # No request needs more columns than its longest prompt plus the largest budget.
         self._kv = self._step.new_cache(max_batch_size, min(self.max_positions, self.max_prompt_tokens + MAX_NEW_TOKENS_LIMIT))
