@@ -26,8 +26,8 @@ from .dtypes import check_quantization
 from .kv_cache import SlotKVCache
 
 # int8wo multiplies the int8 weights up to this many rows a step and the bf16 copy above it.
-# Measured 2026-11-30 (whole step, 1 thread, SmolLM2-135M, 100-token context, load ~3.5): int8
-# 10-25% faster than bf16 at batch 1-4, even at 8, slower at 16 (73 vs 55 ms).
+# Measured 2026-11-30 (whole step, 1 thread, SmolLM2-135M, 100-token context, load 3-4): int8
+# 3-21% faster than bf16 at batch 1-4 (4 runs), even at 8, slower at 16 (73 vs 55 ms).
 INT8_MAX_ROWS = 4
 
 SUPPORTED = ("llama",)  # same block as SmolLM2: RMSNorm, RoPE, GQA, SiLU-gated MLP
