@@ -1,7 +1,7 @@
 """Embedded runtime throughput against the engines a user would pick instead, in one run.
 
   python benchmarks/bench_executor.py [--n 8] [--max-new-tokens 64] [--threads 2]
-      [--dtypes float32,bfloat16] [--concurrency 8,32] [--busy-neighbour] [--require-llamacpp]
+      [--dtypes float32,bfloat16,bfloat16+int8wo] [--concurrency 8,32] [--busy-neighbour] [--require-llamacpp]
 
 Every row decodes greedily, on the same GSM8K test prompts (the first --n; a concurrency above
 --n takes the next questions) with the same budget of new tokens, one row after another:
@@ -16,7 +16,8 @@ Every row decodes greedily, on the same GSM8K test prompts (the first --n; a con
                 prompts submitted together: continuous batching); free text and the JSON contract.
   transformers  `generate` on the same weights: single stream (free text), and one static
                 left-padded batch of n (the JSON contract through xgrammar's HF logits processor).
-corea and transformers run in each of --dtypes (llama.cpp's weights are the GGUF's).
+corea and transformers run in each of --dtypes (llama.cpp's weights are the GGUF's); a dtype
+with "+int8wo" runs corea alone, with weight-only int8 (TorchExecutor(quantization="int8wo")).
 
 Tokens are completion tokens as each engine reports them: corea's Result.completion_tokens and
 transformers' new tokens, both up to and including the end-of-sequence token; llama.cpp's
@@ -186,29 +187,31 @@ class Bench:
                 print(f"  note: llama.cpp counted {prompt_tokens} prompt tokens where corea has {ours}")
             self.add(condition, "llama.cpp", "Q4_1", "free text", mode, n, tokens, seconds)
 
-    def corea(self, dtype: str, condition: str) -> None:
+    def corea(self, label: str, condition: str) -> None:
         from corea_engine.runtime import Request, SamplingParams
         from corea_engine.runtime.torch_executor import TorchExecutor
 
         n, levels = self.args.n, self.args.concurrency
 
-        def requests(label, contract, count, budget=self.budget):
+        def requests(workload, contract, count, budget=self.budget):
             return [Request(messages=m, contract=contract, sampling=SamplingParams(max_new_tokens=budget),
-                            stop_at_confidence=False) for m in self.messages[label][:count]]
+                            stop_at_confidence=False) for m in self.messages[workload][:count]]
 
-        executor = TorchExecutor(dtype=dtype, max_batch_size=max([n, *levels]), threads=self.args.threads or None)
+        dtype, _, quantization = label.partition("+")
+        executor = TorchExecutor(dtype=dtype, quantization=quantization or "none", max_batch_size=max([n, *levels]),
+                                 threads=self.args.threads or None)
         try:
             # Unmeasured: compile the grammar, warm allocator and kernels at every batch size used.
-            for label, contract in self.workloads:
-                executor.generate(requests(label, contract, 1, budget=4)[0])
+            for workload, contract in self.workloads:
+                executor.generate(requests(workload, contract, 1, budget=4)[0])
             for c in levels:
                 run_executor(executor, requests("free text", None, c, budget=2), concurrent=True)
-            for label, contract in self.workloads:
-                tokens, seconds, share, prefill = run_executor(executor, requests(label, contract, n), concurrent=False)
-                self.add(condition, "corea", dtype, label, "single stream", n, tokens, seconds, share, prefill)
+            for workload, contract in self.workloads:
+                tokens, seconds, share, prefill = run_executor(executor, requests(workload, contract, n), concurrent=False)
+                self.add(condition, "corea", label, workload, "single stream", n, tokens, seconds, share, prefill)
                 for c in levels:
-                    tokens, seconds, share, prefill = run_executor(executor, requests(label, contract, c), concurrent=True)
-                    self.add(condition, "corea", dtype, label, f"{c} concurrent", c, tokens, seconds, share, prefill)
+                    tokens, seconds, share, prefill = run_executor(executor, requests(workload, contract, c), concurrent=True)
+                    self.add(condition, "corea", label, workload, f"{c} concurrent", c, tokens, seconds, share, prefill)
         finally:
             executor.close()
 
@@ -287,7 +290,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch and llama.cpp threads (0: the executor's own choice, llama.cpp gets torch's count)")
     parser.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv(str), default=["float32", "bfloat16"],
-                        help="comma-separated torch dtypes for corea and transformers")
+                        help="comma-separated torch dtypes for corea and transformers; "
+                             "DTYPE+int8wo: corea with weight-only int8")
     parser.add_argument("--concurrency", type=csv(int), default=[8, 32], help="corea's concurrent rows")
     parser.add_argument("--busy-neighbour", action="store_true", help="also run every row beside one spinning process")
     parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV,
@@ -299,9 +303,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.n < 1 or args.max_new_tokens < 1 or not args.dtypes or any(c < 1 for c in args.concurrency):
         parser.error("--n, --max-new-tokens and every --concurrency must be >= 1; --dtypes must name one")
-    for dtype in args.dtypes:
+    from corea_engine.runtime.dtypes import check_quantization
+
+    for label in args.dtypes:
+        dtype, plus, quantization = label.partition("+")
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             parser.error(f"--dtypes: {dtype!r} is not a torch dtype")
+        try:
+            check_quantization(quantization if plus else "none", dtype)
+        except ValueError as err:
+            parser.error(f"--dtypes: {label!r}: {err}")
 
     from corea_engine.evaluation.datasets import load_gsm8k
     from corea_engine.models import smollm2_gguf
@@ -338,9 +349,10 @@ def main() -> None:
                 bench.loads[condition] = [load_average()]
                 if server is not None:
                     bench.llamacpp(server, condition)
-                for dtype in args.dtypes:
-                    bench.corea(dtype, condition)
-                    bench.transformers(dtype, condition)
+                for label in args.dtypes:
+                    bench.corea(label, condition)
+                    if "+" not in label:  # transformers runs no int8wo here
+                        bench.transformers(label, condition)
                 bench.loads[condition].append(load_average())
     bench.save()
     print_table(bench)

@@ -29,7 +29,7 @@ def bench(*args, timeout=600):
 
 def test_rows_without_llamacpp(tmp_path):
     out = tmp_path / "figures.json"
-    proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32",
+    proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32,bfloat16+int8wo",
                  "--threads", "1", "--busy-neighbour", "--llamacpp-venv", str(tmp_path / "no-venv"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"llama.cpp rows left out: no llama.cpp venv at {tmp_path / 'no-venv'}" in proc.stdout
@@ -39,15 +39,17 @@ def test_rows_without_llamacpp(tmp_path):
     assert list(figures["load_average"]) == ["baseline", "busy neighbour"]
     rows = figures["rows"]
     # Every row twice: on the machine as it is, then beside one spinning process.
-    assert [r["condition"] for r in rows] == ["baseline"] * 7 + ["busy neighbour"] * 7
-    assert [(r["engine"], r["workload"], r["mode"]) for r in rows] == 2 * [
-        ("corea", "free text", "single stream"), ("corea", "free text", "2 concurrent"),
-        ("corea", "json contract", "single stream"), ("corea", "json contract", "2 concurrent"),
-        ("transformers", "free text", "single stream"), ("transformers", "free text", "static batch 2"),
-        ("transformers", "json contract", "static batch 2"),
+    assert [r["condition"] for r in rows] == ["baseline"] * 11 + ["busy neighbour"] * 11
+    corea = [("free text", "single stream"), ("free text", "2 concurrent"),
+             ("json contract", "single stream"), ("json contract", "2 concurrent")]
+    assert [(r["engine"], r["dtype"], r["workload"], r["mode"]) for r in rows] == 2 * [
+        *(("corea", "float32", *row) for row in corea),
+        ("transformers", "float32", "free text", "single stream"), ("transformers", "float32", "free text", "static batch 2"),
+        ("transformers", "float32", "json contract", "static batch 2"),
+        *(("corea", "bfloat16+int8wo", *row) for row in corea),  # corea alone: transformers has no int8wo here
     ]
     for row in rows:
-        assert row["dtype"] == "float32" and row["requests"] == 2
+        assert row["requests"] == 2
         # Both prompts ran: at least one token each, never past the budget.
         assert 2 <= row["tokens"] <= 2 * BUDGET and row["seconds"] > 0, row
         assert row["ratio"] is None  # nothing to divide by without llama.cpp
@@ -70,6 +72,7 @@ def test_require_llamacpp_refuses_without_its_venv(tmp_path):
 
 def test_bad_options_are_refused(tmp_path):
     for args, needle in [(["--dtypes", "float33"], "'float33' is not a torch dtype"),
+                         (["--dtypes", "float32+int8wo"], "int8wo runs on bfloat16 activations"),
                          (["--concurrency", "0"], "must be >= 1")]:
         proc = bench(*args, "--out", str(tmp_path / "f.json"), timeout=120)
         assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
@@ -84,7 +87,7 @@ def test_rows_beside_llamacpp(tmp_path):
     if missing:
         pytest.skip(missing)
     out = tmp_path / "figures.json"
-    proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32",
+    proc = bench("--n", "2", "--concurrency", "2", "--max-new-tokens", str(BUDGET), "--dtypes", "float32,bfloat16+int8wo",
                  "--threads", "1", "--require-llamacpp", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())

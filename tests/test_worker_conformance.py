@@ -75,6 +75,7 @@ def test_health_model_and_server_info(worker, slm_executor):
     assert server.server_type == "grpc" and server.server_args["max_new_tokens"] == CAP
     assert server.server_args["max_running_requests"] == 16
     assert server.server_args["dtype"] == slm_executor.dtype == "float32"
+    assert server.server_args["quantization"] == slm_executor.quantization == "none"
 
 
 def test_get_tokenizer_bundle_rebuilds_the_tokenizer(worker, slm_executor, tmp_path):

@@ -32,9 +32,11 @@ class BenchSetup:
     model: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    quantization: str = "none"
     llm_model: str | None = None
     llm_device: str = "cpu"
     llm_dtype: str = "float32"
+    llm_quantization: str = "none"
     max_batch_size: int = 16
     threads: int = 1
     client_security: dict = field(default_factory=dict)  # tls, token: reaching a secured --address
@@ -51,8 +53,9 @@ class BenchSetup:
         return cls(levels=levels, questions=questions, options=options, requests=args.requests,
                    seconds=args.seconds, warmup=args.warmup, question_source=args.questions,
                    address=args.address, spawn=args.spawn, spawn_llm_server=args.spawn_llm_server, cpp=args.cpp, cpp_build_dir=args.cpp_build_dir,
-                   model=args.model, device=args.device, dtype=args.dtype, llm_model=args.llm_model,
-                   llm_device=args.llm_device, llm_dtype=args.llm_dtype, max_batch_size=args.max_batch_size,
+                   model=args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
+                   llm_model=args.llm_model, llm_device=args.llm_device, llm_dtype=args.llm_dtype,
+                   llm_quantization=args.llm_quantization, max_batch_size=args.max_batch_size,
                    threads=threads, client_security=client_security or {})
 
     def config(self) -> dict:
@@ -159,8 +162,8 @@ class _InProcessModels:
 
         if self._slm is None:
             s = self.setup
-            self._slm = TorchExecutor(s.model, device=s.device, dtype=s.dtype, max_batch_size=s.max_batch_size,
-                                      threads=s.threads)
+            self._slm = TorchExecutor(s.model, device=s.device, dtype=s.dtype, quantization=s.quantization,
+                                      max_batch_size=s.max_batch_size, threads=s.threads)
         return self._slm
 
     def cascade(self):
@@ -174,7 +177,7 @@ class _InProcessModels:
                 self._llm = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer), max_batch_size=s.max_batch_size)
             else:
                 self._llm = TorchExecutor(s.llm_model, device=s.llm_device, dtype=s.llm_dtype,
-                                          max_batch_size=s.max_batch_size)
+                                          quantization=s.llm_quantization, max_batch_size=s.max_batch_size)
         config = CascadeConfig(contract=s.options.contract, max_reasoning_chars=s.options.max_reasoning_chars,
                                max_answer_chars=s.options.max_answer_chars)
         return Cascade(slm, ExecutorLLM(self._llm), config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..runtime.dtypes import DTYPES
+from ..runtime.dtypes import DTYPES, QUANTIZATIONS
 
 BACKENDS = ("torch", "sglang")
 
@@ -42,6 +42,9 @@ def add_model_args(parser, *, prefix: str = "", default_model: str | None = None
     parser.add_argument(f"{p}dtype", default="float32", choices=DTYPES,
                         help="auto: bfloat16 where the device computes it natively (AVX512-BF16/AMX, CUDA), else "
                              "float32 (bf16 readings vary with the batch: a request alone and batched differ by ~0.02)")
+    parser.add_argument(f"{p}quantization", default="none", choices=QUANTIZATIONS,
+                        help="torch backend: int8wo stores the decoder's linear weights as int8 (weight-only, "
+                             "per output channel; needs --dtype bfloat16 on CPU)")
     parser.add_argument(f"{p}backend", default="torch", choices=BACKENDS,
                         help="runtime: torch (embedded, CPU or CUDA) or sglang (GPU; needs the sglang extra)")
     # SGLang engine options, passed through to sglang.Engine (ignored by the torch backend).
@@ -69,16 +72,24 @@ def make_executor(args, *, prefix: str = "", **torch_options):
 
         names = ("tp_size", "dp_size", "mem_fraction_static", "max_running_requests", "load_format")
         options = {name: arg(name) for name in names if arg(name) is not None}
+        if (arg("quantization") or "none") != "none":
+            from ..runtime.executor import ExecutorError
+
+            raise ExecutorError("--quantization is a torch backend setting (SGLang takes its own)")
         return SglangExecutor(str(resolve_model(arg("model")).path), dtype=arg("dtype"), **options)
     from ..runtime.torch_executor import TorchExecutor
 
-    return TorchExecutor(arg("model"), device=arg("device") or "cpu", dtype=arg("dtype") or "float32", **torch_options)
+    return TorchExecutor(arg("model"), device=arg("device") or "cpu", dtype=arg("dtype") or "float32",
+                         quantization=arg("quantization") or "none", **torch_options)
 
 
 def runtime_of(executor) -> str:
-    """Where an in-process executor computes, e.g. 'cpu, bfloat16' (what --dtype auto chose); '' for a remote one."""
+    """Where an in-process executor computes, e.g. 'cpu, bfloat16' (what --dtype auto chose) or
+    'cpu, bfloat16, int8wo'; '' for a remote one."""
     dtype = getattr(executor, "dtype", None)
-    return f"{executor.device}, {dtype}" if dtype and hasattr(executor, "device") else ""
+    quantization = getattr(executor, "quantization", "none")
+    weights = "" if quantization == "none" else f", {quantization}"
+    return f"{executor.device}, {dtype}{weights}" if dtype and hasattr(executor, "device") else ""
 
 
 def default_threads() -> int:

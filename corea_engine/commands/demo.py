@@ -106,7 +106,8 @@ def _run_local(args, examples, config, console):
     from ..server.worker_service import WorkerService
 
     with console.status("loading the model"):
-        slm = TorchExecutor(args.model, device=args.device, dtype=args.dtype, threads=default_threads())
+        slm = TorchExecutor(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
+                            threads=default_threads())
         llm = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer))  # the stand-in shares the weights
         llm.model_name = f"{slm.model_name} (stand-in LLM)"
     servers = []

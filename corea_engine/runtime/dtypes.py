@@ -1,8 +1,10 @@
-"""The embedded runtime's compute dtype, chosen once at start-up.
+"""The embedded runtime's compute dtype and weight quantization, chosen once at start-up.
 
 "auto" picks bfloat16 where the device computes it natively (CUDA with bf16 support; a CPU
 with AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo), else float32. float32 is the reference
 numerics (tests/test_greedy_reference.py); bfloat16 halves the weight bytes read per token.
+Quantization is separate from the dtype (which stays the activations'): "int8wo" is weight-only
+int8 (torchao's name) of the decode step's decoder linears, on CPU with bfloat16 activations.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+QUANTIZATIONS = ("none", "int8wo")
 
 
 def cpu_flags() -> set[str]:
@@ -57,3 +60,18 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> str:
 
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if cpu_flags() & set(BF16_CPU_FLAGS) else "float32"
+
+
+def check_quantization(quantization: str, dtype: str, device: str = "cpu") -> str:
+    """`quantization` if the decode step runs it with activations in `dtype` (a resolved name, not
+    "auto") on `device`; ValueError saying why not (unknown name, float32/float16 activations,
+    a device other than the CPU, where torch._weight_int8pack_mm's speed is unmeasured)."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if quantization == "int8wo":
+        if dtype != "bfloat16":
+            raise ValueError(f"quantization int8wo runs on bfloat16 activations, not {dtype} "
+                             "(--dtype bfloat16, or auto on a CPU with AVX512-BF16/AMX)")
+        if not str(device).startswith("cpu"):
+            raise ValueError(f"quantization int8wo runs on the CPU, not {device}")
+    return quantization

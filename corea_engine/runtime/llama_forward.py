@@ -5,10 +5,16 @@ transformers' caches assume one position for the whole batch; here every row has
 does for one new token with SDPA attention, op for op (RMSNorm in float32, RoPE from the same
 inv_freq, GQA via SDPA), so in float32 a row alone gets the reference logits to the bit; the HF
 model stays the reference in tests. Prefill still runs through the HF model (its masks for
-chunks and shared prefixes), and its KV is copied into the slots. In bfloat16 on CPU the step
-takes faster kernels instead (oneDNN matmuls over weights reordered once, GQA by packing the
-queries); those weights are copies, so a step built before the model's weights change in place
-does not see the change.
+chunks and shared prefixes), and its KV is copied into the slots.
+
+In bfloat16 (and float16) the step is free of that constraint and runs fewer, faster ops (bounds
+in tests/test_bf16_tolerance.py): q, k and v as one matmul, gate and up as one, F.rms_norm, RoPE
+on q and k together, GQA by packing a KV head's queries; on CPU the matmuls are oneDNN's over
+weights reordered once. quantization="int8wo" (weight-only int8, bf16 activations) also stores
+every linear as symmetric per-output-channel int8 and multiplies with torch._weight_int8pack_mm
+for small batches, where a step is bound by reading the weights; the lm_head stays bf16
+(bounds in tests/test_int8_tolerance.py). These weights are copies, so a step built before the model's
+weights change in place does not see the change.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dtypes import check_quantization
 from .kv_cache import SlotKVCache
+
+# int8wo multiplies the int8 weights up to this many rows a step and the bf16 copy above it.
+# Measured 2026-11-30 (whole step, 1 thread, SmolLM2-135M, 100-token context, load 3-4): int8
+# 3-21% faster than bf16 at batch 1-4 (4 runs), even at 8, slower at 16 (73 vs 55 ms).
+INT8_MAX_ROWS = 4
 
 SUPPORTED = ("llama",)  # same block as SmolLM2: RMSNorm, RoPE, GQA, SiLU-gated MLP
 
@@ -29,10 +41,11 @@ class LlamaDecodeStep:
     """Callable: (tokens [B] long, cache) -> logits [B, vocab] float32; rows are slots 0..B-1.
 
     Writes each row's new key/value at column cache.lengths[i] and advances the lengths.
-    Raises UnsupportedModelError at construction for another architecture or RoPE type.
+    quantization: "none" or "int8wo". Raises UnsupportedModelError at construction for another
+    architecture or RoPE type, ValueError for a quantization dtypes.check_quantization refuses.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, quantization: str = "none"):
         config = model.config
         rope = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
         if config.model_type not in SUPPORTED or rope.get("rope_type", "default") != "default":
@@ -43,28 +56,43 @@ class LlamaDecodeStep:
             raise UnsupportedModelError(f"the decode step runs SiLU MLPs, not {config.hidden_act!r}")
         decoder = model.model
         self.dtype = decoder.embed_tokens.weight.dtype
+        self.quantization = check_quantization(quantization, str(self.dtype).removeprefix("torch."),
+                                               str(decoder.embed_tokens.weight.device))
+        # float32 is the reference: op for op as transformers, F.linear (its kernel), unfused.
+        self.reference = self.dtype == torch.float32 and quantization == "none"
         # bf16 on CPU: oneDNN matmuls over weights reordered once run about twice as fast as
-        # F.linear's bf16 path here; fp32 keeps F.linear, the reference's own kernel.
+        # F.linear's bf16 path here.
         self.packed = self.dtype == torch.bfloat16 and decoder.embed_tokens.weight.device.type == "cpu" \
             and _packed_linear_available()
-        linear = _pack if self.packed else (lambda module: (F.linear, module.weight, module.bias))
+
+        def linear(*modules):
+            if self.reference:
+                return _Linear(modules[0].weight, modules[0].bias)
+            return _fused(modules, self.packed, quantization)
+
         self.layers = []
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
+            if self.reference:
+                projections = (linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj),
+                               linear(mlp.gate_proj), linear(mlp.up_proj))
+            else:
+                projections = (linear(attn.q_proj, attn.k_proj, attn.v_proj), linear(mlp.gate_proj, mlp.up_proj))
             self.layers.append((
-                layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj), linear(attn.o_proj),
+                layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, linear(attn.o_proj),
                 layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-                linear(mlp.gate_proj), linear(mlp.up_proj), linear(mlp.down_proj),
-            ))
+                linear(mlp.down_proj), *projections))
         attn = decoder.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.groups = attn.num_key_value_groups
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
+        self.hidden_size = config.hidden_size
         self.embed = decoder.embed_tokens.weight
         self.norm = (decoder.norm.weight, decoder.norm.variance_epsilon)
-        self.lm_head = linear(model.lm_head)
+        # The lm_head stays bf16 under int8wo: int8 did not make the step faster (measured:
+        # within noise at batch 1-4), and the logits, which the probe reads, stay closer to fp32.
+        self.lm_head = linear(model.lm_head) if self.reference else _fused((model.lm_head,), self.packed, "none")
         self.inv_freq = decoder.rotary_emb.inv_freq
         self.rope_scaling = decoder.rotary_emb.attention_scaling
         self._cos = self._sin = None
@@ -81,8 +109,10 @@ class LlamaDecodeStep:
             emb = torch.cat((freqs, freqs), dim=-1)
             self._cos = (emb.cos() * self.rope_scaling).to(self.dtype)
             self._sin = (emb.sin() * self.rope_scaling).to(self.dtype)
-        # [B, 1, 1, head_dim]: broadcast over heads and the one query position
-        return self._cos[positions][:, None, None, :], self._sin[positions][:, None, None, :]
+            # rotate_half(x) * sin == roll(x, half) * signed_sin, exactly (a negation is exact)
+            half = self.head_dim // 2
+            self._signed_sin = torch.cat((-self._sin[:, :half], self._sin[:, half:]), dim=-1)
+        return self._cos[positions], self._sin[positions], self._signed_sin[positions]
 
     def __call__(self, tokens: torch.Tensor, cache: SlotKVCache) -> torch.Tensor:
         batch = tokens.shape[0]
@@ -91,61 +121,135 @@ class LlamaDecodeStep:
         cache.reserve(batch, width)
         positions = torch.tensor(lengths, device=tokens.device)
         rows = torch.arange(batch, device=tokens.device)
-        cos, sin = self._rope(positions, cache.capacity)
+        rope = self._rope(positions, cache.capacity)
         # Rows of different lengths attend over the longest; a row alone (or rows of one length)
         # needs no mask, which keeps its numerics those of transformers' unpadded step.
         mask = None
         if min(lengths) != width - 1:
             mask = (torch.arange(width, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+        run = self._reference_layers if self.reference else self._fast_layers
+        hidden = run(tokens, cache, rows, positions, width, rope, mask)
+        for i in range(batch):
+            cache.lengths[i] += 1
+        return self.lm_head(hidden).reshape(batch, -1).float()
+
+    def _reference_layers(self, tokens, cache, rows, positions, width, rope, mask):
+        batch = tokens.shape[0]
+        cos, sin = rope[0][:, None, None, :], rope[1][:, None, None, :]  # [B, 1, 1, head_dim]
         hidden = F.embedding(tokens[:, None], self.embed)  # [B, 1, hidden]
-        for index, (ln1, eps1, q_proj, k_proj, v_proj, o_proj, ln2, eps2, gate, up, down) in enumerate(self.layers):
+        for index, (ln1, eps1, o_proj, ln2, eps2, down, q_proj, k_proj, v_proj, gate, up) in enumerate(self.layers):
             residual = hidden
             hidden = _rms_norm(hidden, ln1, eps1)
-            q = _apply(q_proj, hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            k = _apply(k_proj, hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            v = _apply(v_proj, hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            q = q_proj(hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            k = k_proj(hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
+            v = v_proj(hidden).view(batch, 1, -1, self.head_dim).transpose(1, 2)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
             keys, values = cache.keys[index], cache.values[index]
             keys[rows, :, positions] = k[:, :, 0]
             values[rows, :, positions] = v[:, :, 0]
             keys, values = keys[:batch, :, :width], values[:batch, :, :width]
-            if mask is None and not self.packed:  # transformers' kernel choice for an unpadded step
+            if mask is None:  # transformers' kernel choice for an unpadded step
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None, dropout_p=0.0,
                                                      scale=self.scaling, is_causal=False, enable_gqa=True)
-            else:  # a KV head's query heads as its queries: GQA without repeating KV (5x faster in bf16)
-                packed = q.reshape(batch, self.kv_heads, self.groups, self.head_dim)
-                out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, dropout_p=0.0,
-                                                     scale=self.scaling, is_causal=False)
-                out = out.reshape(batch, -1, 1, self.head_dim)
-            out = out.transpose(1, 2).contiguous().reshape(batch, 1, -1).contiguous()
-            hidden = residual + _apply(o_proj, out)
+            else:
+                out = self._attend(q.reshape(batch, self.kv_heads, self.groups, self.head_dim), keys, values, mask)
+            out = out.reshape(batch, -1, 1, self.head_dim).transpose(1, 2).contiguous().reshape(batch, 1, -1).contiguous()
+            hidden = residual + o_proj(out)
             residual = hidden
             hidden = _rms_norm(hidden, ln2, eps2)
-            hidden = residual + _apply(down, F.silu(_apply(gate, hidden)) * _apply(up, hidden))
-        hidden = _rms_norm(hidden, *self.norm)
-        for i in range(batch):
-            cache.lengths[i] += 1
-        return _apply(self.lm_head, hidden)[:, -1, :].float()
+            hidden = residual + down(F.silu(gate(hidden)) * up(hidden))
+        return _rms_norm(hidden, *self.norm)
+
+    def _fast_layers(self, tokens, cache, rows, positions, width, rope, mask):
+        batch, heads, kv_heads, dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
+        cos, signed_sin = rope[0][:, None, :], rope[2][:, None, :]  # [B, 1, head_dim]
+        shape = (self.hidden_size,)
+        hidden = F.embedding(tokens, self.embed)  # [B, hidden]
+        for index, (ln1, eps1, o_proj, ln2, eps2, down, qkv_proj, gate_up) in enumerate(self.layers):
+            qkv = qkv_proj(F.rms_norm(hidden, shape, ln1, eps1)).view(batch, heads + 2 * kv_heads, dim)
+            qk = qkv[:, :heads + kv_heads]
+            qk = torch.addcmul(qk * cos, qk.roll(dim // 2, -1), signed_sin)  # RoPE of q and k at once
+            keys, values = cache.keys[index], cache.values[index]
+            keys[rows, :, positions] = qk[:, heads:]
+            values[rows, :, positions] = qkv[:, heads + kv_heads:]
+            out = self._attend(qk[:, :heads].view(batch, kv_heads, self.groups, dim),
+                               keys[:batch, :, :width], values[:batch, :, :width], mask)
+            hidden = hidden + o_proj(out.reshape(batch, -1))
+            gate, up = gate_up(F.rms_norm(hidden, shape, ln2, eps2)).chunk(2, dim=-1)
+            hidden = hidden + down(F.silu(gate) * up)
+        return F.rms_norm(hidden, shape, *self.norm)
+
+    def _attend(self, queries, keys, values, mask):
+        # A KV head's query heads as its queries: GQA without repeating KV (5x faster in bf16).
+        # queries [B, kv_heads, groups, head_dim]; keys, values [B, kv_heads, width, head_dim]
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=0.0,
+                                              scale=self.scaling, is_causal=False)
 
 
-def _apply(linear, x: torch.Tensor) -> torch.Tensor:
-    fn, weight, bias = linear
-    return fn(x, weight, bias)
+class _Linear:
+    """x [..., in] -> [..., out] through F.linear (any device and dtype)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _PackedLinear(_Linear):
+    """A bf16 matmul through oneDNN over a weight reordered once (for batch 1; other batch sizes
+    run on the same layout)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__(torch.ops.mkldnn._reorder_linear_weight(weight, 1), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+class _Int8Linear:
+    """Weight-only int8: x [B, in] bf16 -> [B, out] bf16 with symmetric per-output-channel scales.
+
+    Up to INT8_MAX_ROWS rows multiply the int8 weight (half the bytes of bf16: a small batch is
+    bound by reading them); more rows use `dense`, the bf16 linear, where compute binds instead."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dense):
+        self.qweight, self.scales = quantize_int8(weight)
+        self.bias, self.dense = bias, dense
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > INT8_MAX_ROWS:
+            return self.dense(x)
+        out = torch._weight_int8pack_mm(x, self.qweight, self.scales)
+        return out if self.bias is None else out + self.bias
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 [out, in], scales [out] in weight's dtype) with weight ~= int8 * scales[:, None].
+
+    Symmetric per output channel: a row's largest magnitude maps to 127. The scale is rounded to
+    the weight's dtype before dividing, so the kernel's scale is the one the rounding used."""
+    absmax = weight.detach().float().abs().amax(dim=1).clamp(min=1e-12)
+    scales = (absmax / 127).to(weight.dtype)
+    qweight = (weight.detach().float() / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return qweight.contiguous(), scales
+
+
+def _fused(modules, packed: bool, quantization: str):
+    """One linear computing every module's output, concatenated along the last dim in order."""
+    weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else modules[0].weight.detach()
+    biases = [m.bias for m in modules]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(m.weight.shape[0])
+                          for b, m in zip(biases, modules)])
+    dense = (_PackedLinear if packed else _Linear)(weight, bias)
+    return _Int8Linear(weight, bias, dense) if quantization == "int8wo" else dense
 
 
 def _packed_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-def _pack(module):
-    """(fn, weight, bias) of a bf16 nn.Linear as a oneDNN matmul over a weight reordered once
-    (for batch 1; other batch sizes run on the same layout)."""
-    return _packed, torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 1), module.bias
 
 
 def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from ..contract import GrammarCache
 from ..models import load_model
 from ..tokenization import ChatTemplateError, encode_chat
-from .dtypes import check_device, resolve_dtype
+from .dtypes import check_device, check_quantization, resolve_dtype
 from .executor import (
     MAX_NEW_TOKENS_LIMIT,
     Executor,
@@ -36,7 +36,7 @@ from .executor import (
     RequestStream,
     TokenLogprobs,
 )
-from .llama_forward import LlamaDecodeStep, UnsupportedModelError
+from .llama_forward import LlamaDecodeStep
 from .probe import read_logits, resolve
 from .sequence import Sequence, encode_prompt
 
@@ -91,10 +91,12 @@ class TorchExecutor(Executor):
     pass an already loaded `model_and_tokenizer` pair. dtype: "float32" (the reference
     numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
-    is `self.dtype`. threads: torch intra-op threads for CPU (set
-    deliberately: oversubscribing two cores costs up to 10x). prefix_cache: compute a contract's
-    shared system prompt once and reuse its KV (False prefills every prompt whole). Raises
-    ExecutorError for a model architecture the decode step does not run (llama_forward.py).
+    is `self.dtype`. quantization: "none" or "int8wo" (weight-only int8 decode step; bfloat16 on
+    CPU only, see dtypes.check_quantization), `self.quantization`. threads: torch intra-op
+    threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
+    compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
+    whole). Raises ExecutorError for a model architecture the decode step does not run
+    (llama_forward.py) or a quantization it cannot run with this dtype and device.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class TorchExecutor(Executor):
         threads: int | None = None,
         model_and_tokenizer: tuple | None = None,
         prefix_cache: bool = True,
+        quantization: str = "none",
     ):
         if threads is not None:
             torch.set_num_threads(threads)
@@ -119,6 +122,7 @@ class TorchExecutor(Executor):
         else:
             try:
                 check_device(device)  # a clear error before any weights load
+                check_quantization(quantization, resolve_dtype(dtype, device), device)
             except ValueError as err:
                 raise ExecutorError(str(err)) from None
             dtype = resolve_dtype(dtype, device)
@@ -126,8 +130,9 @@ class TorchExecutor(Executor):
             self.model_name, self.model_path = source.name, source.path  # the folder: tokenizer files
         self.device = next(self.model.parameters()).device
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        log.info("torch executor: %s on %s in %s, %d threads", self.model_name, self.device, self.dtype,
-                 torch.get_num_threads())
+        self.quantization = quantization
+        log.info("torch executor: %s on %s in %s%s, %d threads", self.model_name, self.device, self.dtype,
+                 "" if self.quantization == "none" else f", {self.quantization}", torch.get_num_threads())
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         self.max_prompt_chars = max_prompt_chars
@@ -137,8 +142,8 @@ class TorchExecutor(Executor):
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         try:
-            self._step = LlamaDecodeStep(self.model)
-        except UnsupportedModelError as err:
+            self._step = LlamaDecodeStep(self.model, self.quantization)
+        except ValueError as err:  # UnsupportedModelError, or a quantization this model cannot run
             raise ExecutorError(str(err)) from None
         # No request needs more columns than its longest prompt plus the largest budget.
         self._kv = self._step.new_cache(max_batch_size, min(self.max_positions, self.max_prompt_tokens + MAX_NEW_TOKENS_LIMIT))

@@ -217,7 +217,8 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
         args.update({"model_path": str(self.model_path or self.executor.model_name),
                      "served_model_name": self.executor.model_name, "runtime": type(self.executor).__name__,
                      "max_running_requests": self.max_running_requests, "max_new_tokens": self.max_new_tokens,
-                     "grammar_backend": "xgrammar", "dtype": getattr(self.executor, "dtype", "")})
+                     "grammar_backend": "xgrammar", "dtype": getattr(self.executor, "dtype", ""),
+                     "quantization": getattr(self.executor, "quantization", "none")})
         start = Timestamp()
         start.FromSeconds(int(self.started))
         return pb.GetServerInfoResponse(
