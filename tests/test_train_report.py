@@ -75,7 +75,7 @@ def test_pick_checkpoint_keeps_accuracy_then_lowest_ece():
     assert "| step-75 | 0.180 | 0.400 | 0.150 | 0.500 | **yes** |" in table
 
 
-def _samples(conf, correct) -> list[dict]:
+def _eval_samples(conf, correct) -> list[dict]:
     return [{"id": f"q-{i:03d}", "correct": bool(c), "expected": x, "sampled": x} for i, (x, c) in enumerate(zip(conf, correct))]
 
 
@@ -91,7 +91,7 @@ def test_pick_served_prefers_the_confidence_that_ranks_after_cross_fitting():
     fewer = correct & (rng.random(200) < 0.8)  # ranks perfectly, but loses ~8 points of accuracy
     missing = ranks.copy()
     missing[5] = None
-    evals = {name: {"summary": {"accuracy": float(np.mean(c))}, "samples": _samples(x, c)}
+    evals = {name: {"summary": {"accuracy": float(np.mean(c))}, "samples": _eval_samples(x, c)}
              for name, x, c in (("flat", flat, correct), ("ranks", ranks, correct),
                                 ("fewer", fewer * 0.9 + 0.05, fewer), ("missing", missing, correct))}
     base = {"accuracy": float(np.mean(correct))}
