@@ -73,3 +73,37 @@ def test_pick_checkpoint_keeps_accuracy_then_lowest_ece():
     assert pick_checkpoint(base, {"step-50": candidates["step-50"]}, max_accuracy_drop=0.05) == "step-50"
     table = candidates_table(base, candidates, "step-75")
     assert "| step-75 | 0.180 | 0.400 | 0.150 | 0.500 | **yes** |" in table
+
+
+def _eval_samples(conf, correct) -> list[dict]:
+    return [{"id": f"q-{i:03d}", "correct": bool(c), "expected": x, "sampled": x} for i, (x, c) in enumerate(zip(conf, correct))]
+
+
+def test_pick_served_prefers_the_confidence_that_ranks_after_cross_fitting():
+    import numpy as np
+
+    from corea_engine.training.pick import pick_served, served_scores, served_table
+
+    rng = np.random.default_rng(3)
+    correct = rng.random(200) < 0.4
+    ranks = np.clip(0.2 + 0.5 * correct + rng.normal(0, 0.1, 200), 0, 1)
+    flat = np.full(200, 0.3)  # calibrated in the large (ECE ~0 after the map), explains nothing
+    fewer = correct & (rng.random(200) < 0.8)  # ranks perfectly, but loses ~8 points of accuracy
+    missing = ranks.copy()
+    missing[5] = None
+    evals = {name: {"summary": {"accuracy": float(np.mean(c))}, "samples": _eval_samples(x, c)}
+             for name, x, c in (("flat", flat, correct), ("ranks", ranks, correct),
+                                ("fewer", fewer * 0.9 + 0.05, fewer), ("missing", missing, correct))}
+    base = {"accuracy": float(np.mean(correct))}
+
+    good, level = served_scores(evals["ranks"]["samples"]), served_scores(evals["flat"]["samples"])
+    assert good["skill"] > 0.5 and good["auroc"] > 0.9 and good["std"] > 0.3
+    assert abs(level["skill"]) < 0.05 and level["auroc"] == 0.5 and level["std"] < 0.05
+    assert np.isnan(served_scores(evals["missing"]["samples"])["skill"])
+    # the halves follow the question ids, not the order the samples come in
+    assert served_scores(evals["ranks"]["samples"][::-1]) == good
+
+    assert pick_served(base, evals) == "ranks"
+    assert pick_served(base, {k: evals[k] for k in ("flat", "fewer", "missing")}) == "flat"
+    assert pick_served(base, {"fewer": evals["fewer"]}) is None
+    assert "| ranks |" in served_table(base, evals, "ranks") and "**yes**" in served_table(base, evals, "ranks")
