@@ -288,7 +288,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="prompts of the single-stream and batch rows")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens a request may write (greedy)")
     parser.add_argument("--threads", type=int, default=2,
-                        help="torch and llama.cpp threads (0: the executor's own choice, llama.cpp gets torch's count)")
+                        help="torch and llama.cpp threads (default 2; COREA_THREADS is not read here; 0: torch's "
+                             "own default, and llama.cpp gets torch's count)")
     parser.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv(str), default=["float32", "bfloat16"],
                         help="comma-separated torch dtypes for corea and transformers; "
                              "DTYPE+int8wo: corea with weight-only int8")
