@@ -298,7 +298,8 @@ def main() -> None:
     parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV,
                         help="llama-cpp-python's own venv, built by benchmarks/setup_llamacpp.sh (default: %(default)s)")
     parser.add_argument("--require-llamacpp", action="store_true", help="fail when llama.cpp cannot run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON (default: the committed benchmarks/results/"
+                        "executor_cpu.json, overwritten; give another path for a trial run)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the llama.cpp server and the spinner are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
