@@ -288,7 +288,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="prompts of the single-stream and batch rows")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens a request may write (greedy)")
     parser.add_argument("--threads", type=int, default=2,
-                        help="torch and llama.cpp threads (0: the executor's own choice, llama.cpp gets torch's count)")
+                        help="torch and llama.cpp threads (default 2; COREA_THREADS is not read here; 0: torch's "
+                             "own default, and llama.cpp gets torch's count)")
     parser.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv(str), default=["float32", "bfloat16"],
                         help="comma-separated torch dtypes for corea and transformers; "
                              "DTYPE+int8wo: corea with weight-only int8")
@@ -297,7 +298,8 @@ def main() -> None:
     parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV,
                         help="llama-cpp-python's own venv, built by benchmarks/setup_llamacpp.sh (default: %(default)s)")
     parser.add_argument("--require-llamacpp", action="store_true", help="fail when llama.cpp cannot run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON (default: the committed benchmarks/results/"
+                        "executor_cpu.json, overwritten; give another path for a trial run)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the llama.cpp server and the spinner are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

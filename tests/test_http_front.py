@@ -200,6 +200,7 @@ def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(live):
     ready = httpx.get(f"{base}/ready").json()
     assert ready["status"] == "ready" and ready["llm"]["available"] and ready["llm"]["reachable"]
     assert ready["llm"]["breaker"] == "closed"
+    assert (ready["slm"]["dtype"], ready["slm"]["quantization"]) == ("float32", "none")  # serve's default
     assert [m.id for m in sdk(base).models.list()] == ["corea", "corea-slm-only", "corea-llm-only"]
     assert httpx.get(f"{base}/v1/nothing").json()["error"]["type"] == "not_found_error"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from corea_engine.training.evaluate import Sample, summarize
 from corea_engine.training.report import write_report
@@ -107,3 +108,21 @@ def test_pick_served_prefers_the_confidence_that_ranks_after_cross_fitting():
     assert pick_served(base, {k: evals[k] for k in ("flat", "fewer", "missing")}) == "flat"
     assert pick_served(base, {"fewer": evals["fewer"]}) is None
     assert "| ranks |" in served_table(base, evals, "ranks") and "**yes**" in served_table(base, evals, "ranks")
+
+
+def test_pick_command_reproduces_run_8_and_refuses_what_is_not_an_eval(tmp_path, capsys):
+    import pytest
+
+    from corea_engine.training.pick import main
+
+    runs = Path(__file__).resolve().parent.parent / "benchmarks" / "training"
+    candidates = sorted(str(p) for p in (runs / "run8_rlcr_continued").glob("val_*.json"))
+    assert main(["--rule", "served", "--base", f"{runs}/graded_val200_base.json", *candidates]) == 0
+    assert capsys.readouterr().out.endswith("picked: val_run7_step15\n")  # the README's Run 8 pick
+
+    settings = f"{runs}/run8_rlcr_continued/train_settings.json"
+    for argv, says in ((["--base", str(tmp_path / "none.json"), settings], "cannot read"),
+                       (["--rule", "served", "--base", f"{runs}/graded_val200_base.json", settings], "no summary, samples")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and says in capsys.readouterr().err

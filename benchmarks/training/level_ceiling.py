@@ -6,7 +6,7 @@ validation), and scored on TARGET's correctness: ECE, AUROC, Brier, std. With --
 level accuracies come from TARGET itself, the best any level-only confidence can do there
 (in-sample, so AUROC is the ceiling and ECE is 0 by construction with enough bins).
 
-    python benchmarks/training/level_ceiling.py --fit VAL/eval.json --target TEST/eval.json [--oracle]
+    python benchmarks/training/level_ceiling.py (--fit VAL/eval.json | --oracle) --target TEST/eval.json
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ def level_scores(fit: list[dict], target: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fit", required=True, help="eval.json whose per-level accuracy is the confidence")
+    parser.add_argument("--fit", help="eval.json whose per-level accuracy is the confidence (not with --oracle)")
     parser.add_argument("--target", required=True, help="eval.json to score that confidence on")
     parser.add_argument("--oracle", action="store_true", help="take the level accuracies from --target itself")
     args = parser.parse_args()
+    if bool(args.fit) == args.oracle:
+        parser.error("give --fit, or --oracle to take the levels' accuracy from --target")
     target = json.load(open(args.target))["samples"]
     fit = target if args.oracle else json.load(open(args.fit))["samples"]
     print(json.dumps(level_scores(fit, target), indent=1))

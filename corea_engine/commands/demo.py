@@ -60,8 +60,9 @@ def run(args) -> int:
         where = "gRPC"
 
     table = Table(title=f"GSM8K through the cascade over {where} ({config.contract} contract, threshold {config.threshold:g})")
-    for column in ("question", "answer", "reference", "confidence", "answered by", "tokens slm/llm", "latency"):
-        table.add_column(column, overflow="fold")
+    # the short columns never wrap ("confiden|ce" on an 80-column terminal); the text ones take the rest
+    for column in ("question", "answer", "reference", "confidence", "answered by", "tokens\nslm/llm", "latency"):
+        table.add_column(column, overflow="fold", no_wrap=column not in ("question", "answer", "answered by"))
     for example, r in zip(examples, results):
         conf = f"{r.confidence_sampled:.1f} / {r.confidence_expected:.2f}" if r.confidence_expected is not None else "-"
         tier = r.answered_by.upper() + (" (deferred)" if r.deferred else "")

@@ -177,6 +177,8 @@ class HttpFront:
                "reason": why or unreachable or "", "breaker": self.cascade.breaker.state}
         body = {"status": "ready" if slm_up else "not ready",
                 "slm": {"model": getattr(slm, "model_name", ""), "loaded": slm_up,
+                        # what the embedded runtime computes in ("" for a remote one: its engine says)
+                        "dtype": getattr(slm, "dtype", ""), "quantization": getattr(slm, "quantization", ""),
                         "reason": "" if slm_up else "draining" if self.draining else "the SLM runtime is closed"},
                 "llm": llm,
                 "tiers": [{"name": t.name, "model": t.model_name, "available": ok, "reason": why}

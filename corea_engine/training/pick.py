@@ -114,17 +114,39 @@ def _name(path: Path) -> str:
     return path.parent.name if path.name == "eval.json" else path.stem
 
 
-if __name__ == "__main__":
+def _read(path: str, keys: tuple[str, ...]) -> dict:
+    """One eval.json (`corea train --eval-only` writes it) with `keys`; ValueError naming the file otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path} is not an eval.json of `corea train --eval-only` (no {', '.join(missing)})")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the candidates' table and the pick; exit 2 naming a file that is not an eval.json."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="pick a checkpoint by its validation-split evaluation")
+    parser = argparse.ArgumentParser(prog="python -m corea_engine.training.pick",
+                                     description="pick a checkpoint by its validation-split evaluation")
     parser.add_argument("--base", required=True, help="eval JSON of the starting model on the validation split")
-    parser.add_argument("candidates", nargs="+", help="eval JSON of each checkpoint on the validation split")
-    parser.add_argument("--max-accuracy-drop", type=float, default=0.02)
-    parser.add_argument("--rule", choices=RULES, default="sampled-ece", help="the rule fixed before the run")
-    args = parser.parse_args()
-    base = json.loads(Path(args.base).read_text())["summary"]
-    found = {_name(Path(p)): json.loads(Path(p).read_text()) for p in args.candidates}
+    parser.add_argument("candidates", nargs="+", help="eval JSON of each checkpoint on the validation split "
+                        "(named after its folder when the file is eval.json, else after the file)")
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.02,
+                        help="accuracy a candidate may lose against the base and stay eligible (default 0.02)")
+    parser.add_argument("--rule", choices=RULES, default="sampled-ece",
+                        help="the rule fixed before the run: sampled-ece (runs 1-7, the default) or served "
+                             "(run 8 on; needs the eval files' samples)")
+    args = parser.parse_args(argv)
+    keys = ("summary", "samples") if args.rule == "served" else ("summary",)
+    try:
+        base = _read(args.base, ("summary",))["summary"]
+        found = {_name(Path(p)): _read(p, keys) for p in args.candidates}
+    except ValueError as err:
+        parser.error(str(err))
     if args.rule == "served":
         chosen = pick_served(base, found, args.max_accuracy_drop)
         print(served_table(base, found, chosen))
@@ -133,3 +155,8 @@ if __name__ == "__main__":
         chosen = pick_checkpoint(base, summaries, args.max_accuracy_drop)
         print(candidates_table(base, summaries, chosen))
     print(f"\npicked: {chosen}" if chosen else "\npicked: none (every checkpoint lost more accuracy than allowed)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
