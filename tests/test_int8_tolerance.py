@@ -29,7 +29,7 @@ import torch
 from corea_engine.evaluation.datasets import load_gsm8k
 from corea_engine.runtime.dtypes import check_quantization
 from corea_engine.runtime.executor import ExecutorError
-from corea_engine.runtime.llama_forward import INT8_MAX_ROWS, quantize_int8
+from corea_engine.runtime.llama_forward import INT8_MAX_ROWS, LlamaDecodeStep, quantize_int8
 from corea_engine.runtime.torch_executor import TorchExecutor
 from tests.test_llama_forward import PROMPTS, _reference
 from tests.tools.record_greedy_reference import cases
@@ -64,10 +64,34 @@ def test_int8wo_needs_bf16_activations_on_the_cpu(slm_executor):
 
 
 def test_the_start_up_line_names_the_quantization(int8_executor, slm_executor):
-    from corea_engine.commands.common import runtime_of
+    assert int8_executor.runtime == "cpu, bfloat16, int8wo"  # every step multiplies int8
+    assert slm_executor.runtime == "cpu, float32"
 
-    assert runtime_of(int8_executor) == "cpu, bfloat16, int8wo"
-    assert runtime_of(slm_executor) == "cpu, float32"
+
+@torch.no_grad()
+def test_an_int8_step_above_the_int8_rows_is_the_bf16_step(int8_executor):
+    model = int8_executor.model
+    linears = [part for layer in int8_executor._step.layers for part in layer if hasattr(part, "dense")]
+    assert linears and all(linear.dense is None for linear in linears)  # no bf16 copy for nothing
+    int8, bf16 = LlamaDecodeStep(model, "int8wo", max_rows=16), LlamaDecodeStep(model, "none")
+    assert int8.weights == f"int8wo (<= {INT8_MAX_ROWS} rows)"
+    prompts = [int8_executor.tokenizer.encode(p) for p in PROMPTS]
+    prompts = [(_reference(model, ids, steps=0)[0], len(ids)) for ids in prompts]
+
+    def cache(step, rows):  # the prompts in turn: rows of different lengths
+        slots = step.new_cache(max_slots=rows, max_len=64)
+        for row in range(rows):
+            kv, n = prompts[row % len(prompts)]
+            slots.admit(kv, 0, torch.arange(n))
+        return slots
+
+    tokens = torch.tensor([504, 1017, 28, 6248, 339])
+    assert len(tokens) == INT8_MAX_ROWS + 1
+    below = [step(tokens[:INT8_MAX_ROWS], cache(step, INT8_MAX_ROWS)) for step in (int8, bf16)]
+    assert not torch.equal(*below)  # int8 up to INT8_MAX_ROWS rows
+    caches = [cache(step, len(tokens)) for step in (int8, bf16)]
+    for _ in range(2):  # the second step attends over the first one's keys
+        assert torch.equal(int8(tokens, caches[0]), bf16(tokens, caches[1]))
 
 
 def test_quantize_int8_is_symmetric_per_output_channel():

@@ -394,6 +394,9 @@ class Executor(ABC):
     """A runtime that serves generation requests concurrently."""
 
     model_name: str
+    # Where an in-process executor computes, for start-up lines and GetServerInfo: e.g.
+    # 'cpu, bfloat16' (what --dtype auto chose) or 'cpu, bfloat16, int8wo (<= 4 rows)'; '' otherwise.
+    runtime: str = ""
 
     @abstractmethod
     def submit(self, request: Request) -> RequestStream:

@@ -92,7 +92,8 @@ class TorchExecutor(Executor):
     numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
     is `self.dtype`. quantization: "none" or "int8wo" (weight-only int8 decode step; bfloat16 on
-    CPU only, see dtypes.check_quantization), `self.quantization`. threads: torch intra-op
+    CPU only, see dtypes.check_quantization), `self.quantization`; int8 up to INT8_MAX_ROWS rows a
+    step, the bf16 copy above (`self.runtime` says so: 'cpu, bfloat16, int8wo (<= 4 rows)'). threads: torch intra-op
     threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
     compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
     whole). Raises ExecutorError for a model architecture the decode step does not run
@@ -131,8 +132,6 @@ class TorchExecutor(Executor):
         self.device = next(self.model.parameters()).device
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.quantization = quantization
-        log.info("torch executor: %s on %s in %s%s, %d threads", self.model_name, self.device, self.dtype,
-                 "" if self.quantization == "none" else f", {self.quantization}", torch.get_num_threads())
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         self.max_prompt_chars = max_prompt_chars
@@ -142,9 +141,11 @@ class TorchExecutor(Executor):
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         try:
-            self._step = LlamaDecodeStep(self.model, self.quantization)
+            self._step = LlamaDecodeStep(self.model, self.quantization, max_rows=max_batch_size)
         except ValueError as err:  # UnsupportedModelError, or a quantization this model cannot run
             raise ExecutorError(str(err)) from None
+        self.runtime = f"{self.device}, {self.dtype}" + (f", {self._step.weights}" if self._step.weights else "")
+        log.info("torch executor: %s on %s, %d threads", self.model_name, self.runtime, torch.get_num_threads())
         # No request needs more columns than its longest prompt plus the largest budget.
         self._kv = self._step.new_cache(max_batch_size, min(self.max_positions, self.max_prompt_tokens + MAX_NEW_TOKENS_LIMIT))
         self.grammars = GrammarCache.for_tokenizer(self.tokenizer, self.vocab_size)
