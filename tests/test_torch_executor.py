@@ -367,3 +367,15 @@ def test_joiners_of_unlike_lengths_prefill_in_separate_passes(slm_executor, gsm8
     assert slm_executor.stats.prefill_padding - before[1] == max(short) - min(short)  # the long one pads nobody
     for text, a, b in zip(texts, solo, batched):
         assert_same_or_near_tie(slm_executor, ask(text), a, b)
+
+
+def test_a_shared_prefix_is_looked_up_once_for_all_its_length_buckets(slm_executor, gsm8k_questions):
+    """Joiners of one contract and unlike lengths: two prefill passes, one prefix hit."""
+    fmt = BOUNDED["json"]
+    questions = ["What is 2 + 3?", max(gsm8k_questions, key=len)]
+    slm_executor.generate(request(questions[0], fmt, max_new_tokens=1))  # the system prompt is cached
+    before = slm_executor.stats.prefills, slm_executor.stats.prefix_hits
+    with slm_executor._lock:  # re-entrant: both join in one admission
+        streams = [slm_executor.submit(request(q, fmt, max_new_tokens=2)) for q in questions]
+    assert all(s.wait(timeout=300).completion_tokens for s in streams)
+    assert (slm_executor.stats.prefills - before[0], slm_executor.stats.prefix_hits - before[1]) == (2, 1)

@@ -56,11 +56,11 @@ class StepStats:
     """Where the engine's time goes; read by benchmarks (cumulative seconds and counts)."""
 
     decode_steps: int = 0
-    prefills: int = 0
+    prefills: int = 0  # prefill passes merged into the batch: one per shared prefix and length bucket
     prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix is not)
     prefill_padding: int = 0  # padding positions run beside them (rows shorter than their group's longest)
     prefill_s: float = 0.0  # whole prefills: cached-prefix lookups, prompt forward passes, first tokens
-    prefix_hits: int = 0  # prefills that reused a cached shared prefix
+    prefix_hits: int = 0  # admissions of a shared prefix's joiners that found its KV cached
     prefill_chunks: int = 0  # forward passes over prompt tokens (a long prompt takes several)
     tokens: int = 0
     forward_s: float = 0.0
@@ -356,11 +356,12 @@ class TorchExecutor(Executor):
         for seq in joining:
             groups.setdefault(tuple(seq.prompt_ids[: seq.prefix_len]), []).append(seq)
         for prefix, seqs in groups.items():
+            prefix_kv = self._prefix_kv(prefix) if prefix else None  # once for all its length buckets
             for bucket in length_buckets([len(s.prompt_ids) - len(prefix) for s in seqs], PREFILL_PASS_COST_TOKENS):
-                self._prefill_group(prefix, [seqs[i] for i in bucket])
+                self._prefill_group(prefix, prefix_kv, [seqs[i] for i in bucket])
         self.stats.prefill_s += time.perf_counter() - t0
 
-    def _prefill_group(self, prefix: tuple[int, ...], seqs: list[_Sequence]) -> None:
+    def _prefill_group(self, prefix: tuple[int, ...], prefix_kv, seqs: list[_Sequence]) -> None:
         # Row layout: [prefix | padding | prompt suffix]. Every row ends on the same column, so
         # later steps append one column for all; the padding is masked out and positions count
         # real tokens only, so each row computes exactly what it would alone. Columns go through
@@ -379,7 +380,7 @@ class TorchExecutor(Executor):
         self.stats.prefill_padding += n * width - sum(len(x) for x in suffixes)
         kv = None
         if p:
-            kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
+            kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix_kv]
             mask = torch.cat([torch.ones((n, p), dtype=torch.long, device=self.device), mask], 1)
         done = p  # mask columns already in the KV cache
         while True:
