@@ -85,6 +85,21 @@ def count_real(row: list[int], eos: set[int]) -> int:
     return n
 
 
+def json_contract():
+    """The JSON contract the benchmarks measure, bounded so an answer ends within a small budget."""
+    from corea_engine.contract import get_format
+
+    return get_format("json").bounded(max_reasoning_chars=200, max_answer_chars=24)
+
+
+def workload_messages(questions: list[str], fmt) -> dict[str, tuple]:
+    """{label: (contract, chat messages per question)} of the two workloads: free text and `fmt`."""
+    from corea_engine.contract import build_messages
+
+    return {label: (contract, [build_messages(q, contract) for q in questions])
+            for label, contract in (("free text", None), ("json contract", fmt))}
+
+
 def run_executor(executor, requests, concurrent: bool) -> tuple[int, float, float | None, float]:
     """(completion tokens, wall seconds, grammar share of the decode steps, prefill share of the
     wall time) for `requests`."""
@@ -142,13 +157,12 @@ class Bench:
     """The rows of one run; every measurement goes through here in order."""
 
     def __init__(self, args, questions, meta: dict):
-        from corea_engine.contract import build_messages, get_format
-
         self.args = args
         self.budget = args.max_new_tokens
-        self.fmt = get_format("json").bounded(max_reasoning_chars=200, max_answer_chars=24)
-        self.workloads = (("free text", None), ("json contract", self.fmt))
-        self.messages = {label: [build_messages(q, contract) for q in questions] for label, contract in self.workloads}
+        self.fmt = json_contract()
+        workloads = workload_messages(questions, self.fmt)
+        self.workloads = tuple((label, contract) for label, (contract, _) in workloads.items())
+        self.messages = {label: messages for label, (_, messages) in workloads.items()}
         self.meta = meta  # what the JSON says besides the rows
         self.rows: list[Row] = []
         self.loads: dict[str, list[float]] = {}

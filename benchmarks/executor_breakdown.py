@@ -4,8 +4,8 @@ and the per-step work around it (StepStats).
     python benchmarks/executor_breakdown.py [--dtype bfloat16] [--concurrency 8,32] [--threads 1]
         [--max-new-tokens 64] [--cprofile 30]
 
-The workload is bench_executor.py's: the first c GSM8K test questions submitted together, greedy,
-free text and the JSON contract (bounded as there). For each it prints wall time; the share spent
+The workload is bench_executor.py's (imported from it): the first c GSM8K test questions
+submitted together, greedy, free text and the bounded JSON contract; a failed request stops the run. For each it prints wall time; the share spent
 prefilling joiners (prompt tokens, padding positions run beside them, forward passes); decode steps
 and the ms of one step: its forward, and the rest (grammar: bitmask fill/apply/accept and each row's
 Sequence.step; confidence: the probe; sample: argmax or sampling; these three also count the first
@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import time
 
 import torch
+from bench_executor import json_contract, run_executor, workload_messages
+
+from corea_engine.runtime.dtypes import DTYPES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--concurrency", default="8,32", help="comma-separated concurrent requests")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -36,7 +38,6 @@ def main() -> None:
         parser.error("--concurrency needs counts >= 1 and --max-new-tokens must be >= 1")
     torch.set_num_threads(args.threads)
 
-    from corea_engine.contract import build_messages, get_format
     from corea_engine.evaluation.datasets import load_gsm8k
     from corea_engine.runtime import Request, SamplingParams
     from corea_engine.runtime import torch_executor
@@ -53,32 +54,29 @@ def main() -> None:
 
     if profile is not None:
         torch_executor.TorchExecutor._engine_loop = profiled_loop
-    fmt = get_format("json").bounded(max_reasoning_chars=200, max_answer_chars=24)
-    questions = [e.question for e in load_gsm8k("test", limit=max(levels))]
+    workloads = workload_messages([e.question for e in load_gsm8k("test", limit=max(levels))], json_contract())
     executor = torch_executor.TorchExecutor(dtype=args.dtype, max_batch_size=max(levels), threads=args.threads)
 
-    def run(count, contract, budget):
-        requests = [Request(messages=build_messages(q, contract), contract=contract,
-                            sampling=SamplingParams(max_new_tokens=budget), stop_at_confidence=False)
-                    for q in questions[:count]]
-        executor.stats.reset()
-        t0 = time.perf_counter()
-        results = [s.wait() for s in [executor.submit(r) for r in requests]]
-        return sum(r.completion_tokens for r in results), time.perf_counter() - t0
+    def run(count, workload, budget):  # (tokens, wall s); a failed request raises (run_executor)
+        contract, messages = workloads[workload]
+        requests = [Request(messages=m, contract=contract, sampling=SamplingParams(max_new_tokens=budget),
+                            stop_at_confidence=False) for m in messages[:count]]
+        tokens, wall, _, _ = run_executor(executor, requests, concurrent=True)
+        return tokens, wall
 
     try:
-        for contract in (None, fmt):  # unmeasured: grammar compiled, kernels warm at every batch size
+        for workload in workloads:  # unmeasured: grammar compiled, kernels warm at every batch size
             for c in levels:
-                run(c, contract, 2)
+                run(c, workload, 2)
         if profile is not None:
             profile.clear()  # from here on: the measured runs only
         print(f"{args.dtype}, {args.threads} thread(s), {args.max_new_tokens} new tokens, greedy")
         print("| workload | c | tok/s | wall s | prefill s (share) | prompt tokens + padding, passes | steps | "
               "ms/step | forward | grammar + Sequence | confidence | sample |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for label, contract in (("free text", None), ("json contract", fmt)):
+        for label in workloads:
             for c in levels:
-                tokens, wall = run(c, contract, args.max_new_tokens)
+                tokens, wall = run(c, label, args.max_new_tokens)
                 s = executor.stats
                 steps = max(1, s.decode_steps)
                 around = s.grammar_s + s.confidence_s + s.sample_s  # of the decode steps and the first tokens

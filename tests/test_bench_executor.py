@@ -121,3 +121,6 @@ def test_breakdown_prints_a_row_per_workload_and_level():
     bad = subprocess.run([sys.executable, str(script), "--concurrency", "0"], capture_output=True, text=True,
                          timeout=120, env=env, cwd=ROOT)
     assert bad.returncode == 2 and "--concurrency" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "--dtype", "float8"], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=ROOT)
+    assert bad.returncode == 2 and "argument --dtype: invalid choice: 'float8'" in bad.stderr, bad.stderr

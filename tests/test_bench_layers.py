@@ -95,6 +95,10 @@ def test_cascade_target_deferral_follows_threshold(slm_executor, gsm8k_questions
     (["--target", "executor", "--cpp"], "--cpp drives a gRPC server"),
     (["--questions", "missing.txt"], "neither 'gsm8k' nor a file"),
     (["--threshold", "2"], "--threshold must be in [0, 1]"),
+    # an LLM in the SLM's process runs in --dtype/--quantization: its own settings are refused, not dropped
+    (["--target", "cascade", "--llm-quantization", "int8wo"], "--llm-quantization sets an LLM's own weights"),
+    (["--spawn", "--llm-model", "smollm2-135m", "--llm-dtype", "bfloat16"],
+     "--llm-dtype: the spawned corea serve runs its in-process LLM in --dtype/--quantization"),
 ])
 def test_cli_refuses_bad_arguments(args, needle):
     proc = subprocess.run([sys.executable, "-m", "corea_engine.cli", "bench", *args],

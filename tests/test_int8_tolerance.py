@@ -11,7 +11,8 @@ readings at fp32's position with the expected confidence within 0.020; a step's 
     tokens before the first difference on average;
   - one decode step: logits within LOGIT_TOLERANCE of fp32, same top-1 token;
   - the probe: where a json answer reaches its confidence at the same position as fp32 (at
-    least MIN_READINGS of 20), the expected confidence within READING_TOLERANCE of fp32's.
+    least MIN_READINGS of 20), the expected confidence within READING_TOLERANCE of fp32's
+    (fp32's readings recorded in the same file: fp32 reads the same alone or batched).
 A broken quantization fails (measured: every scale 10% off moves the logits 1.8-2.1 from fp32;
 output channels shifted by one row change the top-1 token).
 """
@@ -29,12 +30,15 @@ import torch
 from corea_engine.evaluation.datasets import load_gsm8k
 from corea_engine.runtime.dtypes import check_quantization
 from corea_engine.runtime.executor import ExecutorError
-from corea_engine.runtime.llama_forward import INT8_MAX_ROWS, quantize_int8
+from corea_engine.runtime.llama_forward import INT8_MAX_ROWS, LlamaDecodeStep, quantize_int8
 from corea_engine.runtime.torch_executor import TorchExecutor
 from tests.test_llama_forward import PROMPTS, _reference
 from tests.tools.record_greedy_reference import cases
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "greedy_reference.json").read_text())["outputs"]
+_RECORDED = json.loads((Path(__file__).parent / "data" / "greedy_reference.json").read_text())
+REFERENCE = _RECORDED["outputs"]
+# fp32's (position, expected confidence) on the json cases: recorded alone, read the same batched
+READINGS = _RECORDED["readings"]
 MIN_IDENTICAL, MIN_PREFIX, MIN_READINGS = 13, 0.6, 10
 LOGIT_TOLERANCE = 0.9
 READING_TOLERANCE = 0.06
@@ -64,10 +68,34 @@ def test_int8wo_needs_bf16_activations_on_the_cpu(slm_executor):
 
 
 def test_the_start_up_line_names_the_quantization(int8_executor, slm_executor):
-    from corea_engine.commands.common import runtime_of
+    assert int8_executor.runtime == "cpu, bfloat16, int8wo"  # every step multiplies int8
+    assert slm_executor.runtime == "cpu, float32"
 
-    assert runtime_of(int8_executor) == "cpu, bfloat16, int8wo"
-    assert runtime_of(slm_executor) == "cpu, float32"
+
+@torch.no_grad()
+def test_an_int8_step_above_the_int8_rows_is_the_bf16_step(int8_executor):
+    model = int8_executor.model
+    linears = [part for layer in int8_executor._step.layers for part in layer if hasattr(part, "dense")]
+    assert linears and all(linear.dense is None for linear in linears)  # no bf16 copy for nothing
+    int8, bf16 = LlamaDecodeStep(model, "int8wo", max_rows=16), LlamaDecodeStep(model, "none")
+    assert int8.weights == f"int8wo (<= {INT8_MAX_ROWS} rows)"
+    prompts = [int8_executor.tokenizer.encode(p) for p in PROMPTS]
+    prompts = [(_reference(model, ids, steps=0)[0], len(ids)) for ids in prompts]
+
+    def cache(step, rows):  # the prompts in turn: rows of different lengths
+        slots = step.new_cache(max_slots=rows, max_len=64)
+        for row in range(rows):
+            kv, n = prompts[row % len(prompts)]
+            slots.admit(kv, 0, torch.arange(n))
+        return slots
+
+    tokens = torch.tensor([504, 1017, 28, 6248, 339])
+    assert len(tokens) == INT8_MAX_ROWS + 1
+    below = [step(tokens[:INT8_MAX_ROWS], cache(step, INT8_MAX_ROWS)) for step in (int8, bf16)]
+    assert not torch.equal(*below)  # int8 up to INT8_MAX_ROWS rows
+    caches = [cache(step, len(tokens)) for step in (int8, bf16)]
+    for _ in range(2):  # the second step attends over the first one's keys
+        assert torch.equal(int8(tokens, caches[0]), bf16(tokens, caches[1]))
 
 
 def test_quantize_int8_is_symmetric_per_output_channel():
@@ -79,7 +107,7 @@ def test_quantize_int8_is_symmetric_per_output_channel():
     assert torch.allclose(qweight.float() * scales.float()[:, None], weight.float(), atol=0.02)
 
 
-def test_int8_greedy_outputs_stay_within_the_stated_agreement(int8_executor, slm_executor):
+def test_int8_greedy_outputs_stay_within_the_stated_agreement(int8_executor):
     assert (int8_executor.dtype, int8_executor.quantization) == ("bfloat16", "int8wo")
     questions = [e.question for e in load_gsm8k("test", limit=20)]
     streams = {key: int8_executor.submit(req) for key, req in cases(questions)}  # batched, as served
@@ -97,11 +125,9 @@ def test_int8_greedy_outputs_stay_within_the_stated_agreement(int8_executor, slm
     first = sum(produced[k][:1] == REFERENCE[k][:1] for k in REFERENCE)
     identical = sum(produced[k] == REFERENCE[k] for k in REFERENCE)
     prefix = sum(agreeing(k) / len(REFERENCE[k]) for k in REFERENCE) / len(REFERENCE)
-    # the probe: fp32's readings on the json cases, batched the same way
-    json_cases = [(k, req) for k, req in cases(questions) if k.startswith("json")]
-    fp32 = {k: s.wait() for k, s in [(k, slm_executor.submit(req)) for k, req in json_cases]}
-    deltas = [abs(results[k].confidence.expected - r.confidence.expected) for k, r in fp32.items()
-              if r.confidence and results[k].confidence and r.confidence.position == results[k].confidence.position]
+    # the probe: fp32's recorded readings on the json cases
+    deltas = [abs(results[k].confidence.expected - expected) for k, (position, expected) in READINGS.items()
+              if results[k].confidence and results[k].confidence.position == position]
     print(f"int8wo: first {first}/40, identical {identical}/40, prefix {prefix:.3f}, "
           f"readings compared {len(deltas)}, max delta {max(deltas, default=0):.4f}")
     assert first == len(REFERENCE)

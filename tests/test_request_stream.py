@@ -4,7 +4,9 @@ for a burst of events pushed from an engine thread (not one per event)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 
 from corea_engine.runtime import FinishedEvent, RequestStream, Result, TokenEvent
 
@@ -75,3 +77,10 @@ def test_a_stream_whose_loop_is_gone_takes_events_without_error():
     stream.push(TokenEvent("r", 1, "a"))
     stream.push(finished("r"))
     assert stream.wait(timeout=1).request_id == "r"
+    assert not stream._mailbox._items  # nothing kept for a loop that will never drain it
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None  # neither the stream nor the loop's mailbox keeps the loop
+    stream.push(finished("r"))  # a loop freed: still taken without error
+    assert not stream._mailbox._items

@@ -267,23 +267,28 @@ def wait_for(condition, limit_s=300.0):
     return condition()
 
 
-@pytest.mark.parametrize("words", [900, 1400])
-def test_abort_during_prefill_stops_the_prompt_within_a_chunk(slm_executor, gsm8k_questions, words, monkeypatch):
+@pytest.mark.parametrize("words, one_pass", [(900, True), (1400, True), (900, False)])
+def test_abort_during_prefill_stops_the_prompt_within_a_chunk(slm_executor, gsm8k_questions, words, one_pass,
+                                                              monkeypatch):
     """An abort that lands while a long prompt is being prefilled is not lost: it is refused no
     more, the prompt stops after the chunk in flight, and a prompt prefilled beside it goes on."""
     from corea_engine.runtime import torch_executor
 
-    # Prompts of unlike lengths are prefilled in separate passes; a pass that costs this much
-    # keeps the two in one, so the aborted row leaves a pass the other row goes on in.
-    monkeypatch.setattr(torch_executor, "PREFILL_PASS_COST_TOKENS", 1 << 20)
+    # Prompts of unlike lengths are prefilled in separate passes (one_pass=False: the real pass
+    # cost); a pass that costs this much keeps the two in one, so the aborted row leaves a pass
+    # the other row goes on in.
+    if one_pass:
+        monkeypatch.setattr(torch_executor, "PREFILL_PASS_COST_TOKENS", 1 << 20)
 
     text = " ".join(LONG_TEXT.split()[:words])
     victim = Request(messages=[{"role": "user", "content": text}], sampling=SamplingParams(max_new_tokens=50))
     total_chunks = -(-len(slm_executor._encode(victim)) // torch_executor.PREFILL_CHUNK_TOKENS)
     assert total_chunks >= 8
-    # Prefilled in the same forward passes (no shared system prompt): it must lose nothing.
+    # Prefilled beside it (no shared system prompt; in the same passes or just before): it must lose nothing.
     other = Request(messages=[{"role": "user", "content": gsm8k_questions[32] + " " + text[: len(text) // 2]}],
                     sampling=SamplingParams(max_new_tokens=6))
+    lengths = [len(slm_executor._encode(r)) for r in (victim, other)]
+    assert len(torch_executor.length_buckets(lengths, torch_executor.PREFILL_PASS_COST_TOKENS)) == (1 if one_pass else 2)
     solo = slm_executor.generate(other)
     before = slm_executor.stats.prefill_chunks
     with slm_executor._lock:  # re-entrant: both join the batch in one prefill
@@ -367,3 +372,15 @@ def test_joiners_of_unlike_lengths_prefill_in_separate_passes(slm_executor, gsm8
     assert slm_executor.stats.prefill_padding - before[1] == max(short) - min(short)  # the long one pads nobody
     for text, a, b in zip(texts, solo, batched):
         assert_same_or_near_tie(slm_executor, ask(text), a, b)
+
+
+def test_a_shared_prefix_is_looked_up_once_for_all_its_length_buckets(slm_executor, gsm8k_questions):
+    """Joiners of one contract and unlike lengths: two prefill passes, one prefix hit."""
+    fmt = BOUNDED["json"]
+    questions = ["What is 2 + 3?", max(gsm8k_questions, key=len)]
+    slm_executor.generate(request(questions[0], fmt, max_new_tokens=1))  # the system prompt is cached
+    before = slm_executor.stats.prefills, slm_executor.stats.prefix_hits
+    with slm_executor._lock:  # re-entrant: both join in one admission
+        streams = [slm_executor.submit(request(q, fmt, max_new_tokens=2)) for q in questions]
+    assert all(s.wait(timeout=300).completion_tokens for s in streams)
+    assert (slm_executor.stats.prefills - before[0], slm_executor.stats.prefix_hits - before[1]) == (2, 1)

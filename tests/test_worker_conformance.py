@@ -76,6 +76,7 @@ def test_health_model_and_server_info(worker, slm_executor):
     assert server.server_args["max_running_requests"] == 16
     assert server.server_args["dtype"] == slm_executor.dtype == "float32"
     assert server.server_args["quantization"] == slm_executor.quantization == "none"
+    assert server.server_args["runtime"] == "TorchExecutor: cpu, float32"
 
 
 def test_get_tokenizer_bundle_rebuilds_the_tokenizer(worker, slm_executor, tmp_path):

@@ -174,7 +174,8 @@ class _InProcessModels:
         s, slm = self.setup, self.slm()
         if self._llm is None:
             if s.llm_model is None or s.llm_model == s.model:  # the stand-in LLM shares the SLM's weights
-                self._llm = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer), max_batch_size=s.max_batch_size)
+                self._llm = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer), quantization=slm.quantization,
+                                          max_batch_size=s.max_batch_size)
             else:
                 self._llm = TorchExecutor(s.llm_model, device=s.llm_device, dtype=s.llm_dtype,
                                           quantization=s.llm_quantization, max_batch_size=s.max_batch_size)

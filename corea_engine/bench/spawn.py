@@ -36,10 +36,13 @@ def spawn_servers(setup, progress=print, *, separate_llm: bool = False, timeout_
         if value is not None:
             env[f"COREA_{name.upper()}"] = str(value)
     model = ["--model", setup.model] if setup.model else []
+    # serve's in-process LLM runs in these too (bench refuses --llm-dtype/--llm-quantization there)
+    model += ["--device", setup.device, "--dtype", setup.dtype, "--quantization", setup.quantization]
     inflight = str(max(setup.levels) + 8)  # the sweep's own load must never be refused
     with tempfile.TemporaryDirectory(prefix="corea-spawn-") as logs, contextlib.ExitStack() as stack:
         if separate_llm:
             llm_model = ["--model", setup.llm_model] if setup.llm_model else []
+            llm_model += ["--device", setup.llm_device, "--dtype", setup.llm_dtype, "--quantization", setup.llm_quantization]
             llm_port = stack.enter_context(_server("worker", ["--host", "127.0.0.1", "--port", "0",
                                                                  "--max-inflight", inflight, "--max-batch-size",
                                                                  str(setup.max_batch_size), *llm_model],

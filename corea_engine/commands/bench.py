@@ -64,6 +64,25 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+def check_llm_weights(args, targets: list[str]) -> None:
+    """--llm-dtype/--llm-quantization set an LLM that loads its own weights: the cascade target's
+    --llm-model (other than --model) or the --spawn-llm-server worker. An LLM in the SLM's process
+    otherwise runs in --dtype/--quantization (the stand-in shares the SLM's weights; a spawned
+    `corea serve` has one set of flags), so there they are refused (CommandError), not ignored."""
+    from ..cli import CommandError
+
+    given = [f"--llm-{name}" for name, default in (("dtype", "float32"), ("quantization", "none"))
+             if getattr(args, f"llm_{name}") != default]
+    if not given:
+        return
+    if "cascade" in targets and args.llm_model in (None, args.model):
+        raise CommandError(f"{given[0]} sets an LLM's own weights: give --llm-model (the stand-in LLM shares "
+                           "the SLM's weights, in --dtype/--quantization)")
+    if "grpc" in targets and args.spawn and not args.spawn_llm_server:
+        raise CommandError(f"{given[0]}: the spawned corea serve runs its in-process LLM in --dtype/--quantization; "
+                           "add --spawn-llm-server for a worker of its own")
+
+
 def run(args) -> int:
     from ..bench import report
     from ..bench.questions import QuestionSetError, load_questions
@@ -89,6 +108,7 @@ def run(args) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    check_llm_weights(args, targets)
     levels = parse_levels(args.concurrency)
     try:
         questions = load_questions(args.questions, args.question_limit)

@@ -104,10 +104,11 @@ def build_cascade(args, config=None):
     llm = make_client(config)
     if llm is None and local_llm:
         if isinstance(slm, TorchExecutor) and args.llm_model == (args.model or "smollm2-135m"):
-            llm_executor = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer))
+            llm_executor = TorchExecutor(model_and_tokenizer=(slm.model, slm.tokenizer), quantization=slm.quantization)
             llm_executor.model_name = f"{slm.model_name} (stand-in LLM)"
         else:
-            llm_executor = TorchExecutor(args.llm_model, device=args.device, dtype=args.dtype)
+            llm_executor = TorchExecutor(args.llm_model, device=args.device, dtype=args.dtype,
+                                         quantization=args.quantization)
         executors.append(llm_executor)
         llm = ExecutorLLM(llm_executor)
     try:
@@ -172,10 +173,11 @@ def build_tiers(args, config):
                     tier_args.model = model
                     executor = make_executor(tier_args, threads=default_threads())
                 elif isinstance(first, TorchExecutor) and model == (tiers[0].model or args.model or "smollm2-135m"):
-                    executor = TorchExecutor(model_and_tokenizer=(first.model, first.tokenizer))
+                    executor = TorchExecutor(model_and_tokenizer=(first.model, first.tokenizer),
+                                             quantization=first.quantization)
                     executor.model_name = f"{first.model_name} (stand-in {tier.name})"
                 else:
-                    executor = TorchExecutor(model, device=args.device, dtype=args.dtype)
+                    executor = TorchExecutor(model, device=args.device, dtype=args.dtype, quantization=args.quantization)
                 executors.append(executor)
                 backend = ExecutorLLM(executor) if last else executor
             else:  # the last tier under slm_only (checked above)

@@ -83,15 +83,6 @@ def make_executor(args, *, prefix: str = "", **torch_options):
                          quantization=arg("quantization") or "none", **torch_options)
 
 
-def runtime_of(executor) -> str:
-    """Where an in-process executor computes, e.g. 'cpu, bfloat16' (what --dtype auto chose) or
-    'cpu, bfloat16, int8wo'; '' for a remote one."""
-    dtype = getattr(executor, "dtype", None)
-    quantization = getattr(executor, "quantization", "none")
-    weights = "" if quantization == "none" else f", {quantization}"
-    return f"{executor.device}, {dtype}{weights}" if dtype and hasattr(executor, "device") else ""
-
-
 def default_threads() -> int:
     """Torch intra-op threads: COREA_THREADS, else every core (one engine per process).
 

@@ -4,7 +4,7 @@ with --http-port also as OpenAI's chat-completions API in the same process (serv
 from __future__ import annotations
 
 from .cascade_args import add_cascade_args
-from .common import COUNT, PORT, SECONDS, runtime_of
+from .common import COUNT, PORT, SECONDS
 from .security_args import add_llm_client_args, add_security_args
 
 
@@ -48,7 +48,7 @@ def run(args) -> int:
                                   security=security, http_port=args.http_port, http_host=args.http_host)
         except ServerStartError as err:
             raise CommandError(str(err)) from None
-        local = ", ".join(f"{e.model_name} ({runtime_of(e)})" for e in executors if runtime_of(e))
+        local = ", ".join(f"{e.model_name} ({e.runtime})" for e in executors if e.runtime)
         local = f"; in process: {local}" if local else ""  # what --dtype auto chose
         ready = lambda s: print(f"corea serve: {', '.join(s.services)} on port {s.port} of {args.host} ({security.describe()}{local})"  # noqa: E731
                                 + ("" if s.http is None else f", OpenAI HTTP API on port {s.http_port}")

@@ -6,7 +6,7 @@ of them. On the embedded default (SmolLM2-135M) it is a STAND-IN for a real LLM 
 
 from __future__ import annotations
 
-from .common import COUNT, PORT, SECONDS, add_model_args, default_threads, make_executor, runtime_of
+from .common import COUNT, PORT, SECONDS, add_model_args, default_threads, make_executor
 from .security_args import add_security_args
 
 
@@ -51,7 +51,7 @@ def run(args) -> int:
         except ServerStartError as err:
             raise CommandError(str(err)) from None
         stand_in = " (a stand-in LLM)" if executor.model_name == "smollm2-135m" else ""
-        runtime = f"{runtime_of(executor)}; " if runtime_of(executor) else ""
+        runtime = f"{executor.runtime}; " if executor.runtime else ""
         await serve(server, metrics_port=args.metrics_port, grace_s=args.grace_s,
                     ready=lambda s: print(f"corea worker: {executor.model_name}{stand_in} on port {s.port} of {args.host} "
                                           f"({runtime}{', '.join(s.services)}; {security.describe()})", flush=True))

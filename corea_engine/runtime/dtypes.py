@@ -4,7 +4,9 @@
 with AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo), else float32. float32 is the reference
 numerics (tests/test_greedy_reference.py); bfloat16 halves the weight bytes read per token.
 Quantization is separate from the dtype (which stays the activations'): "int8wo" is weight-only
-int8 (torchao's name) of the decode step's decoder linears, on CPU with bfloat16 activations.
+int8 (torchao's name) of the decode step's decoder linears, on CPU with bfloat16 activations;
+a step of more than llama_forward.INT8_MAX_ROWS rows runs their bf16 copy instead (faster there),
+so its numerics are bf16's (the runtime line says "int8wo (<= 4 rows)").
 """
 
 from __future__ import annotations

@@ -293,21 +293,27 @@ class _Mailbox:
     being woken (and taking the GIL) once per event."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        # Weak: the mailbox is the loop's value in _mailboxes, so a strong one would keep it forever.
+        self._loop = weakref.ref(loop)
         self._items: deque = deque()
         self._lock = threading.Lock()
         self._scheduled = False
 
     def post(self, target: asyncio.Queue, event: Event) -> None:
+        loop = self._loop()
+        if loop is None or loop.is_closed():  # the consumer's loop is gone; nobody is listening
+            return
         self._items.append((target, event))
         with self._lock:
             if self._scheduled:  # a drain is pending and will see this event
                 return
             self._scheduled = True
         try:
-            self.loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the consumer's loop is gone; nobody is listening
-            pass
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop closed since the check above: drop what it will never take
+            with self._lock:
+                self._scheduled = False
+                self._items.clear()
 
     def _drain(self) -> None:
         with self._lock:  # first: an event posted from here on schedules another drain
@@ -340,12 +346,12 @@ class RequestStream:
     def __init__(self, request_id: str):
         self.request_id = request_id
         try:
-            self._loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._loop = _consumer_loop.get()
+            loop = _consumer_loop.get()
         # asyncio.Queue binds to a loop on first use, so one made in submit_async's thread is fine.
-        self._queue: asyncio.Queue | queue.SimpleQueue = asyncio.Queue() if self._loop else queue.SimpleQueue()
-        self._mailbox = _mailbox(self._loop) if self._loop else None
+        self._queue: asyncio.Queue | queue.SimpleQueue = asyncio.Queue() if loop else queue.SimpleQueue()
+        self._mailbox = _mailbox(loop) if loop else None  # None: a blocking stream
         self._done = threading.Event()
         self.result: Result | None = None
 
@@ -360,7 +366,7 @@ class RequestStream:
             self._done.set()
 
     def __iter__(self):
-        if self._loop is not None:
+        if self._mailbox is not None:
             raise ExecutorError("this stream was opened in an event loop: use 'async for'")
         while True:
             event = self._queue.get()
@@ -369,7 +375,7 @@ class RequestStream:
                 return
 
     async def __aiter__(self):
-        if self._loop is None:
+        if self._mailbox is None:
             raise ExecutorError("this stream was opened outside an event loop: use 'for'")
         while True:
             event = await self._queue.get()
@@ -388,6 +394,9 @@ class Executor(ABC):
     """A runtime that serves generation requests concurrently."""
 
     model_name: str
+    # Where an in-process executor computes, for start-up lines and GetServerInfo: e.g.
+    # 'cpu, bfloat16' (what --dtype auto chose) or 'cpu, bfloat16, int8wo (<= 4 rows)'; '' otherwise.
+    runtime: str = ""
 
     @abstractmethod
     def submit(self, request: Request) -> RequestStream:

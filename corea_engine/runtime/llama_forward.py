@@ -12,7 +12,8 @@ in tests/test_bf16_tolerance.py): q, k and v as one matmul, gate and up as one, 
 on q and k together, GQA by packing a KV head's queries; on CPU the matmuls are oneDNN's over
 weights reordered once. quantization="int8wo" (weight-only int8, bf16 activations) also stores
 every linear as symmetric per-output-channel int8 and multiplies with torch._weight_int8pack_mm
-for small batches, where a step is bound by reading the weights; the lm_head stays bf16
+for up to INT8_MAX_ROWS rows, where a step is bound by reading the weights (more rows run a bf16
+copy, kept only when a step can have that many rows: `weights` says so); the lm_head stays bf16
 (bounds in tests/test_int8_tolerance.py). These weights are copies, so a step built before the model's
 weights change in place does not see the change.
 """
@@ -41,11 +42,14 @@ class LlamaDecodeStep:
     """Callable: (tokens [B] long, cache) -> logits [B, vocab] float32; rows are slots 0..B-1.
 
     Writes each row's new key/value at column cache.lengths[i] and advances the lengths.
-    quantization: "none" or "int8wo". Raises UnsupportedModelError at construction for another
+    quantization: "none" or "int8wo". max_rows: the most rows a step will run (None: any); int8wo
+    keeps its bf16 copy for steps above INT8_MAX_ROWS rows only when max_rows exceeds it. `weights`
+    describes the decoder weights a step multiplies, e.g. "int8wo (<= 4 rows)"; "" for unquantized.
+    Raises UnsupportedModelError at construction for another
     architecture or RoPE type, ValueError for a quantization dtypes.check_quantization refuses.
     """
 
-    def __init__(self, model, quantization: str = "none"):
+    def __init__(self, model, quantization: str = "none", max_rows: int | None = None):
         config = model.config
         rope = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
         if config.model_type not in SUPPORTED or rope.get("rope_type", "default") != "default":
@@ -60,6 +64,9 @@ class LlamaDecodeStep:
                                                str(decoder.embed_tokens.weight.device))
         # float32 is the reference: op for op as transformers, F.linear (its kernel), unfused.
         self.reference = self.dtype == torch.float32 and quantization == "none"
+        dense_too = max_rows is None or max_rows > INT8_MAX_ROWS
+        self.weights = "" if quantization == "none" else \
+            f"{quantization} (<= {INT8_MAX_ROWS} rows)" if dense_too else quantization
         # bf16 on CPU: oneDNN matmuls over weights reordered once run about twice as fast as
         # F.linear's bf16 path here.
         self.packed = self.dtype == torch.bfloat16 and decoder.embed_tokens.weight.device.type == "cpu" \
@@ -68,7 +75,7 @@ class LlamaDecodeStep:
         def linear(*modules):
             if self.reference:
                 return _Linear(modules[0].weight, modules[0].bias)
-            return _fused(modules, self.packed, quantization)
+            return _fused(modules, self.packed, quantization, dense_too)
 
         self.layers = []
         for layer in decoder.layers:
@@ -212,14 +219,15 @@ class _Int8Linear:
     """Weight-only int8: x [B, in] bf16 -> [B, out] bf16 with symmetric per-output-channel scales.
 
     Up to INT8_MAX_ROWS rows multiply the int8 weight (half the bytes of bf16: a small batch is
-    bound by reading them); more rows use `dense`, the bf16 linear, where compute binds instead."""
+    bound by reading them); more rows use `dense`, the bf16 linear, where compute binds instead
+    (None where no step has more rows)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dense):
         self.qweight, self.scales = quantize_int8(weight)
         self.bias, self.dense = bias, dense
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > INT8_MAX_ROWS:
+        if self.dense is not None and x.shape[0] > INT8_MAX_ROWS:
             return self.dense(x)
         out = torch._weight_int8pack_mm(x, self.qweight, self.scales)
         return out if self.bias is None else out + self.bias
@@ -236,16 +244,19 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qweight.contiguous(), scales
 
 
-def _fused(modules, packed: bool, quantization: str):
-    """One linear computing every module's output, concatenated along the last dim in order."""
+def _fused(modules, packed: bool, quantization: str, dense_too: bool = True):
+    """One linear computing every module's output, concatenated along the last dim in order.
+    dense_too: int8wo keeps the bf16 linear for steps above INT8_MAX_ROWS rows."""
     weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else modules[0].weight.detach()
     biases = [m.bias for m in modules]
     bias = None
     if any(b is not None for b in biases):
         bias = torch.cat([b.detach() if b is not None else weight.new_zeros(m.weight.shape[0])
                           for b, m in zip(biases, modules)])
-    dense = (_PackedLinear if packed else _Linear)(weight, bias)
-    return _Int8Linear(weight, bias, dense) if quantization == "int8wo" else dense
+    linear = _PackedLinear if packed else _Linear
+    if quantization != "int8wo":
+        return linear(weight, bias)
+    return _Int8Linear(weight, bias, linear(weight, bias) if dense_too else None)
 
 
 def _packed_linear_available() -> bool:

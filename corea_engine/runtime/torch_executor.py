@@ -56,11 +56,11 @@ class StepStats:
     """Where the engine's time goes; read by benchmarks (cumulative seconds and counts)."""
 
     decode_steps: int = 0
-    prefills: int = 0
+    prefills: int = 0  # prefill passes merged into the batch: one per shared prefix and length bucket
     prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix is not)
     prefill_padding: int = 0  # padding positions run beside them (rows shorter than their group's longest)
     prefill_s: float = 0.0  # whole prefills: cached-prefix lookups, prompt forward passes, first tokens
-    prefix_hits: int = 0  # prefills that reused a cached shared prefix
+    prefix_hits: int = 0  # admissions of a shared prefix's joiners that found its KV cached
     prefill_chunks: int = 0  # forward passes over prompt tokens (a long prompt takes several)
     tokens: int = 0
     forward_s: float = 0.0
@@ -92,7 +92,8 @@ class TorchExecutor(Executor):
     numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
     is `self.dtype`. quantization: "none" or "int8wo" (weight-only int8 decode step; bfloat16 on
-    CPU only, see dtypes.check_quantization), `self.quantization`. threads: torch intra-op
+    CPU only, see dtypes.check_quantization), `self.quantization`; int8 up to INT8_MAX_ROWS rows a
+    step, the bf16 copy above (`self.runtime` says so: 'cpu, bfloat16, int8wo (<= 4 rows)'). threads: torch intra-op
     threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
     compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
     whole). Raises ExecutorError for a model architecture the decode step does not run
@@ -131,8 +132,6 @@ class TorchExecutor(Executor):
         self.device = next(self.model.parameters()).device
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.quantization = quantization
-        log.info("torch executor: %s on %s in %s%s, %d threads", self.model_name, self.device, self.dtype,
-                 "" if self.quantization == "none" else f", {self.quantization}", torch.get_num_threads())
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         self.max_prompt_chars = max_prompt_chars
@@ -142,9 +141,11 @@ class TorchExecutor(Executor):
         self.max_positions = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         try:
-            self._step = LlamaDecodeStep(self.model, self.quantization)
+            self._step = LlamaDecodeStep(self.model, self.quantization, max_rows=max_batch_size)
         except ValueError as err:  # UnsupportedModelError, or a quantization this model cannot run
             raise ExecutorError(str(err)) from None
+        self.runtime = f"{self.device}, {self.dtype}" + (f", {self._step.weights}" if self._step.weights else "")
+        log.info("torch executor: %s on %s, %d threads", self.model_name, self.runtime, torch.get_num_threads())
         # No request needs more columns than its longest prompt plus the largest budget.
         self._kv = self._step.new_cache(max_batch_size, min(self.max_positions, self.max_prompt_tokens + MAX_NEW_TOKENS_LIMIT))
         self.grammars = GrammarCache.for_tokenizer(self.tokenizer, self.vocab_size)
@@ -355,11 +356,12 @@ class TorchExecutor(Executor):
         for seq in joining:
             groups.setdefault(tuple(seq.prompt_ids[: seq.prefix_len]), []).append(seq)
         for prefix, seqs in groups.items():
+            prefix_kv = self._prefix_kv(prefix) if prefix else None  # once for all its length buckets
             for bucket in length_buckets([len(s.prompt_ids) - len(prefix) for s in seqs], PREFILL_PASS_COST_TOKENS):
-                self._prefill_group(prefix, [seqs[i] for i in bucket])
+                self._prefill_group(prefix, prefix_kv, [seqs[i] for i in bucket])
         self.stats.prefill_s += time.perf_counter() - t0
 
-    def _prefill_group(self, prefix: tuple[int, ...], seqs: list[_Sequence]) -> None:
+    def _prefill_group(self, prefix: tuple[int, ...], prefix_kv, seqs: list[_Sequence]) -> None:
         # Row layout: [prefix | padding | prompt suffix]. Every row ends on the same column, so
         # later steps append one column for all; the padding is masked out and positions count
         # real tokens only, so each row computes exactly what it would alone. Columns go through
@@ -378,7 +380,7 @@ class TorchExecutor(Executor):
         self.stats.prefill_padding += n * width - sum(len(x) for x in suffixes)
         kv = None
         if p:
-            kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix_kv(prefix)]
+            kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix_kv]
             mask = torch.cat([torch.ones((n, p), dtype=torch.long, device=self.device), mask], 1)
         done = p  # mask columns already in the KV cache
         while True:

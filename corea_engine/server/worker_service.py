@@ -215,7 +215,8 @@ class WorkerService(pb_grpc.SglangSchedulerServicer):
     async def GetServerInfo(self, msg, context):
         args = Struct()
         args.update({"model_path": str(self.model_path or self.executor.model_name),
-                     "served_model_name": self.executor.model_name, "runtime": type(self.executor).__name__,
+                     "served_model_name": self.executor.model_name,
+                     "runtime": ": ".join(filter(None, (type(self.executor).__name__, self.executor.runtime))),
                      "max_running_requests": self.max_running_requests, "max_new_tokens": self.max_new_tokens,
                      "grammar_backend": "xgrammar", "dtype": getattr(self.executor, "dtype", ""),
                      "quantization": getattr(self.executor, "quantization", "none")})
