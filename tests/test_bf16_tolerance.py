@@ -12,19 +12,15 @@ a step's logits within 0.33 of fp32; after the step's fused projections and F.rm
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from corea_engine.evaluation.datasets import load_gsm8k
 from corea_engine.runtime.dtypes import BF16_CPU_FLAGS, DTYPES, cpu_flags, resolve_dtype
 from corea_engine.runtime.torch_executor import TorchExecutor
-from tests.test_llama_forward import PROMPTS, _reference
+from tests.tolerance import REFERENCE, greedy_agreement, worst_step_deviation
 from tests.tools.record_greedy_reference import cases
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "greedy_reference.json").read_text())["outputs"]
 LOGIT_TOLERANCE = 0.6
 
 
@@ -70,31 +66,10 @@ def test_bf16_greedy_outputs_stay_within_the_stated_agreement(bf16_executor):
     streams = {key: bf16_executor.submit(req) for key, req in cases(questions)}  # batched, as served
     produced = {key: stream.wait().token_ids for key, stream in streams.items()}
 
-    def agreeing(key):
-        n = 0
-        for a, b in zip(produced[key], REFERENCE[key]):
-            if a != b:
-                break
-            n += 1
-        return n
-
-    assert all(produced[k][:1] == REFERENCE[k][:1] for k in REFERENCE)
-    identical = sum(produced[k] == REFERENCE[k] for k in REFERENCE)
-    prefix = sum(agreeing(k) / len(REFERENCE[k]) for k in REFERENCE) / len(REFERENCE)
+    first, identical, prefix = greedy_agreement(produced)
+    assert first == len(REFERENCE)
     assert identical >= 15 and prefix >= 0.6, (identical, prefix)
 
 
-@torch.no_grad()
 def test_a_bf16_step_stays_within_the_logit_tolerance(bf16_executor, slm_executor):
-    tokenizer = slm_executor.tokenizer
-    worst = 0.0
-    for prompt in PROMPTS:
-        ids = tokenizer.encode(prompt)
-        _, token, expected = _reference(slm_executor.model, ids, steps=1)
-        kv16, _, _ = _reference(bf16_executor.model, ids, steps=0)
-        cache = bf16_executor._step.new_cache(max_slots=1, max_len=256)
-        cache.admit(kv16, 0, torch.arange(len(ids)))
-        got = bf16_executor._step(token, cache)
-        worst = max(worst, float((got - expected[0]).abs().max()))
-        assert int(got.argmax()) == int(expected[0].argmax())
-    assert worst <= LOGIT_TOLERANCE, worst
+    assert worst_step_deviation(bf16_executor, slm_executor) <= LOGIT_TOLERANCE

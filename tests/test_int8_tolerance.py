@@ -19,10 +19,8 @@ output channels shifted by one row change the top-1 token).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,12 +31,9 @@ from corea_engine.runtime.executor import ExecutorError
 from corea_engine.runtime.llama_forward import INT8_MAX_ROWS, LlamaDecodeStep, quantize_int8
 from corea_engine.runtime.torch_executor import TorchExecutor
 from tests.test_llama_forward import PROMPTS, _reference
+from tests.tolerance import READINGS, REFERENCE, greedy_agreement, worst_step_deviation
 from tests.tools.record_greedy_reference import cases
 
-_RECORDED = json.loads((Path(__file__).parent / "data" / "greedy_reference.json").read_text())
-REFERENCE = _RECORDED["outputs"]
-# fp32's (position, expected confidence) on the json cases: recorded alone, read the same batched
-READINGS = _RECORDED["readings"]
 MIN_IDENTICAL, MIN_PREFIX, MIN_READINGS = 13, 0.6, 10
 LOGIT_TOLERANCE = 0.9
 READING_TOLERANCE = 0.06
@@ -114,17 +109,7 @@ def test_int8_greedy_outputs_stay_within_the_stated_agreement(int8_executor):
     results = {key: stream.wait() for key, stream in streams.items()}
     produced = {key: r.token_ids for key, r in results.items()}
 
-    def agreeing(key):
-        n = 0
-        for a, b in zip(produced[key], REFERENCE[key]):
-            if a != b:
-                break
-            n += 1
-        return n
-
-    first = sum(produced[k][:1] == REFERENCE[k][:1] for k in REFERENCE)
-    identical = sum(produced[k] == REFERENCE[k] for k in REFERENCE)
-    prefix = sum(agreeing(k) / len(REFERENCE[k]) for k in REFERENCE) / len(REFERENCE)
+    first, identical, prefix = greedy_agreement(produced)
     # the probe: fp32's recorded readings on the json cases
     deltas = [abs(results[k].confidence.expected - expected) for k, (position, expected) in READINGS.items()
               if results[k].confidence and results[k].confidence.position == position]
@@ -135,18 +120,7 @@ def test_int8_greedy_outputs_stay_within_the_stated_agreement(int8_executor):
     assert len(deltas) >= MIN_READINGS and max(deltas) <= READING_TOLERANCE, deltas
 
 
-@torch.no_grad()
 def test_an_int8_step_stays_within_the_logit_tolerance(int8_executor, slm_executor):
-    tokenizer = slm_executor.tokenizer
-    worst = 0.0
-    for prompt in PROMPTS:
-        ids = tokenizer.encode(prompt)
-        _, token, expected = _reference(slm_executor.model, ids, steps=1)
-        kv16, _, _ = _reference(int8_executor.model, ids, steps=0)
-        cache = int8_executor._step.new_cache(max_slots=1, max_len=256)
-        cache.admit(kv16, 0, torch.arange(len(ids)))
-        got = int8_executor._step(token, cache)
-        worst = max(worst, float((got - expected[0]).abs().max()))
-        assert int(got.argmax()) == int(expected[0].argmax())
+    worst = worst_step_deviation(int8_executor, slm_executor)
     print(f"int8wo: logits max deviation {worst:.3f}")
     assert worst <= LOGIT_TOLERANCE, worst
