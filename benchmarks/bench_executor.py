@@ -52,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llamacpp_peer  # noqa: E402
 from latency import load_average  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "executor_cpu.json"
+# A trial run writes under runs/ (ignored); the committed figures are written only when asked for.
+DEFAULT_OUT = Path("runs") / "bench" / "executor_cpu.json"
 GOALS = "single stream >= 1.0x llama.cpp; 8 concurrent >= 3x llama.cpp single stream; grammar <= 3% of a step"
 
 
@@ -312,8 +313,8 @@ def main() -> None:
     parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV,
                         help="llama-cpp-python's own venv, built by benchmarks/setup_llamacpp.sh (default: %(default)s)")
     parser.add_argument("--require-llamacpp", action="store_true", help="fail when llama.cpp cannot run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON (default: the committed benchmarks/results/"
-                        "executor_cpu.json, overwritten; give another path for a trial run)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the figures as JSON (default: %(default)s; the committed figures are "
+                        "benchmarks/results/executor_cpu.json)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the llama.cpp server and the spinner are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
