@@ -79,8 +79,10 @@ def test_cascade_target_deferral_follows_threshold(slm_executor, gsm8k_questions
     from corea_engine.cascade import Cascade, CascadeConfig
     from corea_engine.escalation.local_llm import ExecutorLLM
 
-    config = CascadeConfig(max_reasoning_chars=24, max_answer_chars=6)
-    cascade = Cascade(slm_executor, ExecutorLLM(slm_executor), config)  # the stand-in LLM shares the batch
+    # The stand-in LLM shares the batch; its deadline is generous: a call past the default 30 s (a
+    # loaded CI machine) degrades to the SLM's answer with no LLM tokens, which is not what this tests.
+    config = CascadeConfig(max_reasoning_chars=24, max_answer_chars=6, llm_timeout_s=600.0)
+    cascade = Cascade(slm_executor, ExecutorLLM(slm_executor), config)
     options = RequestOptions(contract="json", threshold=threshold)
     [level] = asyncio.run(sweep(CascadeTarget(cascade, options), gsm8k_questions[:2], [2], requests=2, warmup=0))
     assert (level["ok"], level["deferred"]) == (2, deferred)
