@@ -1,6 +1,6 @@
 """Embedded runtime throughput against the engines a user would pick instead, in one run.
 
-  python benchmarks/bench_executor.py [--n 8] [--max-new-tokens 64] [--threads 2]
+  python benchmarks/bench_executor.py [--n 8] [--max-new-tokens 64] [--threads COREA_THREADS or 2]
       [--dtypes float32,bfloat16,bfloat16+int8wo] [--concurrency 8,32] [--busy-neighbour] [--require-llamacpp]
 
 Every row decodes greedily, on the same GSM8K test prompts (the first --n; a concurrency above
@@ -302,8 +302,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8, help="prompts of the single-stream and batch rows")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens a request may write (greedy)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch and llama.cpp threads (default 2; COREA_THREADS is not read here; 0: torch's "
+    parser.add_argument("--threads", type=int, default=os.environ.get("COREA_THREADS") or 2,
+                        help="torch and llama.cpp threads (default: COREA_THREADS, else 2; 0: torch's "
                              "own default, and llama.cpp gets torch's count)")
     parser.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv(str), default=["float32", "bfloat16"],
                         help="comma-separated torch dtypes for corea and transformers; "
