@@ -1,7 +1,7 @@
 """Embedded runtime throughput against the engines a user would pick instead, in one run.
 
   python benchmarks/bench_executor.py [--n 8] [--max-new-tokens 64] [--threads COREA_THREADS or 2]
-      [--dtypes float32,bfloat16,bfloat16+int8wo] [--concurrency 8,32] [--busy-neighbour] [--require-llamacpp]
+      [--dtypes float32,bfloat16,bfloat16+int4wo] [--concurrency 8,32] [--busy-neighbour] [--require-llamacpp]
 
 Every row decodes greedily, on the same GSM8K test prompts (the first --n; a concurrency above
 --n takes the next questions) with the same budget of new tokens, one row after another:
@@ -17,7 +17,8 @@ Every row decodes greedily, on the same GSM8K test prompts (the first --n; a con
   transformers  `generate` on the same weights: single stream (free text), and one static
                 left-padded batch of n (the JSON contract through xgrammar's HF logits processor).
 corea and transformers run in each of --dtypes (llama.cpp's weights are the GGUF's); a dtype
-with "+int8wo" runs corea alone, with weight-only int8 (TorchExecutor(quantization="int8wo")).
+with "+int8wo" or "+int4wo" runs corea alone, with that weight-only quantization
+(TorchExecutor(quantization=...)).
 
 Tokens are completion tokens as each engine reports them: corea's Result.completion_tokens and
 transformers' new tokens, both up to and including the end-of-sequence token; llama.cpp's
@@ -307,7 +308,7 @@ def main() -> None:
                              "own default, and llama.cpp gets torch's count)")
     parser.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv(str), default=["float32", "bfloat16"],
                         help="comma-separated torch dtypes for corea and transformers; "
-                             "DTYPE+int8wo: corea with weight-only int8")
+                             "DTYPE+int8wo, DTYPE+int4wo: corea with that weight-only quantization")
     parser.add_argument("--concurrency", type=csv(int), default=[8, 32], help="corea's concurrent rows")
     parser.add_argument("--busy-neighbour", action="store_true", help="also run every row beside one spinning process")
     parser.add_argument("--llamacpp-venv", type=Path, default=llamacpp_peer.DEFAULT_VENV,
@@ -368,7 +369,7 @@ def main() -> None:
                     bench.llamacpp(server, condition)
                 for label in args.dtypes:
                     bench.corea(label, condition)
-                    if "+" not in label:  # transformers runs no int8wo here
+                    if "+" not in label:  # transformers runs no weight-only quantization here
                         bench.transformers(label, condition)
                 bench.loads[condition].append(load_average())
     bench.save()

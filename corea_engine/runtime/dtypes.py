@@ -3,10 +3,10 @@
 "auto" picks bfloat16 where the device computes it natively (CUDA with bf16 support; a CPU
 with AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo), else float32. float32 is the reference
 numerics (tests/test_greedy_reference.py); bfloat16 halves the weight bytes read per token.
-Quantization is separate from the dtype (which stays the activations'): "int8wo" is weight-only
-int8 (torchao's name) of the decode step's decoder linears, on CPU with bfloat16 activations;
-a step of more than llama_forward.INT8_MAX_ROWS rows runs their bf16 copy instead (faster there),
-so its numerics are bf16's (the runtime line says "int8wo (<= 4 rows)").
+Quantization is separate from the dtype (which stays the activations'): "int8wo" and "int4wo" are
+weight-only int8 / int4 (torchao's names) of the decode step's decoder linears, on CPU with
+bfloat16 activations; a step of more than llama_forward.MAX_ROWS[quantization] rows runs their bf16
+copy instead (faster there), so its numerics are bf16's (the runtime line says "int8wo (<= 4 rows)").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-QUANTIZATIONS = ("none", "int8wo")
+QUANTIZATIONS = ("none", "int8wo", "int4wo")
 
 
 def cpu_flags() -> set[str]:
@@ -67,13 +67,13 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> str:
 def check_quantization(quantization: str, dtype: str, device: str = "cpu") -> str:
     """`quantization` if the decode step runs it with activations in `dtype` (a resolved name, not
     "auto") on `device`; ValueError saying why not (unknown name, float32/float16 activations,
-    a device other than the CPU, where torch._weight_int8pack_mm's speed is unmeasured)."""
+    a device other than the CPU, where the weight-only kernels' speed is unmeasured)."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
-    if quantization == "int8wo":
+    if quantization != "none":
         if dtype != "bfloat16":
-            raise ValueError(f"quantization int8wo runs on bfloat16 activations, not {dtype} "
+            raise ValueError(f"quantization {quantization} runs on bfloat16 activations, not {dtype} "
                              "(--dtype bfloat16, or auto on a CPU with AVX512-BF16/AMX)")
         if not str(device).startswith("cpu"):
-            raise ValueError(f"quantization int8wo runs on the CPU, not {device}")
+            raise ValueError(f"quantization {quantization} runs on the CPU, not {device}")
     return quantization

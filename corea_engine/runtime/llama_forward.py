@@ -10,12 +10,16 @@ chunks and shared prefixes), and its KV is copied into the slots.
 In bfloat16 (and float16) the step is free of that constraint and runs fewer, faster ops (bounds
 in tests/test_bf16_tolerance.py): q, k and v as one matmul, gate and up as one, F.rms_norm, RoPE
 on q and k together, GQA by packing a KV head's queries; on CPU the matmuls are oneDNN's over
-weights reordered once. quantization="int8wo" (weight-only int8, bf16 activations) also stores
-every linear as symmetric per-output-channel int8 and multiplies with torch._weight_int8pack_mm
-for up to INT8_MAX_ROWS rows, where a step is bound by reading the weights (more rows run a bf16
-copy, kept only when a step can have that many rows: `weights` says so); the lm_head stays bf16
-(bounds in tests/test_int8_tolerance.py). These weights are copies, so a step built before the model's
-weights change in place does not see the change.
+weights reordered once. Weight-only quantization (bf16 activations; torchao's names) stores every
+decoder linear in fewer bytes, where a small batch is bound by reading them, and runs its bf16 copy
+above MAX_ROWS[quantization] rows, where compute binds instead (the copy is kept only when a step
+can have that many rows: `weights` says so); the lm_head stays bf16:
+  - "int8wo": symmetric per-output-channel int8 (torch._weight_int8pack_mm);
+  - "int4wo": asymmetric int4 in groups of INT4_GROUP_SIZE along the input (torch's CPU int4 kernel),
+    GGUF Q4_1's layout: on the bundled SmolLM2, whose linears are Q4_1 in the file, it gives back the
+    file's weights up to bf16 rounding of each block's scale and offset.
+Bounds in tests/test_int8_tolerance.py and tests/test_int4_tolerance.py. These weights are copies, so
+a step built before the model's weights change in place does not see the change.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import torch.nn.functional as F
 from .dtypes import check_quantization
 from .kv_cache import SlotKVCache
 
-# int8wo multiplies the int8 weights up to this many rows a step and the bf16 copy above it.
-# Measured 2026-11-30 (whole step, 1 thread, SmolLM2-135M, 100-token context, load 3-4): int8
-# 3-21% faster than bf16 at batch 1-4 (4 runs), even at 8, slower at 16 (73 vs 55 ms).
-INT8_MAX_ROWS = 4
+# A quantized step multiplies the quantized weights up to this many rows and the bf16 copy above.
+# Measured 2026-11-30 (whole step, 1 thread, SmolLM2-135M, ~150-token context): int8 3-21% faster
+# than bf16 at 1-4 rows, even at 8, slower at 16 (73 vs 55 ms, load 3-4); int4 9.0 vs 13.4 ms at 1
+# row, 14.5 vs 18.4 at 4, 24.2 vs 24.3 at 8, 33.4 vs 30.8 at 12 (load ~2).
+MAX_ROWS = {"int8wo": 4, "int4wo": 8}
+INT4_GROUP_SIZE = 32  # GGUF Q4_1's block
 
 SUPPORTED = ("llama",)  # same block as SmolLM2: RMSNorm, RoPE, GQA, SiLU-gated MLP
 
@@ -42,9 +48,10 @@ class LlamaDecodeStep:
     """Callable: (tokens [B] long, cache) -> logits [B, vocab] float32; rows are slots 0..B-1.
 
     Writes each row's new key/value at column cache.lengths[i] and advances the lengths.
-    quantization: "none" or "int8wo". max_rows: the most rows a step will run (None: any); int8wo
-    keeps its bf16 copy for steps above INT8_MAX_ROWS rows only when max_rows exceeds it. `weights`
-    describes the decoder weights a step multiplies, e.g. "int8wo (<= 4 rows)"; "" for unquantized.
+    quantization: "none", "int8wo" or "int4wo". max_rows: the most rows a step will run (None: any);
+    a quantized step keeps its bf16 copy for steps above MAX_ROWS[quantization] rows only when max_rows
+    exceeds it. `weights` describes the decoder weights a step multiplies, e.g. "int8wo (<= 4 rows)";
+    "" for unquantized.
     Raises UnsupportedModelError at construction for another
     architecture or RoPE type, ValueError for a quantization dtypes.check_quantization refuses.
     """
@@ -64,9 +71,10 @@ class LlamaDecodeStep:
                                                str(decoder.embed_tokens.weight.device))
         # float32 is the reference: op for op as transformers, F.linear (its kernel), unfused.
         self.reference = self.dtype == torch.float32 and quantization == "none"
-        dense_too = max_rows is None or max_rows > INT8_MAX_ROWS
+        limit = MAX_ROWS.get(quantization, 0)
+        dense_too = max_rows is None or max_rows > limit
         self.weights = "" if quantization == "none" else \
-            f"{quantization} (<= {INT8_MAX_ROWS} rows)" if dense_too else quantization
+            f"{quantization} (<= {limit} rows)" if dense_too else quantization
         # bf16 on CPU: oneDNN matmuls over weights reordered once run about twice as fast as
         # F.linear's bf16 path here.
         self.packed = self.dtype == torch.bfloat16 and decoder.embed_tokens.weight.device.type == "cpu" \
@@ -97,7 +105,7 @@ class LlamaDecodeStep:
         self.hidden_size = config.hidden_size
         self.embed = decoder.embed_tokens.weight
         self.norm = (decoder.norm.weight, decoder.norm.variance_epsilon)
-        # The lm_head stays bf16 under int8wo: int8 did not make the step faster (measured:
+        # The lm_head stays bf16 when quantized: int8 did not make the step faster (measured:
         # within noise at batch 1-4), and the logits, which the probe reads, stay closer to fp32.
         self.lm_head = linear(model.lm_head) if self.reference else _fused((model.lm_head,), self.packed, "none")
         self.inv_freq = decoder.rotary_emb.inv_freq
@@ -215,21 +223,26 @@ class _PackedLinear(_Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
-class _Int8Linear:
-    """Weight-only int8: x [B, in] bf16 -> [B, out] bf16 with symmetric per-output-channel scales.
+class _WeightOnlyLinear:
+    """Weight-only quantized: x [B, in] bf16 -> [B, out] bf16.
 
-    Up to INT8_MAX_ROWS rows multiply the int8 weight (half the bytes of bf16: a small batch is
+    Up to `max_rows` rows multiply the quantized weight (fewer bytes than bf16: a small batch is
     bound by reading them); more rows use `dense`, the bf16 linear, where compute binds instead
     (None where no step has more rows)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dense):
-        self.qweight, self.scales = quantize_int8(weight)
-        self.bias, self.dense = bias, dense
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, quantization: str, dense):
+        self.max_rows, self.bias, self.dense = MAX_ROWS[quantization], bias, dense
+        if quantization == "int8wo":
+            qweight, scales = quantize_int8(weight)
+            self.matmul = lambda x: torch._weight_int8pack_mm(x, qweight, scales)
+        else:
+            packed, scales_and_zeros = quantize_int4(weight)
+            self.matmul = lambda x: torch._weight_int4pack_mm_for_cpu(x, packed, INT4_GROUP_SIZE, scales_and_zeros)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dense is not None and x.shape[0] > INT8_MAX_ROWS:
+        if self.dense is not None and x.shape[0] > self.max_rows:
             return self.dense(x)
-        out = torch._weight_int8pack_mm(x, self.qweight, self.scales)
+        out = self.matmul(x)
         return out if self.bias is None else out + self.bias
 
 
@@ -244,9 +257,34 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qweight.contiguous(), scales
 
 
+def int4_blocks(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q [out, in] int32 in 0..15, scales, mins [out, in / INT4_GROUP_SIZE] float32) with
+    weight ~= q * scale + min per group of INT4_GROUP_SIZE inputs: each group's minimum maps to
+    0 and its maximum to 15, as GGUF Q4_1 quantizes, so a Q4_1 weight's own blocks come back.
+    Raises ValueError when `in` is not a multiple of INT4_GROUP_SIZE."""
+    out, inputs = weight.shape
+    if inputs % INT4_GROUP_SIZE:
+        raise ValueError(f"int4wo needs input sizes that are multiples of {INT4_GROUP_SIZE}, not {inputs}")
+    groups = weight.detach().float().reshape(out, inputs // INT4_GROUP_SIZE, INT4_GROUP_SIZE)
+    mins = groups.amin(-1)
+    scales = (groups.amax(-1) - mins) / 15
+    step = torch.where(scales > 0, scales, torch.ones_like(scales))  # a constant group is all 0s
+    q = ((groups - mins[..., None]) / step[..., None]).round().clamp(0, 15).to(torch.int32)
+    return q.reshape(out, inputs), scales, mins
+
+
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed int4 weight, scales_and_zeros [in / INT4_GROUP_SIZE, out, 2] in weight's dtype) for
+    torch._weight_int4pack_mm_for_cpu, which computes weight = (q - 8) * scale + zero per group."""
+    q, scales, mins = int4_blocks(weight)
+    zeros = mins + 8 * scales
+    scales_and_zeros = torch.stack([scales, zeros], -1).transpose(0, 1).contiguous().to(weight.dtype)
+    return torch._convert_weight_to_int4pack_for_cpu(q, 1), scales_and_zeros
+
+
 def _fused(modules, packed: bool, quantization: str, dense_too: bool = True):
     """One linear computing every module's output, concatenated along the last dim in order.
-    dense_too: int8wo keeps the bf16 linear for steps above INT8_MAX_ROWS rows."""
+    dense_too: a quantized linear keeps the bf16 linear for steps above MAX_ROWS rows."""
     weight = torch.cat([m.weight.detach() for m in modules]) if len(modules) > 1 else modules[0].weight.detach()
     biases = [m.bias for m in modules]
     bias = None
@@ -254,9 +292,9 @@ def _fused(modules, packed: bool, quantization: str, dense_too: bool = True):
         bias = torch.cat([b.detach() if b is not None else weight.new_zeros(m.weight.shape[0])
                           for b, m in zip(biases, modules)])
     linear = _PackedLinear if packed else _Linear
-    if quantization != "int8wo":
+    if quantization == "none":
         return linear(weight, bias)
-    return _Int8Linear(weight, bias, linear(weight, bias) if dense_too else None)
+    return _WeightOnlyLinear(weight, bias, quantization, linear(weight, bias) if dense_too else None)
 
 
 def _packed_linear_available() -> bool:

@@ -91,9 +91,9 @@ class TorchExecutor(Executor):
     pass an already loaded `model_and_tokenizer` pair. dtype: "float32" (the reference
     numerics: a request reads the same alone or batched), "auto" (bfloat16 where the device
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
-    is `self.dtype`. quantization: "none" or "int8wo" (weight-only int8 decode step; bfloat16 on
-    CPU only, see dtypes.check_quantization), `self.quantization`; int8 up to INT8_MAX_ROWS rows a
-    step, the bf16 copy above (`self.runtime` says so: 'cpu, bfloat16, int8wo (<= 4 rows)'). threads: torch intra-op
+    is `self.dtype`. quantization: "none", "int8wo" or "int4wo" (weight-only int8/int4 decode
+    step; bfloat16 on CPU only, see dtypes.check_quantization), `self.quantization`; quantized up to
+    llama_forward.MAX_ROWS rows a step, the bf16 copy above (`self.runtime` says so: 'cpu, bfloat16, int8wo (<= 4 rows)'). threads: torch intra-op
     threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
     compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
     whole). Raises ExecutorError for a model architecture the decode step does not run
