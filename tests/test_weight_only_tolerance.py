@@ -135,6 +135,19 @@ def test_int4_blocks_give_back_a_q4_1_weight():
 
 
 @torch.no_grad()
+def test_int4_blocks_are_the_bundled_gguf_blocks(slm_executor):
+    # The bundled SmolLM2's decoder linears are Q4_1 in its GGUF: in fp32 the blocks give every
+    # weight back exactly (measured over all 30 layers; two layers here), so int4wo's only
+    # departure from the file is bf16 rounding of each block's scale and offset.
+    for layer in (slm_executor.model.model.layers[0], slm_executor.model.model.layers[-1]):
+        for linear in (layer.self_attn.q_proj, layer.self_attn.v_proj, layer.mlp.down_proj):
+            weight = linear.weight
+            q, scales, mins = int4_blocks(weight)
+            groups = q.float().reshape(*scales.shape, INT4_GROUP_SIZE) * scales[..., None] + mins[..., None]
+            assert torch.equal(groups.reshape(weight.shape), weight)
+
+
+@torch.no_grad()
 def test_the_int4_kernel_computes_the_blocks_weight():
     # The packed layout and the (q - 8) * scale + zero convention, against the plain matmul.
     torch.manual_seed(1)

@@ -18,7 +18,7 @@ can have that many rows: `weights` says so); the lm_head stays bf16:
   - "int4wo": asymmetric int4 in groups of INT4_GROUP_SIZE along the input (torch's CPU int4 kernel),
     GGUF Q4_1's layout: on the bundled SmolLM2, whose linears are Q4_1 in the file, it gives back the
     file's weights up to bf16 rounding of each block's scale and offset.
-Bounds in tests/test_int8_tolerance.py and tests/test_int4_tolerance.py. These weights are copies, so
+Bounds in tests/test_weight_only_tolerance.py. These weights are copies, so
 a step built before the model's weights change in place does not see the change.
 """
 

@@ -6,7 +6,7 @@ runtime redesign must reproduce (tests/test_greedy_reference.py).
 Each question runs alone (batch of one), free text (48 tokens) and under the bounded json contract.
 It also records each json output's confidence reading (position, expected): fp32 reads the same
 alone or batched, so tests compare other dtypes with it without rerunning fp32
-(tests/test_int8_tolerance.py). `commit` names where the outputs were first recorded: it is
+(tests/test_weight_only_tolerance.py). `commit` names where the outputs were first recorded: it is
 kept while they stay the same.
 """
 
