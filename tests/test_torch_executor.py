@@ -103,22 +103,29 @@ def test_concurrent_requests_match_solo_runs_under_greedy(slm_executor, gsm8k_qu
     assert identical >= 1
 
 
-def test_the_contracts_system_prompt_is_prefilled_once_and_changes_no_token(slm_executor, gsm8k_questions):
-    """The shared-prefix KV cache: a second request of a contract prefills only its own part of
-    the prompt and decodes what a run without the cache decodes."""
+@pytest.mark.parametrize("contract", ["json", None])
+def test_the_shared_prompt_prefix_is_prefilled_once_and_changes_no_token(slm_executor, gsm8k_questions, contract):
+    """The shared-prefix KV cache: a second request of a contract (the contract's system prompt),
+    or of free text (the template's default system prompt), prefills only the prompt from its
+    question on and decodes what a run without the cache decodes."""
     from corea_engine.runtime.torch_executor import TorchExecutor
 
-    fmt = BOUNDED["json"]
-    first, second = (request(q, fmt) for q in gsm8k_questions[32:34])
-    system = len(slm_executor.tokenizer.apply_chat_template(second.messages[:-1], tokenize=True, return_dict=False))
-    slm_executor.generate(first)  # the contract's system prompt is cached from here on
+    fmt = BOUNDED[contract] if contract else None
+    first, second = (request(q, fmt, max_new_tokens=24) for q in gsm8k_questions[32:34])
+    ids = slm_executor._encode(second)
+    question = slm_executor.tokenizer.encode(gsm8k_questions[33], add_special_tokens=False)
+    shared = next(i for i in range(len(ids)) if ids[i:i + len(question)] == question)  # where the question starts
+    system = len(slm_executor.tokenizer.apply_chat_template(
+        second.messages[:-1] or [{"role": "system", "content": ""}], tokenize=True, return_dict=False))
+    assert shared > system > 0  # the system prompt and the user turn's header are shared
+    slm_executor.generate(first)  # the shared part is cached from here on
     before = (slm_executor.stats.prefill_tokens, slm_executor.stats.prefix_hits)
     cached = slm_executor.generate(second)
     assert (slm_executor.stats.prefill_tokens - before[0], slm_executor.stats.prefix_hits - before[1]) == \
-        (cached.prompt_tokens - system, 1)
+        (cached.prompt_tokens - shared, 1)
     plain = TorchExecutor(model_and_tokenizer=(slm_executor.model, slm_executor.tokenizer), prefix_cache=False)
     try:
-        whole = plain.generate(request(gsm8k_questions[33], fmt))
+        whole = plain.generate(request(gsm8k_questions[33], fmt, max_new_tokens=24))
         assert (plain.stats.prefill_tokens, plain.stats.prefix_hits) == (whole.prompt_tokens, 0)
     finally:
         plain.close()

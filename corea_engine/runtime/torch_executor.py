@@ -248,20 +248,27 @@ class TorchExecutor(Executor):
         return encode_prompt(self.tokenizer, request)
 
     def _shared_prefix_len(self, request: Request, prompt_ids: list[int]) -> int:
-        """Length of the prompt's system part when it tokenizes as a clean prefix of the prompt.
+        """Length of the prompt's part before its last message's content: the chat template's
+        own text (SmolLM2's default system prompt when there is none) and every earlier message.
 
-        Requests of one contract share that system prompt (the format instructions), so its KV is
-        computed once; a template that does not split cleanly just gets no caching.
+        Requests of one contract share that part (its system prompt, the format instructions), and
+        free-text requests share the template's default system prompt, so its KV is computed once.
+        It is the longest common prefix of the prompt and the same messages with the last one's
+        content empty, so it is always a true prefix of the prompt (0: nothing to share).
         """
-        if request.messages is None or len(request.messages) < 2:
+        if not request.messages:
             return 0
+        *earlier, last = request.messages
         try:
-            head = encode_chat(self.tokenizer, request.messages[:-1], add_generation_prompt=False)
+            head = encode_chat(self.tokenizer, [*earlier, {**last, "content": ""}])
         except ChatTemplateError:
             return 0
-        if 0 < len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head:
-            return len(head)
-        return 0
+        n = 0
+        for a, b in zip(head, prompt_ids):
+            if a != b:
+                break
+            n += 1
+        return n if n < len(prompt_ids) else 0
 
     def _eos_ids(self) -> set[int]:
         ids = set()
