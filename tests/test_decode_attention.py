@@ -9,6 +9,7 @@ On a CPU without the kernel's flags these tests check that the step says "sdpa" 
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -58,6 +59,18 @@ def test_the_kernel_reads_each_rows_live_columns_of_its_own_head():
         expected = F.scaled_dot_product_attention(queries[row].float(), keys[1, row, :, :n].float(),
                                                   values[1, row, :, :n].float(), scale=DIM ** -0.5)
         torch.testing.assert_close(out[row].float(), expected.reshape(-1), rtol=2 ** -8, atol=1e-5)
+
+
+@needs_kernel
+def test_a_failed_build_is_a_reason_logged_once_not_a_crash(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    broken = tmp_path / "broken_attention.cpp"
+    broken.write_text("#include <torch/library.h>\nnot C++ at all;\n")
+    with caplog.at_level(logging.WARNING, logger=kernel.__name__):
+        reason = kernel._build(broken)
+        assert kernel._build(broken) == reason  # built (and logged) once per process
+    assert reason.startswith("building broken_attention.cpp failed: ") and "error:" in reason, reason
+    assert caplog.text.count(reason) == 1
 
 
 @needs_kernel

@@ -42,17 +42,19 @@ def unavailable_reason(groups: int, head_dim: int) -> str | None:
 
 
 @functools.cache
-def _build() -> str | None:
+def _build(source: Path = _SOURCE) -> str | None:
+    """Compile and load `source` as the extension corea_<its stem>; None, or why not."""
     missing = [flag for flag in CPU_FLAGS if flag not in cpu_flags()]
     if missing:
         return f"the CPU lacks {', '.join(missing)}"
     try:
         from torch.utils.cpp_extension import load
 
-        load("corea_decode_attention", [str(_SOURCE)], extra_cflags=_CFLAGS, is_python_module=False)
+        load(f"corea_{source.stem}", [str(source)], extra_cflags=_CFLAGS, is_python_module=False)
     except Exception as err:  # no compiler or ninja, a compile error: SDPA runs instead
         lines = str(err).strip().splitlines()
-        reason = f"building {_SOURCE.name} failed: {lines[-1] if lines else type(err).__name__}"
+        said = next((line for line in lines if "error:" in line), lines[-1] if lines else type(err).__name__)
+        reason = f"building {source.name} failed: {said.strip()}"  # the compiler's first error
         log.warning("decode attention kernel unavailable, SDPA runs instead: %s", reason)
         return reason
     return None
