@@ -52,7 +52,8 @@ def test_the_kernel_reads_each_rows_live_columns_of_its_own_head():
     positions = torch.tensor(columns) - 1
     width = max(columns)
 
-    out = kernel.decode_attention(queries, keys[1, :batch, :, :width], values[1, :batch, :, :width], positions, DIM ** -0.5)
+    layer_keys, layer_values = keys[1, :batch, :, :width], values[1, :batch, :, :width]
+    out = kernel.decode_attention(queries, layer_keys, layer_values, positions, DIM ** -0.5)
 
     assert out.shape == (batch, KV_HEADS * GROUPS * DIM) and out.dtype == torch.bfloat16
     for row, n in enumerate(columns):

@@ -43,6 +43,10 @@ inline __m512 load_bf16(const at::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
+inline void prefetch(const at::BFloat16* p) {  // one 64-byte line (32 bf16) into L1
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+}
+
 inline __m512bh load_bf16_pairs(const at::BFloat16* p) {
   return (__m512bh)_mm512_loadu_si512(p);
 }
@@ -76,7 +80,7 @@ void attend_one(const at::BFloat16* q, int64_t q_stride, const at::BFloat16* key
   float running_max[G], running_sum[G], rescale[G];
   __m512bh query[G][D / 32];
   for (int64_t t = 0; t < std::min(BLOCK, columns); ++t)  // the first block's keys, all at once
-    for (int d = 0; d < D; d += 32) _mm_prefetch(reinterpret_cast<const char*>(keys + t * kv_stride + d), _MM_HINT_T0);
+    for (int d = 0; d < D; d += 32) prefetch(keys + t * kv_stride + d);
   for (int g = 0; g < G; ++g) {
     running_max[g] = -std::numeric_limits<float>::infinity();
     running_sum[g] = 0.f;
@@ -89,8 +93,8 @@ void attend_one(const at::BFloat16* q, int64_t q_stride, const at::BFloat16* key
     // Ask for the next block's keys and this block's values now, so memory streams under the math.
     for (int64_t t = 0; t < n; ++t)
       for (int d = 0; d < D; d += 32) {
-        if (start + BLOCK + t < columns) _mm_prefetch(reinterpret_cast<const char*>(k + (BLOCK + t) * kv_stride + d), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(v + t * kv_stride + d), _MM_HINT_T0);
+        if (start + BLOCK + t < columns) prefetch(k + (BLOCK + t) * kv_stride + d);
+        prefetch(v + t * kv_stride + d);
       }
     for (int g = 0; g < G; ++g) {
       // scores of 16 columns at a time: q . k by bf16 pair dot products into fp32 (each
@@ -189,12 +193,13 @@ at::Tensor decode_attention(const at::Tensor& queries, const at::Tensor& keys, c
   TORCH_CHECK(keys.size(0) >= batch && keys.size(1) == kv_heads && keys.size(3) == dim,
               "decode_attention: keys [slots >= B, kv_heads, capacity, head_dim] do not match queries");
   const Kernel kernel = kernel_for(groups, dim);
-  TORCH_CHECK(kernel != nullptr, "decode_attention: built for 1..8 query heads per KV head and head_dim 64 or 128, not ",
-              groups, " and ", dim);
+  TORCH_CHECK(kernel != nullptr, "decode_attention: built for 1..8 query heads per KV head and head_dim 64 or 128, ",
+              "not ", groups, " and ", dim);
   TORCH_CHECK(queries.stride(3) == 1 && keys.stride(3) == 1 && keys.stride(2) >= dim,
               "decode_attention: head_dim must be the innermost, contiguous dimension");
-  TORCH_CHECK(positions.dim() == 1 && positions.size(0) == batch && positions.scalar_type() == at::kLong,
-              "decode_attention: positions must be int64 [B]");
+  TORCH_CHECK(positions.dim() == 1 && positions.size(0) == batch && positions.scalar_type() == at::kLong &&
+                  positions.device().is_cpu(),
+              "decode_attention: positions must be int64 [B] on the CPU");
   const at::Tensor cpu_positions = positions.contiguous();
   const int64_t* position = cpu_positions.data_ptr<int64_t>();
   for (int64_t b = 0; b < batch; ++b)
