@@ -19,7 +19,7 @@ from .dtypes import cpu_flags
 
 log = logging.getLogger(__name__)
 
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")  # what _CFLAGS let it use
 _SOURCE = Path(__file__).with_name("decode_attention.cpp")
 _CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma"]
 

@@ -93,7 +93,8 @@ class TorchExecutor(Executor):
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
     is `self.dtype`. quantization: "none" or "int8wo" (weight-only int8 decode step; bfloat16 on
     CPU only, see dtypes.check_quantization), `self.quantization`; int8 up to INT8_MAX_ROWS rows a
-    step, the bf16 copy above (`self.runtime` says so, and names an attention kernel other than SDPA: 'cpu, bfloat16, int8wo (<= 4 rows), corea-cpu attention'). threads: torch intra-op
+    step, the bf16 copy above (`self.runtime` says so, and names an attention kernel other than
+    SDPA: 'cpu, bfloat16, int8wo (<= 4 rows), corea-cpu attention'). threads: torch intra-op
     threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
     compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
     whole). Raises ExecutorError for a model architecture the decode step does not run
