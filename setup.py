@@ -33,6 +33,7 @@ setup(
     python_requires=">=3.11",  # asyncio.timeout (deadlines); 3.10 reached its end of life in 2026-10
     packages=find_packages(include=["corea_engine", "corea_engine.*"]) + ["corea_kernels"],
     package_dir={"corea_kernels": "kernels"},
+    package_data={"corea_engine.runtime": ["decode_attention.cpp"]},  # compiled where it runs
     install_requires=[
         # A range the CPU wheel on these machines (2.13.0) and a CUDA machine's own torch satisfy.
         "torch>=2.4",
@@ -62,6 +63,8 @@ setup(
         "matplotlib>=3.8",
         "scikit-learn>=1.3",  # isotonic calibration (corea_engine/evaluation/calibrators.py)
         "tqdm",
+        # builds runtime/decode_attention.cpp on first use (torch.utils.cpp_extension; a C++ compiler too)
+        "ninja",
     ],
     extras_require={
         # fastapi + uvicorn: the OpenAI-compatible test server (tests/openai_compat_server.py)

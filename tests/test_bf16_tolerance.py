@@ -3,7 +3,7 @@
 Stated bounds (measured 2026-11-30 on this CPU, batched as below: 18/40 identical outputs (21
 run alone), 40/40 first tokens, 71% of reference tokens before the first difference on average;
 a step's logits within 0.33 of fp32; after the step's fused projections and F.rms_norm: 21/40,
-40/40, 75%, 0.27):
+40/40, 75%, 0.27; with the CPU decode-attention kernel, decode_attention.py: 22/40, 40/40, 76%, 0.36):
   - greedy, the 20-question set (free text + json contract, tests/data/greedy_reference.json):
     every first token equal, >= 15 of 40 outputs identical, >= 60% of reference tokens before
     the first difference on average (bf16 rounding flips near-ties, then the texts part);

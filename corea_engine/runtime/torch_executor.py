@@ -93,7 +93,8 @@ class TorchExecutor(Executor):
     computes it natively, else float32; see dtypes.py), "bfloat16" or "float16"; the one chosen
     is `self.dtype`. quantization: "none", "int8wo" or "int4wo" (weight-only int8/int4 decode
     step; bfloat16 on CPU only, see dtypes.check_quantization), `self.quantization`; quantized up to
-    llama_forward.MAX_ROWS rows a step, the bf16 copy above (`self.runtime` says so: 'cpu, bfloat16, int8wo (<= 4 rows)'). threads: torch intra-op
+    llama_forward.MAX_ROWS rows a step, the bf16 copy above (`self.runtime` says so, and names an
+    attention kernel other than SDPA: 'cpu, bfloat16, int4wo (<= 8 rows), corea-cpu attention'). threads: torch intra-op
     threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
     compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
     whole). Raises ExecutorError for a model architecture the decode step does not run
@@ -144,7 +145,9 @@ class TorchExecutor(Executor):
             self._step = LlamaDecodeStep(self.model, self.quantization, max_rows=max_batch_size)
         except ValueError as err:  # UnsupportedModelError, or a quantization this model cannot run
             raise ExecutorError(str(err)) from None
-        self.runtime = f"{self.device}, {self.dtype}" + (f", {self._step.weights}" if self._step.weights else "")
+        attention = self._step.attention  # named where it is not the default, SDPA
+        self.runtime = ", ".join(filter(None, (str(self.device), self.dtype, self._step.weights,
+                                               f"{attention} attention" if attention != "sdpa" else "")))
         log.info("torch executor: %s on %s, %d threads", self.model_name, self.runtime, torch.get_num_threads())
         # No request needs more columns than its longest prompt plus the largest budget.
         self._kv = self._step.new_cache(max_batch_size, min(self.max_positions, self.max_prompt_tokens + MAX_NEW_TOKENS_LIMIT))

@@ -1,0 +1,74 @@
+"""Decode attention on the CPU straight from the slot KV cache (decode_attention.cpp).
+
+At 8 rows the bf16 step spent about a third of its time in SDPA over the cache's padded, strided
+slices; this kernel reads only each row's live columns, once, with fp32 accumulation and an online
+softmax. It is compiled on first use with torch.utils.cpp_extension (ninja and a C++ compiler)
+into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions/<python>_cpu/corea_decode_attention)
+and reused from there; it needs AVX-512 with BF16 instructions (CPU_FLAGS).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+from .dtypes import cpu_flags
+
+log = logging.getLogger(__name__)
+
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")  # what _CFLAGS let it use
+_SOURCE = Path(__file__).with_name("decode_attention.cpp")
+_CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma"]
+
+
+@functools.cache
+def unavailable_reason(groups: int, head_dim: int) -> str | None:
+    """None when the kernel runs attention of `groups` query heads per KV head of `head_dim`
+    dims here (the first call builds it, ~10 s; later calls are free); else why not: the CPU
+    lacks a flag, the build failed (logged once), or the kernel was not built for this shape."""
+    reason = _build()
+    if reason is not None:
+        return reason
+    try:  # the kernel's own shape check is the one rule
+        queries = torch.zeros(1, 1, groups, head_dim, dtype=torch.bfloat16)
+        keys = torch.zeros(1, 1, 1, head_dim, dtype=torch.bfloat16)
+        decode_attention(queries, keys, keys, torch.zeros(1, dtype=torch.long), 1.0)
+    except RuntimeError as err:
+        return str(err).splitlines()[0]
+    return None
+
+
+@functools.cache
+def _build(source: Path = _SOURCE) -> str | None:
+    """Compile and load `source` as the extension corea_<its stem>; None, or why not."""
+    missing = [flag for flag in CPU_FLAGS if flag not in cpu_flags()]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)}"
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(f"corea_{source.stem}", [str(source)], extra_cflags=_CFLAGS, is_python_module=False)
+    except Exception as err:  # no compiler or ninja, a compile error: SDPA runs instead
+        lines = str(err).strip().splitlines()
+        said = next((line for line in lines if "error:" in line), lines[-1] if lines else type(err).__name__)
+        reason = f"building {source.name} failed: {said.strip()}"  # the compiler's first error
+        log.warning("decode attention kernel unavailable, SDPA runs instead: %s", reason)
+        return reason
+    return None
+
+
+def decode_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     positions: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of one new query per row over its slot's live columns.
+
+    queries [B, kv_heads, groups, head_dim] bf16 (GQA: a KV head's query heads together);
+    keys, values [slots >= B, kv_heads, capacity, head_dim] bf16, a SlotKVCache layer (any strides
+    but a contiguous head_dim); positions [B] int64: row b attends over columns 0..positions[b].
+    Returns [B, kv_heads * groups * head_dim] bf16 (heads in queries' order). scale multiplies
+    q . k. Raises RuntimeError for shapes, dtypes or positions outside the cache; call only where
+    unavailable_reason(groups, head_dim) is None.
+    """
+    return torch.ops.corea.decode_attention(queries, keys, values, positions, scale)
