@@ -7,9 +7,9 @@ and the per-step work around it (StepStats).
 The workload is bench_executor.py's (imported from it): the first c GSM8K test questions
 submitted together, greedy, free text and the bounded JSON contract; a failed request stops the run. For each it prints wall time; the share spent
 prefilling joiners (prompt tokens, padding positions run beside them, forward passes); decode steps
-and the ms of one step: its forward, and the rest (grammar: bitmask fill/apply/accept and each row's
-Sequence.step; confidence: the probe; sample: argmax or sampling; these three also count the first
-token of each prefill pass, so "forward" = step minus them is a slight underestimate). --cprofile N
+and the ms of one step: its forward, and the rest (grammar: bitmask fill/apply/accept; Sequence:
+each row's Sequence.step; confidence: the probe; sample: argmax or sampling; these four also count
+the first token of each prefill pass, so "forward" = step minus them is a slight underestimate). --cprofile N
 profiles the engine thread over the measured runs and prints its N most expensive functions.
 """
 
@@ -72,18 +72,18 @@ def main() -> None:
             profile.clear()  # from here on: the measured runs only
         print(f"{args.dtype}, {args.threads} thread(s), {args.max_new_tokens} new tokens, greedy")
         print("| workload | c | tok/s | wall s | prefill s (share) | prompt tokens + padding, passes | steps | "
-              "ms/step | forward | grammar + Sequence | confidence | sample |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "ms/step | forward | grammar | Sequence | confidence | sample |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for label in workloads:
             for c in levels:
                 tokens, wall = run(c, label, args.max_new_tokens)
                 s = executor.stats
                 steps = max(1, s.decode_steps)
-                around = s.grammar_s + s.confidence_s + s.sample_s  # of the decode steps and the first tokens
+                around = s.grammar_s + s.sequence_s + s.confidence_s + s.sample_s  # of the decode steps and the first tokens
                 print(f"| {label} | {c} | {tokens / wall:.1f} | {wall:.2f} | {s.prefill_s:.2f} ({s.prefill_s / wall:.0%}) | "
                       f"{s.prefill_tokens} + {s.prefill_padding}, {s.prefill_chunks} | {s.decode_steps} | "
                       f"{1e3 * s.step_s / steps:.1f} | {1e3 * (s.step_s - around) / steps:.1f} | "
-                      f"{1e3 * s.grammar_s / steps:.2f} | {1e3 * s.confidence_s / steps:.2f} | "
+                      f"{1e3 * s.grammar_s / steps:.2f} | {1e3 * s.sequence_s / steps:.2f} | {1e3 * s.confidence_s / steps:.2f} | "
                       f"{1e3 * s.sample_s / steps:.2f} |", flush=True)
     finally:
         executor.close()

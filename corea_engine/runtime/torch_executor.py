@@ -22,6 +22,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import torch
+import xgrammar as xgr
 
 from ..contract import GrammarCache
 from ..models import load_model
@@ -65,6 +66,7 @@ class StepStats:
     tokens: int = 0
     forward_s: float = 0.0
     grammar_s: float = 0.0  # fill + apply the bitmask, accept tokens
+    sequence_s: float = 0.0  # each row's Sequence.step: text, the probe's trigger, stops, events
     confidence_s: float = 0.0
     sample_s: float = 0.0
     step_s: float = 0.0  # whole decode steps, forward included
@@ -169,6 +171,9 @@ class TorchExecutor(Executor):
         self._rows: list[_Sequence] = []  # row i lives in slot i of self._kv
         self._next: list[int] = []  # last sampled token of each row, not yet fed
         self._bitmask = _Bitmask(max_batch_size, self.vocab_size, self.device)
+        # Every constrained row's mask in one call into xgrammar's C++ (no Python per row), on
+        # the torch thread budget: more would oversubscribe the cores the forward runs on.
+        self._grammar = xgr.BatchGrammarMatcher(max_threads=torch.get_num_threads())
         self._prefixes: OrderedDict[tuple[int, ...], list] = OrderedDict()
         self._thread = threading.Thread(target=self._engine_loop, name="corea-torch-engine", daemon=True)
         self._thread.start()
@@ -458,15 +463,13 @@ class TorchExecutor(Executor):
 
     def _process(self, logits: torch.Tensor, first_row: int) -> None:
         """Mask, read confidence, sample and advance rows first_row.. with `logits` [n, V]."""
-        import xgrammar as xgr
-
         rows = self._rows[first_row:]
         t0 = time.perf_counter()
         constrained = [i for i, s in enumerate(rows) if s.matcher is not None]
         bitmask = None
         if constrained:
-            for i in constrained:
-                rows[i].matcher.fill_next_token_bitmask(self._bitmask.host, i)
+            self._grammar.batch_fill_next_token_bitmask([rows[i].matcher for i in constrained], self._bitmask.host,
+                                                         indices=constrained)
             bitmask = self._bitmask.to_device(len(rows))
         t1 = time.perf_counter()
         # The probe reads armed rows from the raw logits, the mask applied inside the kernel.
@@ -485,9 +488,11 @@ class TorchExecutor(Executor):
         tokens = self._sample(logits, rows)
         t4 = time.perf_counter()
         asked = _token_logprobs(rows, wanting, logprobs, tokens) if wanting else {}
-        for i, (seq, token) in enumerate(zip(rows, tokens)):
-            self._advance(seq, token, first_row + i, records[i], asked.get(i))
+        accepted = [self._accept(seq, token) for seq, token in zip(rows, tokens)]
         t5 = time.perf_counter()
+        for i, (seq, token) in enumerate(zip(rows, tokens)):
+            self._advance(seq, token, accepted[i], first_row + i, records[i], asked.get(i))
+        self.stats.sequence_s += time.perf_counter() - t5
         self.stats.grammar_s += (t1 - t0) + (t3 - t2) + (t5 - t4)
         self.stats.confidence_s += t2 - t1
         self.stats.sample_s += t4 - t3
@@ -529,21 +534,33 @@ class TorchExecutor(Executor):
             raise ValueError(f"no finite distribution at temperature {sp.temperature!r}, top_p {sp.top_p!r}")
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    def _advance(self, seq: _Sequence, token: int, row: int, record, logprobs=None) -> None:
-        if seq.finish_reason is not None:
-            return
-        self.stats.tokens += 1
+    def _accept(self, seq: _Sequence, token: int | None) -> str:
+        """The grammar's word on `token`: "stop", "rejected", "terminated" (accepted, and the
+        grammar is complete) or "running"; "" for a row already finished (its sampling failed)."""
+        if seq.finish_reason is not None or token is None:
+            return ""
         matcher = seq.matcher
         # End-of-sequence only where the grammar allows it to end (a caller's stop token always).
         if seq.stops_on(token) and (token in seq.request.sampling.stop_token_ids or token not in self._eos
                                     or matcher is None or matcher.is_terminated() or matcher.accept_token(token)):
+            return "stop"
+        if matcher is None:
+            return "running"
+        if not matcher.accept_token(token):
+            return "rejected"
+        return "terminated" if matcher.is_terminated() else "running"
+
+    def _advance(self, seq: _Sequence, token: int, accepted: str, row: int, record, logprobs=None) -> None:
+        if not accepted:
+            return
+        self.stats.tokens += 1
+        if accepted == "stop":
             seq.finish("stop", matched_stop=token)
-            return
-        if matcher is not None and not matcher.accept_token(token):
+        elif accepted == "rejected":
             seq.finish("error", f"grammar rejected token {token}")
-            return
-        self._next[row] = token
-        seq.step(token, record=record, logprobs=logprobs, terminated=matcher is not None and matcher.is_terminated())
+        else:
+            self._next[row] = token
+            seq.step(token, record=record, logprobs=logprobs, terminated=accepted == "terminated")
 
     def _finish(self, seq: _Sequence) -> None:
         seq.finish(seq.finish_reason, seq.error)
@@ -584,8 +601,6 @@ class _Bitmask:
     accelerator the filled rows go over in one copy per step into a preallocated device twin."""
 
     def __init__(self, rows: int, vocab_size: int, device: torch.device):
-        import xgrammar as xgr
-
         self.host = xgr.allocate_token_bitmask(rows, vocab_size)
         self.device = self.host
         if device.type != "cpu":
