@@ -132,6 +132,18 @@ def test_the_shared_prompt_prefix_is_prefilled_once_and_changes_no_token(slm_exe
     assert_same_or_near_tie(slm_executor, second, whole, cached)
 
 
+def test_a_shared_prefix_shorter_than_the_minimum_is_not_cached(slm_executor):
+    from corea_engine.runtime.torch_executor import SHARED_PREFIX_MIN_TOKENS
+
+    alone = Request(messages=[{"role": "system", "content": "Answer in one word: what is 2 + 3?"}])
+    ids = slm_executor._encode(alone)
+    head = slm_executor._encode(Request(messages=[{"role": "system", "content": ""}]))
+    assert 0 < next(i for i, (a, b) in enumerate(zip(head, ids)) if a != b) < SHARED_PREFIX_MIN_TOKENS
+    assert slm_executor._shared_prefix_len(alone, ids) == 0  # the template's header alone: not shared
+    asked = request("What is 2 + 3?", None)
+    assert slm_executor._shared_prefix_len(asked, slm_executor._encode(asked)) >= SHARED_PREFIX_MIN_TOKENS
+
+
 def test_abort_frees_the_slot_without_disturbing_others(slm_executor, gsm8k_questions):
     fmt = BOUNDED["tags"]
     keep = [request(q, fmt) for q in gsm8k_questions[28:31]]

@@ -43,7 +43,8 @@ def add_model_args(parser, *, prefix: str = "", default_model: str | None = None
                         help="auto: bfloat16 where the device computes it natively (AVX512-BF16/AMX, CUDA), else "
                              "float32 (bf16 readings vary with the batch: a request alone and batched differ by ~0.02)")
     parser.add_argument(f"{p}quantization", default="none", choices=QUANTIZATIONS,
-                        help="torch backend, CPU, needs --dtype bfloat16: int8wo / int4wo store the decoder's linear "
+                        help="torch backend, CPU, bfloat16 activations (--dtype bfloat16, or auto on AVX512-BF16/AMX): "
+                             "int8wo / int4wo store the decoder's linear "
                              "weights as int8 per output channel / int4 in groups of 32 (weight-only; int4wo gives back "
                              "the bundled GGUF's Q4_1 weights)")
     parser.add_argument(f"{p}backend", default="torch", choices=BACKENDS,

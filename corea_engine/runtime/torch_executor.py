@@ -43,6 +43,9 @@ from .sequence import Sequence, encode_prompt
 
 log = logging.getLogger(__name__)
 PREFIX_CACHE_SIZE = 16
+# A shared prefix shorter than this is not worth its forward pass and its cache entry (a template's
+# "<|im_start|>system\n" before a last system message is 3 tokens; SmolLM2's default system prompt 24).
+SHARED_PREFIX_MIN_TOKENS = 16
 # Prompts are prefilled this many tokens at a time; between chunks aborts are applied, so a
 # cancel or deadline that lands during a long prefill stops it within one chunk.
 PREFILL_CHUNK_TOKENS = 128
@@ -262,7 +265,8 @@ class TorchExecutor(Executor):
         Requests of one contract share that part (its system prompt, the format instructions), and
         free-text requests share the template's default system prompt, so its KV is computed once.
         It is the longest common prefix of the prompt and the same messages with the last one's
-        content empty, so it is always a true prefix of the prompt (0: nothing to share).
+        content empty, so it is always a true prefix of the prompt (0: nothing to share, or fewer
+        than SHARED_PREFIX_MIN_TOKENS, e.g. a template's header alone before a last system message).
         """
         if not request.messages:
             return 0
@@ -276,7 +280,7 @@ class TorchExecutor(Executor):
             if a != b:
                 break
             n += 1
-        return n if n < len(prompt_ids) else 0
+        return n if SHARED_PREFIX_MIN_TOKENS <= n < len(prompt_ids) else 0
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -486,8 +490,8 @@ class TorchExecutor(Executor):
             )
         t3 = time.perf_counter()
         tokens = self._sample(logits, rows)
-        t4 = time.perf_counter()
         asked = _token_logprobs(rows, wanting, logprobs, tokens) if wanting else {}
+        t4 = time.perf_counter()
         accepted = [self._accept(seq, token) for seq, token in zip(rows, tokens)]
         t5 = time.perf_counter()
         for i, (seq, token) in enumerate(zip(rows, tokens)):
