@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 
 import pytest
 import torch
@@ -74,6 +75,22 @@ def test_a_failed_build_is_a_reason_logged_once_not_a_crash(tmp_path, monkeypatc
         assert kernel._build(broken) == reason  # built (and logged) once per process
     assert reason.startswith("building broken_attention.cpp failed: ") and "error:" in reason, reason
     assert caplog.text.count(reason) == 1
+
+
+@needs_kernel
+def test_a_build_without_a_compiler_names_the_missing_compiler(tmp_path, monkeypatch):
+    tools = tmp_path / "bin"  # ninja and nothing else on PATH, as on a machine without a C++ compiler
+    tools.mkdir()
+    (tools / "ninja").symlink_to(shutil.which("ninja"))
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    source = tmp_path / "no_compiler_attention.cpp"
+    source.write_text(kernel._SOURCE.read_text())
+    reason = kernel._build(source)
+    # the shell's words (dash: "/bin/sh: 1: c++: not found"), not ninja's "build stopped"
+    assert reason.startswith("building no_compiler_attention.cpp failed: ") and "c++" in reason, reason
+    assert reason.endswith("not found"), reason
 
 
 @needs_kernel

@@ -53,8 +53,10 @@ def _build(source: Path = _SOURCE) -> str | None:
         load(f"corea_{source.stem}", [str(source)], extra_cflags=_CFLAGS, is_python_module=False)
     except Exception as err:  # no compiler or ninja, a compile error: SDPA runs instead
         lines = str(err).strip().splitlines()
-        said = next((line for line in lines if "error:" in line), lines[-1] if lines else type(err).__name__)
-        reason = f"building {source.name} failed: {said.strip()}"  # the compiler's first error
+        # the compiler's first error, or the shell's "c++: not found" (ninja alone says only "build stopped")
+        said = next((line for line in lines if "error:" in line or line.endswith("not found")),
+                    lines[-1] if lines else type(err).__name__)
+        reason = f"building {source.name} failed: {said.strip()}"
         log.warning("decode attention kernel unavailable, SDPA runs instead: %s", reason)
         return reason
     return None
