@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -47,6 +49,10 @@ def _build(source: Path = _SOURCE) -> str | None:
     missing = [flag for flag in CPU_FLAGS if flag not in cpu_flags()]
     if missing:
         return f"the CPU lacks {', '.join(missing)}"
+    path = os.environ.get("PATH")
+    # torch looks for ninja on PATH; ours (a dependency) sits beside the interpreter, which is not on
+    # PATH when a venv is used without activating it (`.venv/bin/corea`, `make test`)
+    os.environ["PATH"] = os.pathsep.join(p for p in (path, sysconfig.get_path("scripts")) if p)
     try:
         from torch.utils.cpp_extension import load
 
@@ -59,6 +65,11 @@ def _build(source: Path = _SOURCE) -> str | None:
         reason = f"building {source.name} failed: {said.strip()}"
         log.warning("decode attention kernel unavailable, SDPA runs instead: %s", reason)
         return reason
+    finally:
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
     return None
 
 
