@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -54,15 +55,16 @@ def _build(source: Path = _SOURCE) -> str | None:
     # PATH when a venv is used without activating it (`.venv/bin/corea`, `make test`)
     os.environ["PATH"] = os.pathsep.join(p for p in (path, sysconfig.get_path("scripts")) if p)
     try:
+        compiler = (os.environ.get("CXX") or "c++").split()[0]  # torch's; it would only warn "not compatible"
+        if shutil.which(compiler) is None:
+            raise RuntimeError(f"no C++ compiler ({compiler}) on PATH; CXX names another")
         from torch.utils.cpp_extension import load
 
         load(f"corea_{source.stem}", [str(source)], extra_cflags=_CFLAGS, is_python_module=False)
     except Exception as err:  # no compiler or ninja, a compile error: SDPA runs instead
         lines = str(err).strip().splitlines()
-        # the compiler's first error, or the shell's "c++: not found" (ninja alone says only "build stopped")
-        said = next((line for line in lines if "error:" in line or line.endswith("not found")),
-                    lines[-1] if lines else type(err).__name__)
-        reason = f"building {source.name} failed: {said.strip()}"
+        said = next((line for line in lines if "error:" in line), lines[-1] if lines else type(err).__name__)
+        reason = f"building {source.name} failed: {said.strip()}"  # the compiler's first error
         log.warning("decode attention kernel unavailable, SDPA runs instead: %s", reason)
         return reason
     finally:
