@@ -183,7 +183,7 @@ class Bench:
         self.save()
         grammar = f", grammar {100 * share:.2f}% of a step" if share is not None and workload != "free text" else ""
         prefilled = f", prefill {100 * prefill:.1f}% of the time" if prefill is not None else ""
-        print(f"  {engine:<12} {dtype:<8} {workload:<13} {mode:<15} {tokens:>5} tokens {seconds:7.2f} s "
+        print(f"  {engine:<12} {dtype:<15} {workload:<13} {mode:<15} {tokens:>5} tokens {seconds:7.2f} s "
               f"{row.tok_s:7.1f} tok/s{grammar}{prefilled}", flush=True)
 
     def llamacpp(self, server, condition: str) -> None:

@@ -1,8 +1,8 @@
 """Where the TorchExecutor's time goes at c concurrent requests: prefill, the decode step's forward,
 and the per-step work around it (StepStats).
 
-    python benchmarks/executor_breakdown.py [--dtype bfloat16] [--concurrency 8,32] [--threads 1]
-        [--max-new-tokens 64] [--cprofile 30]
+    python benchmarks/executor_breakdown.py [--dtype bfloat16] [--quantization int4wo] [--concurrency 8,32]
+        [--threads 1] [--max-new-tokens 64] [--cprofile 30]
 
 The workload is bench_executor.py's (imported from it): the first c GSM8K test questions
 submitted together, greedy, free text and the bounded JSON contract; a failed request stops the run. For each it prints wall time; the share spent
@@ -22,12 +22,14 @@ import pstats
 import torch
 from bench_executor import json_contract, run_executor, workload_messages
 
-from corea_engine.runtime.dtypes import DTYPES
+from corea_engine.runtime.dtypes import DTYPES, QUANTIZATIONS, check_quantization, resolve_dtype
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
+                        help="weight-only quantization of the decode step (bfloat16 activations)")
     parser.add_argument("--concurrency", default="8,32", help="comma-separated concurrent requests")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -36,6 +38,11 @@ def main() -> None:
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if not levels or min(levels) < 1 or args.max_new_tokens < 1:
         parser.error("--concurrency needs counts >= 1 and --max-new-tokens must be >= 1")
+    args.dtype = resolve_dtype(args.dtype)
+    try:  # the executor's own rule, before the model loads
+        check_quantization(args.quantization, args.dtype)
+    except ValueError as err:
+        parser.error(f"--quantization: {err}")
     torch.set_num_threads(args.threads)
 
     from corea_engine.evaluation.datasets import load_gsm8k
@@ -55,7 +62,8 @@ def main() -> None:
     if profile is not None:
         torch_executor.TorchExecutor._engine_loop = profiled_loop
     workloads = workload_messages([e.question for e in load_gsm8k("test", limit=max(levels))], json_contract())
-    executor = torch_executor.TorchExecutor(dtype=args.dtype, max_batch_size=max(levels), threads=args.threads)
+    executor = torch_executor.TorchExecutor(dtype=args.dtype, quantization=args.quantization,
+                                            max_batch_size=max(levels), threads=args.threads)
 
     def run(count, workload, budget):  # (tokens, wall s); a failed request raises (run_executor)
         contract, messages = workloads[workload]
@@ -70,7 +78,8 @@ def main() -> None:
                 run(c, workload, 2)
         if profile is not None:
             profile.clear()  # from here on: the measured runs only
-        print(f"{args.dtype}, {args.threads} thread(s), {args.max_new_tokens} new tokens, greedy")
+        quantized = f"+{args.quantization}" if args.quantization != "none" else ""
+        print(f"{args.dtype}{quantized}, {args.threads} thread(s), {args.max_new_tokens} new tokens, greedy")
         print("| workload | c | tok/s | wall s | prefill s (share) | prompt tokens + padding, passes | steps | "
               "ms/step | forward | grammar | Sequence | confidence | sample |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -124,3 +124,6 @@ def test_breakdown_prints_a_row_per_workload_and_level():
     bad = subprocess.run([sys.executable, str(script), "--dtype", "float8"], capture_output=True, text=True,
                          timeout=120, env=env, cwd=ROOT)
     assert bad.returncode == 2 and "argument --dtype: invalid choice: 'float8'" in bad.stderr, bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "--dtype", "float32", "--quantization", "int4wo"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert bad.returncode == 2 and "int4wo runs on bfloat16 activations, not float32" in bad.stderr, bad.stderr

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
 
 import pytest
 import torch
@@ -97,6 +99,35 @@ def test_a_lock_left_by_a_killed_build_is_a_reason_not_a_hang(tmp_path, monkeypa
         reason = kernel._build(source)
     assert reason == f"{lock} has been held for over 1 s (a build killed midway leaves it: remove it)"
     assert reason in caplog.text
+
+
+@needs_kernel
+def test_a_build_without_a_compiler_names_the_missing_compiler(tmp_path, monkeypatch):
+    # nothing on PATH, as in an unactivated venv on a machine without a C++ compiler: the build still
+    # finds the venv's ninja (beside the interpreter) and reports the compiler as missing
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    source = tmp_path / "no_compiler_attention.cpp"
+    source.write_text(kernel._SOURCE.read_text())
+    reason = kernel._build(source)
+    assert reason == "building no_compiler_attention.cpp failed: no C++ compiler (c++) on PATH; CXX names another"
+    assert os.environ["PATH"] == str(tmp_path / "empty")  # the caller's PATH is left as it was
+
+
+@needs_kernel
+def test_the_build_finds_the_venvs_ninja_when_path_lacks_it(tmp_path, monkeypatch):
+    tools = tmp_path / "bin"  # a compiler and its assembler and linker on PATH, no ninja (an unactivated venv)
+    tools.mkdir()
+    for tool in ("c++", "as", "ld"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    source = tmp_path / "venv_ninja_attention.cpp"  # registers no op: the kernel's are loaded already
+    source.write_text("int corea_ninja_probe() { return 1; }\n")
+    assert kernel._build(source) is None
+    assert os.environ["PATH"] == str(tools)
 
 
 @needs_kernel

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -65,7 +67,14 @@ def _build(source: Path = _SOURCE) -> str | None:
         reason = f"{lock} has been held for over {BUILD_LOCK_WAIT_S:g} s (a build killed midway leaves it: remove it)"
         log.warning("decode attention kernel unavailable, SDPA runs instead: %s", reason)
         return reason
+    path = os.environ.get("PATH")
+    # torch looks for ninja on PATH; ours (a dependency) sits beside the interpreter, which is not on
+    # PATH when a venv is used without activating it (`.venv/bin/corea`, `make test`)
+    os.environ["PATH"] = os.pathsep.join(p for p in (path, sysconfig.get_path("scripts")) if p)
     try:
+        compiler = (os.environ.get("CXX") or "c++").split()[0]  # torch's; it would only warn "not compatible"
+        if shutil.which(compiler) is None:
+            raise RuntimeError(f"no C++ compiler ({compiler}) on PATH; CXX names another")
         cpp_extension.load(name, [str(source)], extra_cflags=_CFLAGS, is_python_module=False,
                            build_directory=str(directory))
     except Exception as err:  # no compiler or ninja, a compile error: SDPA runs instead
@@ -74,6 +83,11 @@ def _build(source: Path = _SOURCE) -> str | None:
         reason = f"building {source.name} failed: {said.strip()}"  # the compiler's first error
         log.warning("decode attention kernel unavailable, SDPA runs instead: %s", reason)
         return reason
+    finally:
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
     return None
 
 
