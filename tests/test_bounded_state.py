@@ -82,7 +82,7 @@ def test_many_distinct_system_prompts_leave_the_prefix_cache_at_its_bound(slm_ex
     llm = stand_in_llm(slm_executor)
     try:
         for i in range(PREFIX_CACHE_SIZE + 4):
-            llm.generate(Request(messages=[{"role": "system", "content": f"You are assistant number {i}."},
+            llm.generate(Request(messages=[{"role": "system", "content": f"You are assistant number {i}; answer briefly and politely."},
                                            {"role": "user", "content": "Hi"}],
                                  sampling=SamplingParams(max_new_tokens=1)))
             assert llm.prefix_cache_entries <= PREFIX_CACHE_SIZE
