@@ -101,8 +101,8 @@ class TorchExecutor(Executor):
     llama_forward.MAX_ROWS rows a step, the bf16 copy above (`self.runtime` says so, and names an
     attention kernel other than SDPA: 'cpu, bfloat16, int4wo (<= 8 rows), corea-cpu attention'). threads: torch intra-op
     threads for CPU (set deliberately: oversubscribing two cores costs up to 10x). prefix_cache:
-    compute a contract's shared system prompt once and reuse its KV (False prefills every prompt
-    whole). Raises ExecutorError for a model architecture the decode step does not run
+    compute the prompt's shared part before its question once and reuse its KV (a contract's
+    system prompt, the template's default one; False prefills every prompt whole). Raises ExecutorError for a model architecture the decode step does not run
     (llama_forward.py) or a quantization it cannot run with this dtype and device.
     """
 
