@@ -135,6 +135,8 @@ def test_int4_blocks_give_back_a_q4_1_weight():
     assert torch.allclose(got_scales, scales, atol=1e-6) and torch.allclose(got_mins, mins)
     with pytest.raises(ValueError, match="multiples of 32"):
         int4_blocks(torch.zeros(2, 48))
+    with pytest.raises(ValueError, match="output sizes that are multiples of 16, not 20"):
+        quantize_int4(torch.zeros(20, 64, dtype=torch.bfloat16))  # torch's packing would raise RuntimeError
 
 
 @torch.no_grad()

@@ -288,7 +288,11 @@ def int4_blocks(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed int4 weight, scales_and_zeros [in / INT4_GROUP_SIZE, out, 2] in weight's dtype) for
-    torch._weight_int4pack_mm_for_cpu, which computes weight = (q - 8) * scale + zero per group."""
+    torch._weight_int4pack_mm_for_cpu, which computes weight = (q - 8) * scale + zero per group.
+    Raises ValueError for a shape the kernel cannot pack (outputs not a multiple of 16, inputs not
+    a multiple of INT4_GROUP_SIZE): a clear start-up error, not torch's RuntimeError."""
+    if weight.shape[0] % 16:
+        raise ValueError(f"int4wo needs output sizes that are multiples of 16, not {weight.shape[0]}")
     q, scales, mins = int4_blocks(weight)
     zeros = mins + 8 * scales
     scales_and_zeros = torch.stack([scales, zeros], -1).transpose(0, 1).contiguous().to(weight.dtype)
