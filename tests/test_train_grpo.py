@@ -125,6 +125,8 @@ def test_corea_solve_serves_the_export(trained, capsys):
         (["--save-every", "-1"], "--save-every must be 0 (never) or more"),
         (["--reward", "coca", "--contract", "json"], "--reward coca needs a confidence-first contract"),
         (["--warm-start", "-1"], "--warm-start must be 0 (none) or more"),
+        (["--warm-samples", "0"], "--warm-samples must be 1 or more"),
+        (["--warm-lr", "0"], "--warm-lr must be above 0"),
     ],
 )
 def test_train_command_refuses_bad_input(argv, message, tmp_path, capsys):

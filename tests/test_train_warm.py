@@ -32,6 +32,7 @@ def test_targets_are_level_or_shrunk_question_accuracy():
     got = confidence_targets(rollouts, "question")
     assert got[0] == pytest.approx((2 + 4 * 0.75) / 6) and got[2] == pytest.approx((1 + 4 * 0.75) / 6)
     assert got[0] > got[2] and got[4] == 0.0
+    assert confidence_targets(rollouts, "reply") == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="unknown warm-start target"):
         confidence_targets(rollouts, "answer")
 
@@ -41,19 +42,20 @@ def test_digit_examples_end_on_the_target_digit(slm):
     rollouts = [rollout("a", "easy", True), rollout("b", "easy", False), rollout("c", "hard", False, parsed=False)]
     examples = digit_examples(tokenizer, rollouts, [0.74, 0.2, 0.0], JSON)
     assert len(examples) == 2  # the unparsed rollout teaches nothing
-    for (ids, start, at), digit in zip(examples, "72"):
+    for (ids, start, at, target), digit, want in zip(examples, "72", [0.74, 0.2]):
+        assert target == want
         assert at == len(ids) - 1 and tokenizer.decode(ids[at:]) == digit
         assert tokenizer.decode(ids[:at]).endswith('"confidence": 0.')
         assert tokenizer.decode(ids[start:at]) == 'adding", "answer": "7", "confidence": 0.'  # the reply after the prefix
     cf = get_format("json_confidence_first")
-    (ids, _, at), = digit_examples(tokenizer, rollouts[:1], [0.9], cf)
+    (ids, _, at, _), = digit_examples(tokenizer, rollouts[:1], [0.9], cf)
     assert tokenizer.decode(ids[at:]) == "9" and tokenizer.decode(ids[:at]).endswith('{"confidence": 0.')
 
 
 def test_fitting_moves_the_digit_toward_the_target_and_the_anchor_holds_the_rest(slm):
     model, tokenizer = slm
     examples = digit_examples(tokenizer, [rollout(str(i), "easy", True) for i in range(4)], [0.3] * 4, JSON)
-    ids, start, at = examples[0]
+    ids, start, at, _ = examples[0]
 
     def probs():
         with torch.no_grad():
@@ -77,3 +79,30 @@ def test_confidence_segment_is_the_leading_number(slm):
     k = confidence_tokens(tokenizer, ids)
     assert tokenizer.decode(ids[:k]) == "0.7"
     assert confidence_tokens(tokenizer, tokenizer("I think", add_special_tokens=False)["input_ids"]) == 0
+
+
+def test_brier_teaches_the_digit_which_reply_is_right(slm):
+    """The `reply` target: a reply that is right and one that is wrong; after fitting, the expected
+    confidence read after the right one is well above the one read after the wrong one."""
+    _, tokenizer = slm
+    model, _, _ = load_trainable(None)  # fresh: the test above trained the shared one
+    easy = Problem("e", "What is 3 + 4?", 7, "+", 1, "sum-1d")
+    hard = Problem("h", "What is 987 * 654?", 645498, "*", 3, "product-3d")
+    replies = [Rollout(easy, "", "3 + 4 = 7", "7", True), Rollout(hard, "", "987 * 654 = 645", "645", False)]
+    examples = digit_examples(tokenizer, replies, confidence_targets(replies, "reply"), JSON)
+    digits = torch.tensor([tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
+
+    def expected():
+        with torch.no_grad():
+            return [float(model(input_ids=torch.tensor([ids[:at]])).logits[0, -1, digits].softmax(-1)
+                          @ (torch.arange(10.0) / 10)) for ids, _, at, _ in examples]
+
+    before = expected()  # 0.65, 0.67: the starting model is surer of the product
+    freeze_below(model, 2)
+    history = fit_digits(model, tokenizer, examples * 2, epochs=8, batch_size=4, learning_rate=5e-4, anchor=1.0,
+                         loss="brier")
+    right, wrong = expected()
+    assert history[-1]["digit_loss"] < history[0]["digit_loss"]
+    assert wrong < before[1] and right - wrong > 0.2
+    with pytest.raises(ValueError, match="unknown digit loss"):
+        fit_digits(model, tokenizer, examples, loss="l1")

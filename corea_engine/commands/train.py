@@ -63,7 +63,10 @@ def register(sub) -> None:
                         "(supervised) on this many training questions (0: none)")
     p.add_argument("--warm-target", default=d.warm_target, choices=list(TARGETS),
                    help="warm start's confidence target: the accuracy of the question's level (its kind, e.g. "
-                        "2-digit sums) or of the question itself over its rollouts, shrunk toward its level's")
+                        "2-digit sums), of the question itself over its rollouts (shrunk toward its level's), or "
+                        "whether each reply is right (expected Brier score: the digit learns P(right | reply))")
+    p.add_argument("--warm-samples", type=int, default=d.warm_samples, help="replies per warm-start question")
+    p.add_argument("--warm-lr", type=float, default=d.warm_lr, help="warm start's learning rate")
     p.add_argument("--train-size", type=int, default=d.train_size, help="generated training questions")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the training questions and the sampling (the held-out splits are fixed)")
@@ -96,6 +99,10 @@ def run(args) -> int:
         raise CommandError(f"--train-layers must be 0 (all) or more, got {args.train_layers}")
     if args.warm_start < 0:
         raise CommandError(f"--warm-start must be 0 (none) or more, got {args.warm_start}")
+    if args.warm_samples < 1:
+        raise CommandError(f"--warm-samples must be 1 or more, got {args.warm_samples}")
+    if not args.warm_lr > 0:
+        raise CommandError(f"--warm-lr must be above 0, got {args.warm_lr}")
     if args.save_every < 0:
         raise CommandError(f"--save-every must be 0 (never) or more, got {args.save_every}")
     if not 0 <= args.eval <= TEST_SPLIT_MAX:
@@ -145,7 +152,8 @@ def run(args) -> int:
         max_completion_length=args.max_completion_length, learning_rate=args.lr, temperature=args.temperature,
         beta=args.beta, train_layers=args.train_layers or None, save_every=args.save_every or None,
         distance=args.distance or preset.distance, weights=weights, segmented=preset.segmented, task=args.task,
-        warm_start=args.warm_start, warm_target=args.warm_target, train_size=args.train_size, seed=args.seed,
+        warm_start=args.warm_start, warm_target=args.warm_target,
+        warm_samples=args.warm_samples, warm_lr=args.warm_lr, train_size=args.train_size, seed=args.seed,
         threads=threads, progress=not args.no_progress, max_minutes=args.max_minutes,
     )
     model_dir = train(settings)

@@ -68,6 +68,8 @@ class TrainSettings:
     task: str = "arithmetic"  # tasks.TASKS
     warm_start: int = 0  # questions for the supervised-calibration warm start (warm.py); 0: none
     warm_target: str = "level"  # warm.TARGETS
+    warm_samples: int = 4  # replies per warm-start question
+    warm_lr: float = 2e-5
     train_size: int = 2000
     seed: int = 0
     threads: int | None = None
@@ -329,6 +331,7 @@ def train(settings: TrainSettings) -> Path:
         # its own questions (another seed), drawn like GRPO's: never a held-out one
         problems = training_problems(settings.warm_start, seed=settings.seed + 1, task=settings.task)
         record["warm_start_result"] = warm_start(model, tokenizer, problems, settings.contract, target=settings.warm_target,
+                                                 samples=settings.warm_samples, learning_rate=settings.warm_lr,
                                                  temperature=settings.temperature,
                                                  max_new_tokens=settings.max_completion_length, seed=settings.seed)
         warm = save_for_runtime(model, tokenizer, out / "checkpoints" / "warm")

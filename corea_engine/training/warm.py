@@ -2,14 +2,22 @@
 
 The model answers training questions at the rollout temperature (its own rollouts, grammar-free,
 as GRPO samples them); each parsed reply keeps its reasoning and answer, and its confidence is
-set to the empirical accuracy of its level (``target="level"``) or of its question, shrunk
-toward its level's (``target="question"``: a question has only a few samples). The loss is the
-cross-entropy of the confidence digit (the contract writes ``0.D``) plus a KL anchor: on the
-reply's other tokens the model's next-token distribution is held to the starting model's, so the
-answers stay as they were (without it, one run's greedy accuracy fell from 0.39 to 0.29 while
-only the digit was trained: the top blocks are shared by every token). Reported for Qwen3-4B to lift AUROC where GRPO
-alone made confidence worse (issue 17); here it gives GRPO a starting point whose confidence
-already differs between levels.
+trained toward one of three targets:
+
+* ``level``: the empirical accuracy of its level; ``question``: of its question, shrunk toward its
+  level's (a question has only a few samples). Both by the cross-entropy of the digit the target
+  rounds to.
+* ``reply``: whether this reply is right (1 or 0), by the expected Brier score of the digit
+  distribution, sum_d p(d) (d/10 - y)^2: RLCR's reward (arXiv 2507.16806) in expectation, with its
+  exact gradient instead of a sampled one. Its optimum is the digit nearest P(right | question,
+  reply), so the digit can learn what the written answer tells (a slip, a carry) and not only the
+  level; cross-entropy on 0/1 targets would teach "0.0" and "0.9" only.
+
+A KL anchor holds the rest: on the reply's other tokens the model's next-token distribution is
+held to the starting model's, so the answers stay as they were (without it, one run's greedy
+accuracy fell from 0.39 to 0.29 while only the digit was trained: the top blocks are shared by
+every token). Supervised calibration is reported for Qwen3-4B to lift AUROC where GRPO alone made
+confidence worse (issue 17).
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from .tasks import Problem, check_answer
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("level", "question")
+TARGETS = ("level", "question", "reply")
+LOSSES = {"level": "cross_entropy", "question": "cross_entropy", "reply": "brier"}
 SHRINK = 4.0  # pseudo-samples of the level's accuracy added to a question's own (target="question")
 
 
@@ -72,9 +81,12 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], fmt: Format | str
 
 
 def confidence_targets(rollouts: list[Rollout], target: str = "level") -> list[float]:
-    """Per rollout: the accuracy it should state (its level's, or its question's shrunk toward it)."""
+    """Per rollout: the accuracy it should state (its level's, its question's shrunk toward it, or
+    its own correctness, 1.0 / 0.0)."""
     if target not in TARGETS:
         raise ValueError(f"unknown warm-start target {target!r}; choose one of: {', '.join(TARGETS)}")
+    if target == "reply":
+        return [float(r.correct) for r in rollouts]
     level: dict[str, list[int]] = defaultdict(list)
     question: dict[str, list[int]] = defaultdict(list)
     for r in rollouts:
@@ -88,9 +100,9 @@ def confidence_targets(rollouts: list[Rollout], target: str = "level") -> list[f
 
 
 def digit_examples(tokenizer, rollouts: list[Rollout], targets: list[float],
-                   fmt: Format | str) -> list[tuple[list[int], int, int]]:
+                   fmt: Format | str) -> list[tuple[list[int], int, int, float]]:
     """(token ids up to and including the confidence digit, index of the reply's first token, index
-    of the digit) per parsed rollout."""
+    of the digit, the target) per parsed rollout; the digit written is the target's, rounded."""
     from .grpo import build_prompt, response_prefix
 
     fmt = get_format(fmt)
@@ -110,22 +122,30 @@ def digit_examples(tokenizer, rollouts: list[Rollout], targets: list[float],
         start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if full[:len(head)] != head or len(full) != len(head) + 1:
             continue  # the digit merged with its neighbours: no single token to train
-        examples.append((full, min(start, len(head)), len(head)))
+        examples.append((full, min(start, len(head)), len(head), t))
     return examples
 
 
-def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int]], *, epochs: int = 4, batch_size: int = 8,
-               learning_rate: float = 2e-5, anchor: float = 1.0, seed: int = 0) -> list[dict]:
-    """Cross-entropy on the confidence digit + `anchor` x KL(start || model) on the reply's other tokens.
+def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float]], *, epochs: int = 4,
+               batch_size: int = 8, learning_rate: float = 2e-5, anchor: float = 1.0, loss: str = "cross_entropy",
+               seed: int = 0) -> list[dict]:
+    """A loss on the confidence digit + `anchor` x KL(start || model) on the reply's other tokens.
 
-    The KL is the mean over the positions that predict the reply's tokens before the digit, against
-    a frozen copy of the model as it was (0: no anchor). Returns per epoch the mean digit loss and KL.
+    `loss`: "cross_entropy" of the digit written in the example, or "brier", the expected
+    (d/10 - target)^2 under the model's distribution over the ten digits (renormalized over them, as
+    the grammar allows only those there and the runtime reads them). The KL is the mean over the
+    positions that predict the reply's tokens before the digit, against a frozen copy of the model as
+    it was (0: no anchor). Returns per epoch the mean digit loss and KL.
     """
     import copy
 
     import torch
     import torch.nn.functional as F
 
+    if loss not in ("cross_entropy", "brier"):
+        raise ValueError(f"unknown digit loss {loss!r}; choose cross_entropy or brier")
+    digit_ids = torch.tensor([tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
+    scale = torch.arange(10, dtype=torch.float32) / 10
     reference = copy.deepcopy(model).eval().requires_grad_(False) if anchor else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -139,27 +159,32 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int]], *, 
         sums = {"digit_loss": 0.0, "kl": 0.0}
         for i in range(0, len(order), batch_size):
             chunk = [examples[k] for k in order[i:i + batch_size]]
-            width = max(len(ids) for ids, _, _ in chunk)
+            width = max(len(ids) for ids, *_ in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             reply = torch.zeros((len(chunk), width), dtype=torch.bool)  # positions predicting reply tokens
-            for row, (ids, start, digit) in enumerate(chunk):  # right padding: positions stay as in generation
+            for row, (ids, start, digit, _) in enumerate(chunk):  # right padding: positions stay as in generation
                 input_ids[row, :len(ids)] = torch.tensor(ids)
                 mask[row, :len(ids)] = 1
                 reply[row, max(start - 1, 0):digit - 1] = True
             logits = model(input_ids=input_ids, attention_mask=mask).logits
             rows = torch.arange(len(chunk))
-            at = torch.tensor([d - 1 for _, _, d in chunk])  # the position that predicts the digit
-            labels = torch.tensor([ids[d] for ids, _, d in chunk])
-            loss = digit_loss = F.cross_entropy(logits[rows, at], labels)
+            at = torch.tensor([d - 1 for _, _, d, _ in chunk])  # the position that predicts the digit
+            if loss == "brier":
+                p = logits[rows, at][:, digit_ids].softmax(-1)
+                target = torch.tensor([t for *_, t in chunk], dtype=torch.float32)
+                digit_loss = (p * (scale[None, :] - target[:, None]) ** 2).sum(-1).mean()
+            else:
+                digit_loss = F.cross_entropy(logits[rows, at], torch.tensor([ids[d] for ids, _, d, _ in chunk]))
+            total = digit_loss
             kl = torch.zeros(())
             if reference is not None and reply.any():
                 with torch.no_grad():
                     ref = reference(input_ids=input_ids, attention_mask=mask).logits[reply].log_softmax(-1)
                 kl = F.kl_div(logits[reply].log_softmax(-1), ref, log_target=True, reduction="batchmean")
-                loss = loss + anchor * kl
+                total = total + anchor * kl
             optimizer.zero_grad()
-            loss.backward()
+            total.backward()
             optimizer.step()
             sums["digit_loss"] += digit_loss.item() * len(chunk)
             sums["kl"] += kl.item() * len(chunk)
@@ -181,11 +206,13 @@ def warm_start(model, tokenizer, problems: list[Problem], fmt: Format | str, *, 
     examples = digit_examples(tokenizer, rollouts, targets, fmt)
     if not examples:
         raise RuntimeError("warm start: no rollout parsed; nothing to learn the confidence from")
-    losses = fit_digits(model, tokenizer, examples, epochs=epochs, learning_rate=learning_rate, anchor=anchor, seed=seed)
+    losses = fit_digits(model, tokenizer, examples, epochs=epochs, learning_rate=learning_rate, anchor=anchor,
+                        loss=LOSSES[target], seed=seed)
     by_level: dict[str, list[int]] = defaultdict(list)
     for r in rollouts:
         by_level[r.problem.difficulty].append(r.correct)
-    stats = {"rollouts": len(rollouts), "examples": len(examples), "target": target, "losses": losses,
+    stats = {"rollouts": len(rollouts), "examples": len(examples), "target": target, "loss": LOSSES[target],
+             "losses": losses,
              "level_accuracy": {k: sum(v) / len(v) for k, v in sorted(by_level.items())}}
     log.info("warm start: %s", stats)
     return stats
