@@ -90,12 +90,12 @@ def test_brier_teaches_the_digit_which_reply_is_right(slm):
     hard = Problem("h", "What is 987 * 654?", 645498, "*", 3, "product-3d")
     replies = [Rollout(easy, "", "3 + 4 = 7", "7", True), Rollout(hard, "", "987 * 654 = 645", "645", False)]
     examples = digit_examples(tokenizer, replies, confidence_targets(replies, "reply"), JSON)
-    digits = torch.tensor([tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
+    digits = torch.tensor(JSON.scale.token_ids(tokenizer))
 
     def expected():
         with torch.no_grad():
             return [float(model(input_ids=torch.tensor([ids[:at]])).logits[0, -1, digits].softmax(-1)
-                          @ (torch.arange(10.0) / 10)) for ids, _, at, _ in examples]
+                          @ torch.tensor(JSON.scale.values)) for ids, _, at, _ in examples]
 
     before = expected()  # 0.65, 0.67: the starting model is surer of the product
     freeze_below(model, 2)

@@ -61,6 +61,7 @@ def main() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from corea_engine.contract import SCALE
     from corea_engine.training.grpo import load_trainable
     from corea_engine.training.tasks import training_problems
     from corea_engine.training.warm import digit_examples, sample_rollouts
@@ -76,15 +77,15 @@ def main() -> None:
     parsed = [r for r in rollouts if r.reasoning is not None]
     # digit_examples drops a reply whose digit merges with a neighbour: one at a time keeps them aligned
     kept, feats, expected = [], defaultdict(list), []
-    digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-    values = torch.arange(10, dtype=torch.float32) / 10
+    digit_ids = SCALE.token_ids(tokenizer)
+    values = torch.tensor(SCALE.values, dtype=torch.float32)
     layers = [int(x) for x in args.layers.split(",")]
     with torch.no_grad():
         for r in parsed:
             ex = digit_examples(tokenizer, [r], [0.5], "json")
             if not ex:
                 continue
-            ids, _, digit = ex[0]
+            ids, _, digit, _ = ex[0]
             out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
             at = digit - 1
             for layer in layers:

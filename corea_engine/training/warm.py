@@ -27,7 +27,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..contract import Format, get_format
+from ..contract import SCALE, ConfidenceScale, Format, get_format
 from .rewards import parse_completion
 from .tasks import Problem, check_answer
 
@@ -128,12 +128,12 @@ def digit_examples(tokenizer, rollouts: list[Rollout], targets: list[float],
 
 def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float]], *, epochs: int = 4,
                batch_size: int = 8, learning_rate: float = 2e-5, anchor: float = 1.0, loss: str = "cross_entropy",
-               seed: int = 0) -> list[dict]:
+               scale: ConfidenceScale = SCALE, seed: int = 0) -> list[dict]:
     """A loss on the confidence digit + `anchor` x KL(start || model) on the reply's other tokens.
 
     `loss`: "cross_entropy" of the digit written in the example, or "brier", the expected
-    (d/10 - target)^2 under the model's distribution over the ten digits (renormalized over them, as
-    the grammar allows only those there and the runtime reads them). The KL is the mean over the
+    (value - target)^2 under the model's distribution over the `scale`'s symbols (renormalized over
+    them, as the grammar allows only those there and the runtime reads them). The KL is the mean over the
     positions that predict the reply's tokens before the digit, against a frozen copy of the model as
     it was (0: no anchor). Returns per epoch the mean digit loss and KL.
     """
@@ -144,8 +144,8 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
 
     if loss not in ("cross_entropy", "brier"):
         raise ValueError(f"unknown digit loss {loss!r}; choose cross_entropy or brier")
-    digit_ids = torch.tensor([tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
-    scale = torch.arange(10, dtype=torch.float32) / 10
+    digit_ids = torch.tensor(scale.token_ids(tokenizer))
+    values = torch.tensor(scale.values, dtype=torch.float32)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if anchor else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -173,7 +173,7 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
             if loss == "brier":
                 p = logits[rows, at][:, digit_ids].softmax(-1)
                 target = torch.tensor([t for *_, t in chunk], dtype=torch.float32)
-                digit_loss = (p * (scale[None, :] - target[:, None]) ** 2).sum(-1).mean()
+                digit_loss = (p * (values[None, :] - target[:, None]) ** 2).sum(-1).mean()
             else:
                 digit_loss = F.cross_entropy(logits[rows, at], torch.tensor([ids[d] for ids, _, d, _ in chunk]))
             total = digit_loss
@@ -207,7 +207,7 @@ def warm_start(model, tokenizer, problems: list[Problem], fmt: Format | str, *, 
     if not examples:
         raise RuntimeError("warm start: no rollout parsed; nothing to learn the confidence from")
     losses = fit_digits(model, tokenizer, examples, epochs=epochs, learning_rate=learning_rate, anchor=anchor,
-                        loss=LOSSES[target], seed=seed)
+                        loss=LOSSES[target], scale=get_format(fmt).scale, seed=seed)
     by_level: dict[str, list[int]] = defaultdict(list)
     for r in rollouts:
         by_level[r.problem.difficulty].append(r.correct)
