@@ -106,3 +106,21 @@ def test_brier_teaches_the_digit_which_reply_is_right(slm):
     assert wrong < before[1] and right - wrong > 0.2
     with pytest.raises(ValueError, match="unknown digit loss"):
         fit_digits(model, tokenizer, examples, loss="l1")
+
+
+def test_brier_scores_the_expected_confidence(slm):
+    """The `reply` loss is (E[value] - y)^2 of the served (expected) confidence, not the expected
+    Brier of the sampled digit (linear in p: its optimum is one digit, where its gradient vanishes)."""
+    model, tokenizer = slm
+    easy = Problem("e", "What is 3 + 4?", 7, "+", 1, "sum-1d")
+    replies = [Rollout(easy, "", "3 + 4 = 7", "7", True), Rollout(easy, "", "3 + 4 = 8", "8", False)]
+    examples = digit_examples(tokenizer, replies, confidence_targets(replies, "reply"), JSON)
+    digits = torch.tensor(JSON.scale.token_ids(tokenizer))
+    values = torch.tensor(JSON.scale.values)
+    with torch.no_grad():
+        p = torch.stack([model(input_ids=torch.tensor([ids[:at]])).logits[0, -1, digits].softmax(-1)
+                         for ids, _, at, _ in examples])
+    y = torch.tensor([1.0, 0.0])
+    history = fit_digits(model, tokenizer, examples, epochs=1, batch_size=2, learning_rate=0.0, anchor=0.0, loss="brier")
+    assert history[0]["digit_loss"] == pytest.approx(float(((p @ values - y) ** 2).mean()), abs=1e-5)
+    assert history[0]["digit_loss"] < float((p * (values - y[:, None]) ** 2).sum(-1).mean())  # Jensen: strictly, p spread

@@ -7,11 +7,12 @@ trained toward one of three targets:
 * ``level``: the empirical accuracy of its level; ``question``: of its question, shrunk toward its
   level's (a question has only a few samples). Both by the cross-entropy of the digit the target
   rounds to.
-* ``reply``: whether this reply is right (1 or 0), by the expected Brier score of the digit
-  distribution, sum_d p(d) (d/10 - y)^2: RLCR's reward (arXiv 2507.16806) in expectation, with its
-  exact gradient instead of a sampled one. Its optimum is the digit nearest P(right | question,
-  reply), so the digit can learn what the written answer tells (a slip, a carry) and not only the
-  level; cross-entropy on 0/1 targets would teach "0.0" and "0.9" only.
+* ``reply``: whether this reply is right (1 or 0), by the Brier score of the expected confidence
+  (the one the runtime serves), (sum_d p(d) d/10 - y)^2. A proper score: its optimum is an expected
+  confidence equal to P(right | question, reply), so the digit can learn what the written answer
+  tells (a slip, a carry) and not only the level. Cross-entropy on 0/1 targets would teach "0.0"
+  and "0.9" only; the expected Brier of the sampled digit, sum_d p(d) (d/10 - y)^2 (run 10), is
+  linear in p, its optimum is one digit and its gradient vanishes there: every reply got one digit.
 
 A KL anchor holds the rest: on the reply's other tokens the model's next-token distribution is
 held to the starting model's, so the answers stay as they were (without it, one run's greedy
@@ -131,9 +132,9 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
                scale: ConfidenceScale = SCALE, seed: int = 0) -> list[dict]:
     """A loss on the confidence digit + `anchor` x KL(start || model) on the reply's other tokens.
 
-    `loss`: "cross_entropy" of the digit written in the example, or "brier", the expected
-    (value - target)^2 under the model's distribution over the `scale`'s symbols (renormalized over
-    them, as the grammar allows only those there and the runtime reads them). The KL is the mean over the
+    `loss`: "cross_entropy" of the digit written in the example, or "brier", (E[value] - target)^2
+    with E under the model's distribution over the `scale`'s symbols (renormalized over them, as the
+    grammar allows only those there and the runtime reads them). The KL is the mean over the
     positions that predict the reply's tokens before the digit, against a frozen copy of the model as
     it was (0: no anchor). Returns per epoch the mean digit loss and KL.
     """
@@ -173,7 +174,7 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
             if loss == "brier":
                 p = logits[rows, at][:, digit_ids].softmax(-1)
                 target = torch.tensor([t for *_, t in chunk], dtype=torch.float32)
-                digit_loss = (p * (values[None, :] - target[:, None]) ** 2).sum(-1).mean()
+                digit_loss = ((p @ values - target) ** 2).mean()
             else:
                 digit_loss = F.cross_entropy(logits[rows, at], torch.tensor([ids[d] for ids, _, d, _ in chunk]))
             total = digit_loss
