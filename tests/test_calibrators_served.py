@@ -59,7 +59,7 @@ def _write(path, cal: Calibrator) -> str:
 
 
 @pytest.mark.parametrize("case,message", [
-    ("missing", "cannot read calibrator"),
+    ("missing", "calibrator: cannot read "),
     ("malformed", "knots must be non-decreasing with y in [0, 1]"),
     ("other_file", "not a corea.calibrator/1 calibrator"),
     ("model", "fitted for model 'another-7b'"),

@@ -137,3 +137,12 @@ def test_eval_against_a_running_server(slm_executor, tmp_path, capsys):
         corea.close()
         llm.close()
         llm_executor.close()
+
+
+@pytest.mark.parametrize("command", ["solve", "calibrate", "serve"])
+def test_an_unknown_flag_is_told_with_its_own_commands_usage(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--bogus-flag", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert f"usage: corea {command}" in err and "error: unrecognized arguments: --bogus-flag" in err

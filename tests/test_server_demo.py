@@ -15,7 +15,7 @@ def test_corea_demo_answers_through_the_cascade_over_grpc():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GSM8K through the cascade over gRPC" in out.stdout
     assert "answered by" in out.stdout and "SLM: smollm2-135m; LLM: smollm2-135m (stand-in LLM) over gRPC (sglang.grpc.scheduler.SglangScheduler)" in out.stdout
-    assert "2 questions in" in out.stdout
+    assert "2 questions in" in out.stdout and "confidence = sampled / expected, the expected one decides" in out.stdout
     assert "over HTTP (OpenAI API, http://127.0.0.1:" in out.stdout and "x-corea-tier" in out.stdout
 
 

@@ -12,6 +12,8 @@ asks a running `corea serve` instead (--tls-ca, --tls-cert/--tls-key, --token-fi
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,7 +51,8 @@ def run(args) -> int:
     if uses_client_security(args) and not args.address:
         raise CommandError("--tls-* and --token-file are for reaching a server: give --address too")
     examples = load_gsm8k("test", limit=args.n)
-    console = Console()
+    # a log file gets rows, not rich's 80-column default (COLUMNS, when set, still decides)
+    console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
     if args.address:
         with console.status(f"{len(examples)} questions -> corea.v1.Corea on {args.address}"), connect(args) as client:
             results, elapsed = _ask(client, examples, config)
@@ -64,7 +67,8 @@ def run(args) -> int:
     for column in ("question", "answer", "reference", "confidence", "answered by", "tokens\nslm/llm", "latency"):
         table.add_column(column, overflow="fold", no_wrap=column not in ("question", "answer", "answered by"))
     for example, r in zip(examples, results):
-        conf = f"{r.confidence_sampled:.1f} / {r.confidence_expected:.2f}" if r.confidence_expected is not None else "-"
+        # three places: the threshold's own precision, so a deferred 0.6475 never reads as 0.65
+        conf = f"{r.confidence_sampled:.1f} / {r.confidence_expected:.3f}" if r.confidence_expected is not None else "-"
         tier = r.answered_by.upper() + (" (deferred)" if r.deferred else "")
         if r.degraded:
             tier += f" DEGRADED: {r.degraded_reason}"
@@ -75,7 +79,8 @@ def run(args) -> int:
     deferred = sum(r.deferred for r in results)
     cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
     console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "
-                  f"cost {cost:.5f} vs {alone:.5f} for the LLM alone; confidence = sampled / expected")
+                  f"cost {cost:.5f} vs {alone:.5f} for the LLM alone; confidence = sampled / expected, "
+                  f"the {config.confidence_source} one decides", soft_wrap=True)
     if http_line:
         console.print(http_line)
     return 0

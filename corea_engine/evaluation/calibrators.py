@@ -85,7 +85,7 @@ class Calibrator:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise CalibratorError(f"cannot read calibrator {path}: {err}") from None
+            raise CalibratorError(f"cannot read {path}: {err}") from None
         try:
             return cls.from_dict(data)
         except CalibratorError as err:
