@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--warm-target", default=d.warm_target, choices=list(TARGETS),
                    help="warm start's confidence target: the accuracy of the question's level (its kind, e.g. "
                         "2-digit sums), of the question itself over its rollouts (shrunk toward its level's), or "
-                        "whether each reply is right (expected Brier score: the digit learns P(right | reply))")
+                        "whether each reply is right (the Brier score of the expected confidence: it learns P(right | reply))")
     p.add_argument("--warm-samples", type=int, default=d.warm_samples, help="replies per warm-start question")
     p.add_argument("--warm-lr", type=float, default=d.warm_lr, help="warm start's learning rate")
     p.add_argument("--train-size", type=int, default=d.train_size, help="generated training questions")
