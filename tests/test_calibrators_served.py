@@ -59,7 +59,7 @@ def _write(path, cal: Calibrator) -> str:
 
 
 @pytest.mark.parametrize("case,message", [
-    ("missing", "calibrator: cannot read "),
+    ("missing", "calibrator: cannot read {path}: "),
     ("malformed", "knots must be non-decreasing with y in [0, 1]"),
     ("other_file", "not a corea.calibrator/1 calibrator"),
     ("model", "fitted for model 'another-7b'"),
@@ -79,7 +79,7 @@ def test_serve_refuses_a_wrong_calibrator_at_start_up(tmp_path, case, message):
                            "--contract", "json", "--calibrator", str(path)],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and message in lines[-1], done.stderr
+    assert done.returncode == 2 and message.format(path=path) in lines[-1], done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,8 @@ def test_model_records_schema_and_accuracy_target(tmp_path, capsys):
     (["eval", "--dataset", "mnist", "--out", "x"], "unknown dataset"),
     (["calibrate", "--slm", "rlcr:math-500:RLCR", "--llm", "rlcr:math-500:Base", "--target-deferral", "2"], "out of range"),
     (["calibrate", "--slm", "/nonexistent.jsonl", "--llm", "x", "--target-deferral", "0.2"], "cannot read"),
+    (["calibrate", "--slm", "rlcr:math-500:RLCR", "--llm", "rlcr:math-500:Base", "--target-deferral", "0.2",
+      "--calibrator", "/nonexistent.json"], "--calibrator: cannot read /nonexistent.json"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

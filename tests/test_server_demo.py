@@ -9,7 +9,8 @@ import sys
 
 
 def test_corea_demo_answers_through_the_cascade_over_grpc():
-    env = {**os.environ, "COLUMNS": "200"}
+    # no COLUMNS and a pipe: the demo's own width for a file (160) must keep each line whole
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     out = subprocess.run([sys.executable, "-m", "corea_engine.cli", "demo", "-n", "2", "--max-reasoning-chars", "60"],
                          capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -161,9 +161,13 @@ def _calibrated(cols, path: str):
     """The columns with the confidence passed through the calibrator file at `path`."""
     import dataclasses
 
-    from ..evaluation.calibrators import Calibrator
+    from ..evaluation.calibrators import Calibrator, CalibratorError
 
-    return dataclasses.replace(cols, slm_confidence=Calibrator.load(path).apply(cols.slm_confidence))
+    try:
+        calibrator = Calibrator.load(path)
+    except CalibratorError as err:
+        raise CalibratorError(f"--calibrator: {err}") from None
+    return dataclasses.replace(cols, slm_confidence=calibrator.apply(cols.slm_confidence))
 
 
 def run_fit(args) -> int:

@@ -12,6 +12,7 @@ asks a running `corea serve` instead (--tls-ca, --tls-cert/--tls-key, --token-fi
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -67,8 +68,9 @@ def run(args) -> int:
     for column in ("question", "answer", "reference", "confidence", "answered by", "tokens\nslm/llm", "latency"):
         table.add_column(column, overflow="fold", no_wrap=column not in ("question", "answer", "answered by"))
     for example, r in zip(examples, results):
-        # three places: the threshold's own precision, so a deferred 0.6475 never reads as 0.65
-        conf = f"{r.confidence_sampled:.1f} / {r.confidence_expected:.3f}" if r.confidence_expected is not None else "-"
+        # cut, not rounded, to three places: a deferred 0.6475 must not read as the threshold 0.65
+        conf = (f"{r.confidence_sampled:.1f} / {math.floor(r.confidence_expected * 1000) / 1000:.3f}"
+                if r.confidence_expected is not None else "-")
         tier = r.answered_by.upper() + (" (deferred)" if r.deferred else "")
         if r.degraded:
             tier += f" DEGRADED: {r.degraded_reason}"
@@ -80,10 +82,17 @@ def run(args) -> int:
     cost, alone = sum(r.cost for r in results), sum(r.llm_only_cost for r in results)
     console.print(f"{len(results)} questions in {elapsed:.1f}s; {deferred} deferred to the LLM tier; "
                   f"cost {cost:.5f} vs {alone:.5f} for the LLM alone; confidence = sampled / expected, "
-                  f"the {config.confidence_source} one decides", soft_wrap=True)
+                  f"{_deciding(results, config)} decides", soft_wrap=True)
     if http_line:
-        console.print(http_line)
+        console.print(http_line, soft_wrap=True)
     return 0
+
+
+def _deciding(results, config) -> str:
+    """Which confidence the server's policy read: a server may be set otherwise than this command."""
+    source = next((r.confidence_source for r in results if r.confidence_source), config.confidence_source)
+    calibrated = any(r.confidence_calibrated is not None for r in results)
+    return f"the {source} one{' (after the served calibrator)' if calibrated else ''}"
 
 
 def _ask(client, examples, config):

@@ -12,7 +12,7 @@ trained toward one of three targets:
   confidence equal to P(right | question, reply), so the digit can learn what the written answer
   tells (a slip, a carry) and not only the level. Cross-entropy on 0/1 targets would teach "0.0"
   and "0.9" only; the expected Brier of the sampled digit, sum_d p(d) (d/10 - y)^2 (run 10), is
-  linear in p, its optimum is one digit and its gradient vanishes there: every reply got one digit.
+  linear in p, so its optimum is a single digit (run 10 stated the same digit for every reply).
 
 A KL anchor holds the rest: on the reply's other tokens the model's next-token distribution is
 held to the starting model's, so the answers stay as they were (without it, one run's greedy
@@ -172,7 +172,7 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
             rows = torch.arange(len(chunk))
             at = torch.tensor([d - 1 for _, _, d, _ in chunk])  # the position that predicts the digit
             if loss == "brier":
-                p = logits[rows, at][:, digit_ids].softmax(-1)
+                p = logits[rows, at][:, digit_ids].float().softmax(-1)
                 target = torch.tensor([t for *_, t in chunk], dtype=torch.float32)
                 digit_loss = ((p @ values - target) ** 2).mean()
             else:
