@@ -132,9 +132,11 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
                scale: ConfidenceScale = SCALE, seed: int = 0) -> list[dict]:
     """A loss on the confidence digit + `anchor` x KL(start || model) on the reply's other tokens.
 
-    `loss`: "cross_entropy" of the digit written in the example, or "brier", (E[value] - target)^2
+    `loss`: "cross_entropy" of the digit written in the example; "brier", (E[value] - target)^2
     with E under the model's distribution over the `scale`'s symbols (renormalized over them, as the
-    grammar allows only those there and the runtime reads them). The KL is the mean over the
+    grammar allows only those there and the runtime reads them); or "sampled_brier",
+    E[(value - target)^2], the expected Brier of the sampled digit (run 10's loss, RLCR's reward in
+    expectation; kept for the ablation in benchmarks/training/warm_loss_ablation.py). The KL is the mean over the
     positions that predict the reply's tokens before the digit, against a frozen copy of the model as
     it was (0: no anchor). Returns per epoch the mean digit loss and KL.
     """
@@ -143,8 +145,8 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
     import torch
     import torch.nn.functional as F
 
-    if loss not in ("cross_entropy", "brier"):
-        raise ValueError(f"unknown digit loss {loss!r}; choose cross_entropy or brier")
+    if loss not in ("cross_entropy", "brier", "sampled_brier"):
+        raise ValueError(f"unknown digit loss {loss!r}; choose cross_entropy, brier or sampled_brier")
     digit_ids = torch.tensor(scale.token_ids(tokenizer))
     values = torch.tensor(scale.values, dtype=torch.float32)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if anchor else None
@@ -171,10 +173,11 @@ def fit_digits(model, tokenizer, examples: list[tuple[list[int], int, int, float
             logits = model(input_ids=input_ids, attention_mask=mask).logits
             rows = torch.arange(len(chunk))
             at = torch.tensor([d - 1 for _, _, d, _ in chunk])  # the position that predicts the digit
-            if loss == "brier":
+            if loss in ("brier", "sampled_brier"):
                 p = logits[rows, at][:, digit_ids].float().softmax(-1)
                 target = torch.tensor([t for *_, t in chunk], dtype=torch.float32)
-                digit_loss = ((p @ values - target) ** 2).mean()
+                digit_loss = (((p @ values - target) ** 2) if loss == "brier"
+                              else (p * (values[None, :] - target[:, None]) ** 2).sum(-1)).mean()
             else:
                 digit_loss = F.cross_entropy(logits[rows, at], torch.tensor([ids[d] for ids, _, d, _ in chunk]))
             total = digit_loss
