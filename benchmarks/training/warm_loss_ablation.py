@@ -19,19 +19,20 @@ import time
 
 
 def collapse(model, tokenizer, examples, scale) -> dict:
+    """Mean top-digit probability and the expected confidence's mean / std over `examples`, read by
+    the runtime's own reader (corea_kernels.confidence_stats), renormalized over the scale."""
     import torch
+
+    from corea_kernels import confidence_stats
 
     digits = torch.tensor(scale.token_ids(tokenizer))
     values = torch.tensor(scale.values, dtype=torch.float32)
-    top, expected = [], []
     with torch.no_grad():
-        for ids, _, at, _ in examples:
-            p = model(input_ids=torch.tensor([ids[:at]])).logits[0, -1, digits].float().softmax(-1)
-            top.append(float(p.max()))
-            expected.append(float(p @ values))
-    mean = sum(expected) / len(expected)
-    return {"mean_top_digit_prob": sum(top) / len(top), "expected_mean": mean,
-            "expected_std": (sum((e - mean) ** 2 for e in expected) / len(expected)) ** 0.5}
+        logits = torch.cat([model(input_ids=torch.tensor([ids[:at]])).logits[:, -1].float() for ids, _, at, _ in examples])
+    stats = confidence_stats(logits, digits, values)
+    top = (stats.probs.max(-1).values / stats.mass).mean()
+    return {"mean_top_digit_prob": float(top), "expected_mean": float(stats.expected.mean()),
+            "expected_std": float(stats.expected.std(unbiased=False))}
 
 
 def main() -> None:
