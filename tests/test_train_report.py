@@ -83,7 +83,7 @@ def _eval_samples(conf, correct) -> list[dict]:
 def test_pick_served_prefers_the_confidence_that_ranks_after_cross_fitting():
     import numpy as np
 
-    from corea_engine.training.pick import pick_served, served_scores, served_table
+    from corea_engine.training.pick import pick_served, serve_choice, served_scores, served_table
 
     rng = np.random.default_rng(3)
     correct = rng.random(200) < 0.4
@@ -109,6 +109,12 @@ def test_pick_served_prefers_the_confidence_that_ranks_after_cross_fitting():
     assert pick_served(base, {"fewer": evals["fewer"]}) is None
     assert "| ranks |" in served_table(base, evals, "ranks") and "**yes**" in served_table(base, evals, "ranks")
 
+    # serve the map only where it explains more than the raw confidence on the same halves
+    exact = rng.random(200)
+    outcome = rng.random(200) < exact  # `exact` is P(right): nothing for a map to correct
+    assert serve_choice(served_scores(_eval_samples(exact, outcome))) == "raw"
+    assert serve_choice(served_scores(_eval_samples(exact * 0.3, outcome))) == "isotonic"  # underconfident
+
 
 def test_pick_command_reproduces_run_8_and_refuses_what_is_not_an_eval(tmp_path, capsys):
     import pytest
@@ -119,6 +125,11 @@ def test_pick_command_reproduces_run_8_and_refuses_what_is_not_an_eval(tmp_path,
     candidates = sorted(str(p) for p in (runs / "run8_rlcr_continued").glob("val_*.json"))
     assert main(["--rule", "served", "--base", f"{runs}/graded_val200_base.json", *candidates]) == 0
     assert capsys.readouterr().out.endswith("picked: val_run7_step15\n")  # the README's Run 8 pick
+    # the README's Run 13: picked, and served raw (the map fitted on validation explains less)
+    run13 = sorted(str(p) for p in (runs / "run13_greedy_warm").glob("val_*.json"))
+    assert main(["--rule", "served", "--base", f"{runs}/graded_val200_base.json", *run13]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if "val_run13" in line}
+    assert "| raw | **yes** |" in rows["val_run13_step1"] and "| raw |" in rows["val_run13_warm"]
 
     settings = f"{runs}/run8_rlcr_continued/train_settings.json"
     for argv, says in ((["--base", str(tmp_path / "none.json"), settings], "cannot read"),

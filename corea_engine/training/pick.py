@@ -12,7 +12,11 @@ question ranks last. The pick is then evaluated once on the test split.
   highest Brier skill score (1 - Brier / (acc (1 - acc)), the share of the outcome's variance
   the served confidence explains) wins, then the higher AUROC. Brier, not ECE: a map that
   serves every question the base rate has ECE ~0 and skill 0, so ECE alone rewards exactly
-  the flat confidence a cascade cannot threshold.
+  the flat confidence a cascade cannot threshold. The table's "serve" column says whether the
+  picked model should be served with that map or without: the raw expected confidence is
+  scored on the same held-out halves, and the map is worth serving only where it explains more
+  (a map fitted on 100 questions is a step function that can be coarser than the error it
+  corrects; run 13's raw confidence beat it). It does not change the pick.
 
     python -m corea_engine.training.pick [--rule served] --base VAL_BASE/eval.json VAL_CKPT1/eval.json ...
 """
@@ -52,7 +56,8 @@ def served_scores(samples: list[dict], source: str = "expected", seed: int = 0) 
     """Two-fold cross-fitted isotonic map of `source` confidence over eval.json `samples`.
 
     Returns ECE, AUROC, Brier, Brier skill score and std (spread) of the served confidence,
-    each the mean over the two held-out halves; NaN throughout when a confidence is missing.
+    and raw_skill, the Brier skill of the unmapped confidence on the same halves, each the mean
+    over the two held-out halves; NaN throughout when a confidence is missing.
     The halves are a seeded permutation of the samples sorted by id, so every checkpoint
     evaluated on the same questions is scored on the same halves.
     """
@@ -60,7 +65,7 @@ def served_scores(samples: list[dict], source: str = "expected", seed: int = 0) 
     conf = np.array([np.nan if s[source] is None else s[source] for s in ordered], dtype=float)
     corr = np.array([float(s["correct"]) for s in ordered])
     if np.isnan(conf).any() or len(ordered) < 4:
-        return {k: math.nan for k in ("ece", "auroc", "brier", "skill", "std")}
+        return {k: math.nan for k in ("ece", "auroc", "brier", "skill", "std", "raw_skill")}
     perm = np.random.default_rng(seed).permutation(len(ordered))
     halves = (perm[: len(perm) // 2], perm[len(perm) // 2:])
     scores = []
@@ -69,15 +74,21 @@ def served_scores(samples: list[dict], source: str = "expected", seed: int = 0) 
         y = corr[held]
         base_rate = y.mean()
         uncertainty = base_rate * (1 - base_rate)
-        b = brier(served, y)
+        b, raw = brier(served, y), brier(conf[held], y)
         scores.append({"ece": ece(served, y), "auroc": auroc(served, y), "brier": b,
-                       "skill": 1 - b / uncertainty if uncertainty > 0 else math.nan, "std": float(np.std(served))})
+                       "skill": 1 - b / uncertainty if uncertainty > 0 else math.nan, "std": float(np.std(served)),
+                       "raw_skill": 1 - raw / uncertainty if uncertainty > 0 else math.nan})
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
 def _served_key(scores: dict) -> tuple[float, float]:
     skill, rank = scores["skill"], scores["auroc"]
     return (-skill if not math.isnan(skill) else math.inf, -rank if not math.isnan(rank) else math.inf)
+
+
+def serve_choice(scores: dict) -> str:
+    """'isotonic' when the map's cross-fitted Brier skill beats the raw confidence's, else 'raw'."""
+    return "isotonic" if scores["skill"] > scores["raw_skill"] else "raw"
 
 
 def pick_served(base: dict, candidates: dict[str, dict], max_accuracy_drop: float = 0.02) -> str | None:
@@ -90,13 +101,13 @@ def pick_served(base: dict, candidates: dict[str, dict], max_accuracy_drop: floa
 
 
 def served_table(base: dict, candidates: dict[str, dict], chosen: str | None) -> str:
-    lines = ["| model | accuracy | served ECE | served AUROC | served Brier skill | served std | picked |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | accuracy | served ECE | served AUROC | served Brier skill | served std | raw Brier skill "
+             "| serve | picked |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in candidates.items():
         s = served_scores(e["samples"])
         mark = "**yes**" if name == chosen else ""
         lines.append(f"| {name} | {_f(e['summary']['accuracy'])} | {_f(s['ece'])} | {_f(s['auroc'])} | "
-                     f"{_f(s['skill'])} | {_f(s['std'])} | {mark} |")
+                     f"{_f(s['skill'])} | {_f(s['std'])} | {_f(s['raw_skill'])} | {serve_choice(s)} | {mark} |")
     return f"starting model accuracy {_f(base['accuracy'])}\n\n" + "\n".join(lines)
 
 
