@@ -3,11 +3,13 @@
 Reads a recorded evaluation (`corea train --eval-only` eval.json; no model runs) and keeps its
 confidences, but draws each question's correctness as Bernoulli(confidence), the world in which
 the confidence is exactly the probability of being right. ECE there is pure sampling noise (its
-population value is 0) and AUROC is what these confidences can rank at best. Prints, next to the
+population value is 0) and its AUROC what these confidences are expected to measure were they
+exact (an expectation, not a bound: a run can measure above it). Prints, next to the
 measured figures, the mean and 5-95% range over --draws worlds and how often a target is met,
 so "ECE <= 0.05 at n=120" can be read as a bar the truth itself clears only so often.
 
-    python benchmarks/training/measurement_floor.py TEST/eval.json [--source expected] [--ece 0.05 --auroc 0.85]
+    python benchmarks/training/measurement_floor.py benchmarks/training/run13_greedy_warm/test_run13_warm.json \
+        [--source expected] [--ece 0.05 --auroc 0.85]
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    samples = [s for s in json.load(open(args.eval))["samples"] if s[args.source] == s[args.source]]  # NaN: none stated
+    samples = [s for s in json.load(open(args.eval))["samples"]
+               if s.get(args.source) is not None and s[args.source] == s[args.source]]  # None / NaN: none stated
     conf = np.clip(np.array([s[args.source] for s in samples], dtype=float), 0.0, 1.0)
     correct = np.array([float(s["correct"]) for s in samples])
     sim = floor(conf, args.draws, args.seed)
