@@ -18,6 +18,7 @@ from collections import defaultdict
 import numpy as np
 
 from corea_engine.evaluation.metrics import auroc, brier, ece
+from corea_engine.training.pick import read_eval
 
 
 def level_accuracy(samples: list[dict]) -> dict[str, float]:
@@ -46,8 +47,11 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.fit) == args.oracle:
         parser.error("give --fit, or --oracle to take the levels' accuracy from --target")
-    target = json.load(open(args.target))["samples"]
-    fit = target if args.oracle else json.load(open(args.fit))["samples"]
+    try:
+        target = read_eval(args.target)["samples"]
+        fit = target if args.oracle else read_eval(args.fit)["samples"]
+    except ValueError as err:
+        parser.error(str(err))
     print(json.dumps(level_scores(fit, target), indent=1))
 
 

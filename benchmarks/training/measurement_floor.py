@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from corea_engine.evaluation.metrics import auroc, ece
+from corea_engine.training.pick import read_eval
 
 
 def floor(conf: np.ndarray, draws: int, seed: int) -> dict[str, np.ndarray]:
@@ -32,13 +33,18 @@ def floor(conf: np.ndarray, draws: int, seed: int) -> dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval", help="an eval.json written by `corea train --eval-only`")
-    parser.add_argument("--source", choices=("expected", "sampled"), default="expected")
+    parser.add_argument("--source", choices=("expected", "sampled"), default="expected",
+                        help="expected (the mean of the digit distribution, default) or sampled (the digit written)")
     parser.add_argument("--ece", type=float, default=0.05, help="ECE target (met: at or below)")
     parser.add_argument("--auroc", type=float, default=0.85, help="AUROC target (met: at or above)")
-    parser.add_argument("--draws", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=2000, help="simulated outcome draws (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     args = parser.parse_args()
-    samples = [s for s in json.load(open(args.eval))["samples"]
+    try:
+        recorded = read_eval(args.eval)
+    except ValueError as err:
+        parser.error(str(err))
+    samples = [s for s in recorded["samples"]
                if s.get(args.source) is not None and s[args.source] == s[args.source]]  # None / NaN: none stated
     conf = np.clip(np.array([s[args.source] for s in samples], dtype=float), 0.0, 1.0)
     correct = np.array([float(s["correct"]) for s in samples])

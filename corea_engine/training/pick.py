@@ -125,7 +125,7 @@ def _name(path: Path) -> str:
     return path.parent.name if path.name == "eval.json" else path.stem
 
 
-def _read(path: str, keys: tuple[str, ...]) -> dict:
+def read_eval(path: str, keys: tuple[str, ...] = ("summary", "samples")) -> dict:
     """One eval.json (`corea train --eval-only` writes it) with `keys`; ValueError naming the file otherwise."""
     try:
         data = json.loads(Path(path).read_text())
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keys = ("summary", "samples") if args.rule == "served" else ("summary",)
     try:
-        base = _read(args.base, ("summary",))["summary"]
-        found = {_name(Path(p)): _read(p, keys) for p in args.candidates}
+        base = read_eval(args.base, ("summary",))["summary"]
+        found = {_name(Path(p)): read_eval(p, keys) for p in args.candidates}
     except ValueError as err:
         parser.error(str(err))
     if args.rule == "served":
